@@ -1,0 +1,28 @@
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test lint demo clean
+
+# torch is pinned first so pip takes the CPU build on this kind of machine instead of a
+# multi-GB CUDA build; any torch >= 2.2 works with the package itself.
+$(BIN)/activate:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/activate
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint
+	$(BIN)/pytest
+
+demo: install
+	$(BIN)/python -m micro.demo
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,7 @@
+"""MICRO: model-based offline RL with a conservative Bellman operator (Liu et al., IJCAI 2024)."""
+
+__version__ = "0.1.0"
+
+
+class MicroError(Exception):
+    """An error caused by the user's input or environment; the CLI prints it as one line."""

@@ -1,0 +1,262 @@
+"""MICRO's learner: SAC whose critic target applies the conservative Bellman operator.
+
+The maths lives in small pure functions of tensors (``state_uncertainty``,
+``conservative_target``, ``critic_loss``, ``actor_loss``, ``alpha_loss``); ``MICRO`` wires them
+to the networks and optimizers.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from micro.config import Config
+from micro.dynamics import EnsembleDynamics
+from micro.nets import Actor, EnsembleCritic, polyak_update
+
+MAX_Q_BACKUP_ACTIONS = 10
+
+
+@dataclass
+class Batch:
+    observations: torch.Tensor  # [B, obs_dim]
+    actions: torch.Tensor  # [B, act_dim]
+    next_observations: torch.Tensor  # [B, obs_dim]
+    rewards: torch.Tensor  # [B, 1]
+    terminals: torch.Tensor  # [B, 1], 0/1
+
+    def __len__(self) -> int:
+        return self.observations.shape[0]
+
+    @staticmethod
+    def cat(a: Batch, b: Batch) -> Batch:
+        return Batch(*(torch.cat([x, y]) for x, y in zip(a.fields(), b.fields(), strict=True)))
+
+    def fields(self) -> tuple[torch.Tensor, ...]:
+        return (
+            self.observations,
+            self.actions,
+            self.next_observations,
+            self.rewards,
+            self.terminals,
+        )
+
+
+@dataclass
+class TargetNoise:
+    """Standard-normal draws the target consumes, for reproducing it exactly in tests.
+
+    next_action: [B, act_dim] for a' ~ π(·|s') (or [B·10, act_dim] with max_q_backup).
+    model_state: [K, n_elites, M, obs_dim] for s'' ~ N(μ_e, σ_e) on the M model rows.
+    model_action: [K·n_elites·M, act_dim] for a'' ~ π(·|s'').
+    """
+
+    next_action: torch.Tensor | None = None
+    model_state: torch.Tensor | None = None
+    model_action: torch.Tensor | None = None
+
+
+# --- pure functions ------------------------------------------------------------------------------
+
+
+def state_uncertainty(values: torch.Tensor) -> torch.Tensor:
+    """U = mean_e V̄_e − min_e V̄_e with V̄_e = mean_k V_ek.
+
+    values: [K, E, B] — V_ek = min_j Q̄_j(s''_ek, a''_ek) for sample k of elite e, per row.
+    Returns [B]: how far the worst member of the state uncertainty set falls below the average.
+    """
+    per_member = values.mean(dim=0)
+    return per_member.mean(dim=0) - per_member.min(dim=0).values
+
+
+def conservative_target(
+    rewards: torch.Tensor,
+    terminals: torch.Tensor,
+    next_value: torch.Tensor,
+    uncertainty: torch.Tensor,
+    gamma: float,
+    penalty_coef: float,
+) -> torch.Tensor:
+    """The conservative Bellman target, clamped at zero like the published code:
+
+        y = max( r + γ (1 − d) (V(s') − β U(s, a)),  0 )
+
+    where V(s') = min_j Q̄_j(s', a') − α log π(a'|s') (entropy omitted with deterministic
+    backup), β = ``penalty_coef`` and U = 0 on real rows. All inputs are [B].
+    """
+    y = rewards + gamma * (1.0 - terminals) * (next_value - penalty_coef * uncertainty)
+    return y.clamp(min=0.0)
+
+
+def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """mean over critics j and rows i of (Q_j(s_i, a_i) − y_i)²; q: [n, B], target: [B]."""
+    return (q - target.unsqueeze(0)).pow(2).mean()
+
+
+def actor_loss(log_prob: torch.Tensor, q_new: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """mean of α log π(ã|s) − min_j Q_j(s, ã); q_new: [n, B]."""
+    return (alpha * log_prob - q_new.min(dim=0).values).mean()
+
+
+def alpha_loss(
+    log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float
+) -> torch.Tensor:
+    """−log α · (log π + target entropy), the entropy term detached."""
+    return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
+
+
+# --- the learner ---------------------------------------------------------------------------------
+
+
+class MICRO(nn.Module):
+    """Actor, batched critics with Polyak targets, temperature, and their optimizers."""
+
+    def __init__(
+        self, cfg: Config, obs_dim: int, act_dim: int, dynamics: EnsembleDynamics | None
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.actor = Actor(obs_dim, act_dim, cfg.hidden_dims)
+        self.critics = EnsembleCritic(obs_dim, act_dim, cfg.hidden_dims, cfg.num_q_ensemble)
+        self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
+        self.dynamics = dynamics
+        self.target_entropy = (
+            float(-act_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
+        )
+        # Tuned: starts at α = 1 (log α = 0) as in the published code; fixed: α = cfg.alpha.
+        init = 0.0 if cfg.auto_alpha else float(torch.log(torch.tensor(cfg.alpha)))
+        self.log_alpha = nn.Parameter(torch.tensor(init), requires_grad=cfg.auto_alpha)
+        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.critic_optim = torch.optim.Adam(self.critics.parameters(), lr=cfg.critic_lr)
+        self.alpha_optim = (
+            torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr) if cfg.auto_alpha else None
+        )
+        self.actor_scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_optim, T_max=cfg.epoch)
+            if cfg.lr_scheduler
+            else None
+        )
+
+    def state_dict(self, *args, **kwargs):  # the frozen dynamics model is saved on its own
+        return {
+            k: v
+            for k, v in super().state_dict(*args, **kwargs).items()
+            if not k.startswith("dynamics.")
+        }
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """The temperature in use: clamp(exp(log α), 0, 1) when tuned, else the fixed α."""
+        if not self.cfg.auto_alpha:
+            return self.log_alpha.detach().exp()
+        return self.log_alpha.detach().exp().clamp(0.0, 1.0)
+
+    # --- the target ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def next_value(self, next_obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """V(s') for the target: [B]."""
+        if self.cfg.max_q_backup:
+            k = MAX_Q_BACKUP_ACTIONS
+            repeated = next_obs.repeat_interleave(k, dim=0)
+            pi = self.actor.sample(repeated, noise)
+            q = self.target_critics(repeated, pi.action).view(-1, next_obs.shape[0], k)
+            return q.max(dim=2).values.min(dim=0).values
+        pi = self.actor.sample(next_obs, noise)
+        value = self.target_critics(next_obs, pi.action).min(dim=0).values
+        if not self.cfg.deterministic_backup:
+            value = value - self.alpha * pi.log_prob
+        return value
+
+    @torch.no_grad()
+    def uncertainty(
+        self,
+        obs: torch.Tensor,
+        act: torch.Tensor,
+        state_noise: torch.Tensor | None = None,
+        action_noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """U(s, a) over the state uncertainty set: ``num_samples`` next states from each elite."""
+        assert self.dynamics is not None, "U(s, a) needs the dynamics model"
+        mean, std = self.dynamics.elite_mean_std(obs, act)
+        mean, std = mean[..., :-1], std[..., :-1]  # next-observation part: [E, M, obs_dim]
+        k = self.cfg.num_samples
+        if state_noise is None:
+            state_noise = torch.randn((k, *mean.shape), device=mean.device)
+        states = (mean + std * state_noise).reshape(-1, self.obs_dim)
+        actions = self.actor.sample(states, action_noise).action
+        values = self.target_critics(states, actions).min(dim=0).values
+        return state_uncertainty(values.view(k, mean.shape[0], mean.shape[1]))
+
+    @torch.no_grad()
+    def target(
+        self, batch: Batch, n_real: int, noise: TargetNoise | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target y [B] and U [B] for a batch whose first ``n_real`` rows are real data."""
+        noise = noise or TargetNoise()
+        next_value = self.next_value(batch.next_observations, noise.next_action)
+        uncertainty = torch.zeros_like(next_value)
+        if n_real < len(batch) and self.cfg.penalty_coef > 0:
+            uncertainty[n_real:] = self.uncertainty(
+                batch.observations[n_real:],
+                batch.actions[n_real:],
+                noise.model_state,
+                noise.model_action,
+            )
+        y = conservative_target(
+            batch.rewards.squeeze(-1),
+            batch.terminals.squeeze(-1),
+            next_value,
+            uncertainty,
+            self.cfg.gamma,
+            self.cfg.penalty_coef,
+        )
+        return y, uncertainty
+
+    # --- one gradient step -----------------------------------------------------------------------
+    def update(self, batch: Batch, n_real: int) -> dict[str, torch.Tensor]:
+        """Critic, actor and temperature steps, then the Polyak update. Returns detached
+        scalars (left on the device: reading them is the caller's choice)."""
+        y, uncertainty = self.target(batch, n_real)
+
+        q = self.critics(batch.observations, batch.actions)
+        loss_q = critic_loss(q, y)
+        self.critic_optim.zero_grad(set_to_none=True)
+        loss_q.backward()
+        self.critic_optim.step()
+
+        alpha = self.alpha
+        pi = self.actor.sample(batch.observations)
+        q_new = self.critics(batch.observations, pi.action)
+        loss_pi = actor_loss(pi.log_prob, q_new, alpha)
+        self.actor_optim.zero_grad(set_to_none=True)
+        loss_pi.backward()
+        self.actor_optim.step()
+
+        metrics = {
+            "critic_loss": loss_q.detach(),
+            "actor_loss": loss_pi.detach(),
+            "q_mean": q.detach().mean(),
+            "target_mean": y.mean(),
+            "uncertainty": uncertainty[n_real:].mean()
+            if n_real < len(batch)
+            else uncertainty.sum(),
+            "log_prob": pi.log_prob.detach().mean(),
+        }
+        if self.alpha_optim is not None:
+            loss_alpha = alpha_loss(self.log_alpha, pi.log_prob, self.target_entropy)
+            self.alpha_optim.zero_grad(set_to_none=True)
+            loss_alpha.backward()
+            self.alpha_optim.step()
+            metrics["alpha_loss"] = loss_alpha.detach()
+        metrics["alpha"] = self.alpha
+
+        polyak_update(self.target_critics, self.critics, self.cfg.tau)
+        return metrics
+
+    def end_epoch(self) -> None:
+        if self.actor_scheduler is not None:
+            self.actor_scheduler.step()

@@ -1,0 +1,97 @@
+"""Command-line entry points. Thin: parse, build the config, call the library."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import typing
+from collections.abc import Callable, Sequence
+
+from micro import MicroError
+from micro.config import FIELDS, field_type, parse_cli_value, resolve_config
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the problem and pointing at --help."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _config_flag_help(name: str) -> str:
+    default = FIELDS[name].default
+    tp = field_type(name)
+    return f"default {default!r} ({getattr(tp, '__name__', str(tp)).replace('typing.', '')})"
+
+
+def build_train_parser() -> OneLineParser:
+    parser = OneLineParser(
+        prog="train.py",
+        description="Train a MICRO agent on a D4RL-format dataset. Every config key is a flag; "
+        "values come from SPEC defaults < configs/<task>.yaml < --config files < flags.",
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML file of config overrides layered over the task's (repeatable)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--no_progress", action="store_true", help="hide progress bars")
+    group = parser.add_argument_group("config keys")
+    for name in FIELDS:
+        tp = field_type(name)
+        is_seq = "tuple" in str(tp)
+        is_bool = tp is bool
+        group.add_argument(
+            f"--{name}",
+            nargs="+" if is_seq else ("?" if is_bool else None),
+            const="true" if is_bool else None,
+            default=argparse.SUPPRESS,
+            metavar="V",
+            help=_config_flag_help(name),
+        )
+    return parser
+
+
+def parse_train_args(argv: Sequence[str] | None = None):
+    parser = build_train_parser()
+    args = vars(parser.parse_args(argv))
+    presets, debug, no_progress = args.pop("config"), args.pop("debug"), args.pop("no_progress")
+    task = args.pop("task", FIELDS["task"].default)
+    overrides = {}
+    for key, raw in args.items():
+        tokens = raw if isinstance(raw, list) else [raw]
+        overrides[key] = parse_cli_value(key, [str(t) for t in tokens])
+    cfg = resolve_config(task, presets, overrides)
+    return cfg, debug, not no_progress
+
+
+def guarded(main: Callable[[list[str]], int], argv: list[str]) -> int:
+    """Run ``main``; user errors become one line on stderr and exit code 1 (traceback with
+    --debug or MICRO_DEBUG=1)."""
+    debug = "--debug" in argv or os.environ.get("MICRO_DEBUG") == "1"
+    try:
+        return main(argv)
+    except MicroError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _train(argv: list[str]) -> int:
+    cfg, _, progress = parse_train_args(argv)
+    from micro.trainer import run
+
+    run(cfg, progress=progress)
+    return 0
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    return guarded(_train, list(sys.argv[1:] if argv is None else argv))

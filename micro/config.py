@@ -1,0 +1,271 @@
+"""Configuration: one frozen dataclass holding SPEC's defaults, per-task YAML overrides, CLI flags.
+
+Resolution order (later wins): dataclass defaults < ``configs/<task>.yaml`` < ``--config FILE``
+presets (in the order given) < ``--<key> VALUE`` flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from micro import MicroError
+
+CONFIG_DIR = Path(
+    os.environ.get("MICRO_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs")
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- run -------------------------------------------------------------------------------
+    task: str = "hopper-medium-v2"  # D4RL v2 locomotion task: picks env, config and data
+    seed: int = 0  # seeds torch, numpy and the environments
+    device: str = "auto"  # auto | cpu | cuda | cuda:N  (auto = cuda when available)
+    dataset: str | None = None  # a D4RL-format HDF5 file to use instead of D4RL's
+    logdir: str = "runs"  # runs go to <logdir>/<task>/micro/seed<seed>-<timestamp>/
+
+    # --- SAC -------------------------------------------------------------------------------
+    actor_lr: float = 1e-4  # cosine-annealed over `epoch` epochs when lr_scheduler
+    critic_lr: float = 3e-4
+    hidden_dims: tuple[int, ...] = (256, 256)  # actor and critic MLPs
+    gamma: float = 0.99
+    tau: float = 0.005  # Polyak rate of the target critics
+    alpha: float = 0.1  # fixed temperature, used when auto_alpha is false
+    auto_alpha: bool = True  # tune the temperature towards target_entropy
+    target_entropy: float | None = None  # None -> -action_dim
+    alpha_lr: float = 1e-4
+    num_q_ensemble: int = 2
+    deterministic_backup: bool = False  # drop the entropy term from the critic target
+    max_q_backup: bool = False  # next value = min_j max_k Q_j(s', a'_k), k over 10 actions
+    lr_scheduler: bool = True  # cosine annealing of the actor learning rate
+
+    # --- dynamics ensemble -------------------------------------------------------------------
+    dynamics_lr: float = 1e-3
+    dynamics_hidden_dims: tuple[int, ...] = (200, 200, 200, 200)
+    dynamics_weight_decay: tuple[float, ...] = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)  # per layer
+    n_ensemble: int = 7
+    n_elites: int = 5
+    dynamics_batch_size: int = 256
+    dynamics_holdout_ratio: float = 0.2  # holdout = min(ratio * N, dynamics_max_holdout)
+    dynamics_max_holdout: int = 1000
+    max_epochs_since_update: int = 5  # early stop after this many epochs with no 1% improvement
+    dynamics_max_epochs: int | None = None  # hard cap on fitting epochs
+    load_dynamics_path: str | None = None  # a saved dynamics/ folder: reuse it, skip fitting
+
+    # --- MICRO -----------------------------------------------------------------------------
+    rollout_freq: int = 1000  # gradient steps between model rollouts
+    rollout_batch_size: int = 50_000  # start states per rollout
+    rollout_length: int = 5
+    penalty_coef: float = 0.5  # beta: weight of the state-uncertainty penalty U(s, a)
+    num_samples: int = 10  # next states drawn per elite to estimate U(s, a)
+    model_retain_epochs: int = 5  # model buffer = rollout_batch_size * rollout_length * this
+    real_ratio: float = 0.05  # share of real transitions in each batch
+
+    # --- schedule --------------------------------------------------------------------------
+    epoch: int = 3000
+    step_per_epoch: int = 1000
+    batch_size: int = 256
+    eval_freq: int = 10  # evaluate every this many epochs (and after the last)
+    eval_episodes: int = 10
+    save_freq: int = 1  # checkpoint every this many epochs (and after the last)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0.0 <= self.real_ratio <= 1.0, "real_ratio must be in [0, 1]"),
+            (0 < self.n_elites <= self.n_ensemble, "n_elites must be in 1..n_ensemble"),
+            (
+                len(self.dynamics_weight_decay) == len(self.dynamics_hidden_dims) + 1,
+                "dynamics_weight_decay needs one value per dynamics layer "
+                "(len(dynamics_hidden_dims) + 1)",
+            ),
+            (0.0 < self.gamma <= 1.0, "gamma must be in (0, 1]"),
+            (0.0 < self.tau <= 1.0, "tau must be in (0, 1]"),
+            (0.0 < self.dynamics_holdout_ratio < 1.0, "dynamics_holdout_ratio must be in (0, 1)"),
+        ]
+        positive = [
+            "epoch",
+            "step_per_epoch",
+            "batch_size",
+            "eval_freq",
+            "eval_episodes",
+            "save_freq",
+            "rollout_freq",
+            "rollout_batch_size",
+            "rollout_length",
+            "num_samples",
+            "model_retain_epochs",
+            "n_ensemble",
+            "num_q_ensemble",
+            "dynamics_batch_size",
+            "dynamics_max_holdout",
+            "max_epochs_since_update",
+        ]
+        checks += [(getattr(self, k) > 0, f"{k} must be positive") for k in positive]
+        checks.append((self.penalty_coef >= 0, "penalty_coef must be >= 0"))
+        if self.dynamics_max_epochs is not None:
+            checks.append((self.dynamics_max_epochs > 0, "dynamics_max_epochs must be positive"))
+        for ok, message in checks:
+            if not ok:
+                raise MicroError(f"bad config: {message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+
+def field_type(name: str) -> Any:
+    return _HINTS[name]
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def _is_sequence(tp: Any) -> bool:
+    return typing.get_origin(_unwrap_optional(tp)[0]) is tuple
+
+
+def _scalar_from_str(base: type, text: str, key: str) -> Any:
+    low = text.strip().lower()
+    try:
+        if base is bool:
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if base is int:
+            return int(text)
+        if base is float:
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
+        return text
+    except ValueError:
+        kind = {bool: "true or false", int: "an integer", float: "a finite number"}[base]
+        raise MicroError(f"bad value for {key}: {text!r} is not {kind}") from None
+
+
+def parse_cli_value(key: str, tokens: list[str]) -> Any:
+    """Turn the strings after ``--key`` into a value of the field's type."""
+    tp, optional = _unwrap_optional(field_type(key))
+    if optional and len(tokens) == 1 and tokens[0].strip().lower() in ("none", "null"):
+        return None
+    if typing.get_origin(tp) is tuple:
+        base = typing.get_args(tp)[0]
+        return tuple(_scalar_from_str(base, t, key) for t in tokens)
+    if len(tokens) != 1:
+        raise MicroError(f"bad value for {key}: expected one value, got {len(tokens)}")
+    return _scalar_from_str(tp, tokens[0], key)
+
+
+def _check_yaml_value(key: str, value: Any, source: str) -> Any:
+    tp, optional = _unwrap_optional(field_type(key))
+    if value is None:
+        if optional:
+            return None
+        raise MicroError(f"bad value for {key} in {source}: null is not allowed")
+    if typing.get_origin(tp) is tuple:
+        base = typing.get_args(tp)[0]
+        if not isinstance(value, list):
+            raise MicroError(f"bad value for {key} in {source}: expected a list of {base.__name__}")
+        return tuple(_check_scalar(key, base, v, source) for v in value)
+    return _check_scalar(key, tp, value, source)
+
+
+def _check_scalar(key: str, base: type, value: Any, source: str) -> Any:
+    ok = (
+        (base is bool and isinstance(value, bool))
+        or (base is int and isinstance(value, int) and not isinstance(value, bool))
+        or (base is float and isinstance(value, int | float) and not isinstance(value, bool))
+        or (base is str and isinstance(value, str))
+    )
+    if not ok:
+        raise MicroError(
+            f"bad value for {key} in {source}: {value!r} is not of type {base.__name__}"
+        )
+    return float(value) if base is float else value
+
+
+def read_overrides(path: Path) -> dict[str, Any]:
+    """Read a YAML file of config overrides, checking every key and value type."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise MicroError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise MicroError(
+            f"config file {path} is not valid YAML: {exc}".replace("\n", " ")
+        ) from None
+    if not isinstance(data, dict):
+        raise MicroError(f"config file {path} must hold a mapping of key: value")
+    out = {}
+    for key, value in data.items():
+        if key not in FIELDS:
+            raise MicroError(f"unknown config key {key!r} in {path}; see `python train.py --help`")
+        out[key] = _check_yaml_value(key, value, str(path))
+    return out
+
+
+def task_config_path(task: str) -> Path:
+    return CONFIG_DIR / f"{task}.yaml"
+
+
+def resolve_config(
+    task: str, presets: list[str] | tuple[str, ...] = (), overrides: dict[str, Any] | None = None
+) -> Config:
+    """Defaults < configs/<task>.yaml < presets < overrides (already typed)."""
+    from micro.envs import parse_task
+
+    parse_task(task)  # unknown task -> MicroError
+    values: dict[str, Any] = {}
+    task_file = task_config_path(task)
+    if task_file.exists():
+        values.update(read_overrides(task_file))
+    for preset in presets:
+        values.update(read_overrides(Path(preset)))
+    values.update(overrides or {})
+    values["task"] = task
+    for key in values:
+        if key not in FIELDS:
+            raise MicroError(f"unknown config key {key!r}")
+    return Config(**values)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config saved by ``Config.to_dict`` (e.g. from a run's config.yaml)."""
+    known = {k: _check_yaml_value(k, v, "saved config") for k, v in data.items() if k in FIELDS}
+    return Config(**known)
+
+
+def save_config(cfg: Config, path: Path, extra: dict[str, Any] | None = None) -> None:
+    from micro.utils import atomic_write_text
+
+    body = cfg.to_dict()
+    if extra:
+        body = {**body, **extra}
+    atomic_write_text(path, yaml.safe_dump(body, sort_keys=False))
+
+
+__all__ = ["FIELDS", "Config", "parse_cli_value", "read_overrides", "resolve_config"]

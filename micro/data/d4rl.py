@@ -1,0 +1,226 @@
+"""D4RL-format HDF5 datasets: reading, validation, the ``qlearning_dataset`` rule, writing, and
+download into D4RL's cache."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from micro import MicroError
+from micro.envs import Task
+from micro.utils import atomic_path
+
+REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
+DEFAULT_BASE_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2"
+BASE_URL_ENV = "MICRO_D4RL_BASE_URL"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+@dataclass
+class Transitions:
+    """Transitions ready for learning (float32; ``terminals`` is 0/1 with shape [N, 1])."""
+
+    observations: np.ndarray
+    actions: np.ndarray
+    next_observations: np.ndarray
+    rewards: np.ndarray
+    terminals: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.observations)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("D4RL_DATASET_DIR", Path.home() / ".d4rl" / "datasets"))
+
+
+def base_url() -> str:
+    return os.environ.get(BASE_URL_ENV, DEFAULT_BASE_URL).rstrip("/")
+
+
+def read_hdf5(path: str | Path) -> dict[str, Any]:
+    """Read a D4RL-format file into a dict of arrays (``infos/…`` and ``metadata/…`` flattened).
+
+    Raises MicroError with one line for a missing, non-HDF5 or truncated file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MicroError(f"dataset file not found: {path}")
+    out: dict[str, Any] = {}
+    try:
+        with h5py.File(path, "r") as f:
+
+            def visit(name: str, obj: Any) -> None:
+                if isinstance(obj, h5py.Dataset):
+                    out[name] = obj[()]
+
+            f.visititems(visit)
+    except (OSError, KeyError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MicroError(
+            f"cannot read dataset {path}: not a readable HDF5 file ({first}); "
+            "delete it and download or collect it again"
+        ) from None
+    return out
+
+
+def validate(raw: dict[str, Any], task: Task | None, source: str) -> None:
+    """Check keys, lengths, dtypes, finiteness and, given a task, observation/action sizes."""
+    missing = [k for k in REQUIRED_KEYS if k not in raw]
+    if missing:
+        raise MicroError(
+            f"dataset {source} lacks key(s) {', '.join(missing)}; a D4RL-format file needs "
+            f"{', '.join(REQUIRED_KEYS)}"
+        )
+    n = len(raw["observations"])
+    if n < 2:
+        raise MicroError(f"dataset {source} has {n} step(s); it needs at least 2")
+    keys = [*REQUIRED_KEYS] + (["next_observations"] if "next_observations" in raw else [])
+    for key in keys:
+        arr = np.asarray(raw[key])
+        if len(arr) != n:
+            raise MicroError(f"dataset {source}: {key} has {len(arr)} rows, observations has {n}")
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise MicroError(f"dataset {source}: {key} has non-numeric dtype {arr.dtype}")
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            bad = int(np.argwhere(~np.isfinite(arr.reshape(n, -1)))[0, 0])
+            raise MicroError(f"dataset {source}: {key} holds NaN or inf (first at row {bad})")
+    for key in ("observations", "actions") + (
+        ("next_observations",) if "next_observations" in raw else ()
+    ):
+        if np.asarray(raw[key]).ndim != 2:
+            raise MicroError(f"dataset {source}: {key} must be 2-D [N, dim]")
+    if task is not None:
+        obs_dim, act_dim = raw["observations"].shape[1], raw["actions"].shape[1]
+        if (obs_dim, act_dim) != (task.obs_dim, task.act_dim):
+            raise MicroError(
+                f"dataset {source} has observation/action sizes {obs_dim}/{act_dim}, but "
+                f"{task.name} needs {task.obs_dim}/{task.act_dim}: is it from another robot?"
+            )
+
+
+def qlearning_dataset(raw: dict[str, Any]) -> Transitions:
+    """D4RL's ``qlearning_dataset`` rule.
+
+    Walk i = 0..N-2. The next observation is ``next_observations[i]`` when the key exists, else
+    ``observations[i+1]``. A step with ``timeouts[i]`` set is dropped (its successor starts a new
+    episode); ``terminals[i]`` is the done flag; without ``next_observations``, a terminal step
+    is dropped too (D4RL does this because ``observations[i+1]`` is then the next episode's).
+    """
+    obs = np.asarray(raw["observations"], dtype=np.float32)
+    n = len(obs)
+    idx = np.arange(n - 1)
+    timeouts = np.asarray(raw["timeouts"]).astype(bool)[: n - 1]
+    terminals = np.asarray(raw["terminals"]).astype(bool)[: n - 1]
+    keep = ~timeouts
+    if "next_observations" in raw:
+        next_obs = np.asarray(raw["next_observations"], dtype=np.float32)[: n - 1]
+    else:
+        next_obs = obs[1:]
+        keep &= ~terminals
+    idx = idx[keep]
+    return Transitions(
+        observations=obs[idx],
+        actions=np.asarray(raw["actions"], dtype=np.float32)[idx],
+        next_observations=next_obs[keep],
+        rewards=np.asarray(raw["rewards"], dtype=np.float32).reshape(n)[idx, None],
+        terminals=terminals[keep].astype(np.float32)[:, None],
+    )
+
+
+def write_hdf5(path: str | Path, data: dict[str, Any]) -> None:
+    """Write a dataset in D4RL's layout, atomically.
+
+    ``data`` maps HDF5 paths to arrays (``"infos/qpos"``) or, under ``metadata/``, to scalars
+    and strings. Nothing is left at ``path`` unless the whole file was written.
+    """
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for key, value in data.items():
+            if isinstance(value, str):
+                f.create_dataset(key, data=value, dtype=h5py.string_dtype())
+            elif np.ndim(value) == 0:
+                f.create_dataset(key, data=value)
+            else:
+                f.create_dataset(key, data=np.asarray(value), compression="gzip")
+
+
+def load_transitions(path: str | Path, task: Task | None) -> Transitions:
+    raw = read_hdf5(path)
+    validate(raw, task, str(path))
+    return qlearning_dataset(raw)
+
+
+def _check_keys(path: Path, source: str) -> None:
+    """Open the file and check D4RL's required keys and their lengths, without reading data."""
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in REQUIRED_KEYS if k not in f]
+            lengths = {len(f[k]) for k in REQUIRED_KEYS if k in f}
+    except OSError as exc:
+        raise MicroError(f"{source} is not a readable HDF5 file ({exc})") from None
+    if missing:
+        raise MicroError(f"{source} lacks key(s) {', '.join(missing)}")
+    if len(lengths) != 1:
+        raise MicroError(f"{source} has keys of different lengths")
+
+
+def _looks_like_hdf5(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+
+
+def download(url: str, dest: Path, timeout: float = 15.0) -> Path:
+    """Download ``url`` to ``dest`` via a temporary file; keep it only if it is a whole,
+    valid D4RL file. Raises MicroError (one line) otherwise, leaving nothing at ``dest``."""
+    with atomic_path(dest) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
+                expected = resp.headers.get("Content-Length")
+                shutil.copyfileobj(resp, out, length=1 << 20)
+        except urllib.error.HTTPError as exc:
+            raise MicroError(f"HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise MicroError(f"{type(exc).__name__}: {reason}") from None
+        size = tmp.stat().st_size
+        if expected is not None and size != int(expected):
+            raise MicroError(f"download truncated ({size} of {expected} bytes)")
+        if not _looks_like_hdf5(tmp):
+            raise MicroError("the server did not send an HDF5 file (an HTML error page?)")
+        _check_keys(tmp, url)
+    return dest
+
+
+def find_or_download(task: Task) -> Path:
+    """The cached D4RL file for ``task``; downloads it when absent."""
+    path = cache_dir() / task.d4rl_filename
+    if path.is_file():
+        return path
+    url = f"{base_url()}/{task.d4rl_filename}"
+    try:
+        return download(url, path)
+    except MicroError as exc:
+        raise MicroError(
+            f"{task.name}: not in the D4RL cache ({path}) and the download from {url} failed "
+            f"({exc}). Pass --dataset FILE.hdf5, set {BASE_URL_ENV} to a mirror, or make a local "
+            f"dataset: python -m micro.data.collect --env {task.env} --kind random "
+            f"--out data/{task.env}-random.hdf5"
+        ) from None
+
+
+def task_dataset_path(task: Task, dataset: str | None) -> Path:
+    if dataset is not None:
+        path = Path(dataset).expanduser()
+        if not path.is_file():
+            raise MicroError(f"dataset file not found: {path}")
+        return path
+    return find_or_download(task)

@@ -1,0 +1,282 @@
+"""The probabilistic ensemble dynamics model: fitting, elites, sampling, saving."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from micro import MicroError
+from micro.nets import EnsembleLinear, Swish
+from micro.utils import atomic_torch_save, atomic_write_text, safe_torch_load
+
+
+class EnsembleDynamics(nn.Module):
+    """p_e(Δs, r | s, a) = N(μ_e, diag(exp(lv_e))) for members e = 1..E, one batched network.
+
+    Inputs are standardized with ``input_mean``/``input_std``; outputs are the mean and the
+    soft-clamped log-variance of (Δobs, reward).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden_dims: Sequence[int] = (200, 200, 200, 200),
+        n_ensemble: int = 7,
+        n_elites: int = 5,
+        weight_decay: Sequence[float] = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4),
+    ) -> None:
+        super().__init__()
+        assert len(weight_decay) == len(hidden_dims) + 1
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.hidden_dims, self.n_ensemble, self.n_elites = tuple(hidden_dims), n_ensemble, n_elites
+        self.weight_decay = tuple(weight_decay)
+        out_dim = obs_dim + 1
+        dims = [obs_dim + act_dim, *hidden_dims, 2 * out_dim]
+        self.layers = nn.ModuleList(
+            EnsembleLinear(a, b, n_ensemble, init="trunc_normal")
+            for a, b in itertools.pairwise(dims)
+        )
+        self.activation = Swish()
+        self.max_logvar = nn.Parameter(torch.full((out_dim,), 0.5))
+        self.min_logvar = nn.Parameter(torch.full((out_dim,), -10.0))
+        self.register_buffer("input_mean", torch.zeros(obs_dim + act_dim))
+        self.register_buffer("input_std", torch.ones(obs_dim + act_dim))
+        self.register_buffer("elites", torch.arange(n_elites))
+
+    # --- the network -------------------------------------------------------------------------
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw inputs [B, in] or [E, B, in] -> mean, logvar [E, B, obs_dim + 1]."""
+        x = (inputs - self.input_mean) / self.input_std
+        for layer in self.layers[:-1]:
+            x = self.activation(layer(x))
+        mean, logvar = self.layers[-1](x).chunk(2, dim=-1)
+        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
+        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
+        return mean, logvar
+
+    def decay_loss(self) -> torch.Tensor:
+        return sum(
+            0.5 * wd * layer.weight.pow(2).sum()
+            for wd, layer in zip(self.weight_decay, self.layers, strict=True)
+        )
+
+    def set_scaler(self, inputs: torch.Tensor) -> None:
+        std = inputs.std(0, unbiased=False)
+        self.input_mean.copy_(inputs.mean(0))
+        self.input_std.copy_(torch.where(std < 1e-12, torch.ones_like(std), std))
+
+    # --- sampling ----------------------------------------------------------------------------
+    def elite_mean_std(
+        self, obs: torch.Tensor, act: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (next obs, reward) and std of each elite: [n_elites, B, obs_dim + 1]."""
+        mean, logvar = self(torch.cat([obs, act], dim=-1))
+        mean = mean[self.elites]
+        mean = torch.cat([mean[..., :-1] + obs, mean[..., -1:]], dim=-1)
+        return mean, (0.5 * logvar[self.elites]).exp()
+
+    def sample_step(
+        self, obs: torch.Tensor, act: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One model step: sample every elite's Gaussian, keep a uniformly chosen elite per row.
+
+        Returns next_obs [B, obs_dim] and reward [B, 1].
+        """
+        mean, std = self.elite_mean_std(obs, act)
+        noise = torch.randn(mean.shape, device=mean.device, generator=generator)
+        samples = mean + std * noise
+        pick = torch.randint(self.n_elites, (obs.shape[0],), device=obs.device, generator=generator)
+        chosen = samples[pick, torch.arange(obs.shape[0], device=obs.device)]
+        return chosen[:, :-1], chosen[:, -1:]
+
+    # --- persistence -------------------------------------------------------------------------
+    def meta(self) -> dict:
+        return {
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "hidden_dims": list(self.hidden_dims),
+            "n_ensemble": self.n_ensemble,
+            "n_elites": self.n_elites,
+            "weight_decay": list(self.weight_decay),
+        }
+
+    def save(self, folder: str | Path, extra: dict | None = None) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(
+            {"meta": self.meta(), "state_dict": self.state_dict()}, folder / "model.pt"
+        )
+        info = {**self.meta(), "elites": self.elites.tolist(), **(extra or {})}
+        atomic_write_text(folder / "dynamics.json", json.dumps(info, indent=2))
+
+    @classmethod
+    def load(cls, folder: str | Path, obs_dim: int, act_dim: int) -> EnsembleDynamics:
+        path = Path(folder) / "model.pt"
+        blob = safe_torch_load(path, "dynamics model")
+        meta = blob.get("meta")
+        if not isinstance(meta, dict) or "state_dict" not in blob:
+            raise MicroError(f"{path} is not a micro dynamics model")
+        if (meta["obs_dim"], meta["act_dim"]) != (obs_dim, act_dim):
+            raise MicroError(
+                f"dynamics model {path} is for observation/action sizes "
+                f"{meta['obs_dim']}/{meta['act_dim']}, this task has {obs_dim}/{act_dim}"
+            )
+        model = cls(
+            obs_dim,
+            act_dim,
+            meta["hidden_dims"],
+            meta["n_ensemble"],
+            meta["n_elites"],
+            meta["weight_decay"],
+        )
+        model.load_state_dict(blob["state_dict"])
+        return model
+
+
+@dataclass
+class FitResult:
+    epochs: int
+    holdout_losses: list[float]  # best holdout MSE per member
+    elites: list[int]
+    train_losses: list[float]  # per epoch
+    holdout_curve: list[float]  # mean holdout MSE of all members per epoch
+
+
+def gaussian_nll_loss(
+    mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """Σ_e [ mean((μ−y)²·exp(−lv)) + mean(lv) ] over members e (means over rows and dims)."""
+    inv_var = torch.exp(-logvar)
+    mse_inv = ((mean - target).pow(2) * inv_var).mean(dim=(1, 2))
+    return (mse_inv + logvar.mean(dim=(1, 2))).sum()
+
+
+@torch.no_grad()
+def holdout_mse(
+    model: EnsembleDynamics, inputs: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Per-member MSE of the predicted mean: [E]."""
+    mean, _ = model(inputs)
+    return (mean - targets).pow(2).mean(dim=(1, 2))
+
+
+def fit_dynamics(
+    model: EnsembleDynamics,
+    obs: torch.Tensor,
+    act: torch.Tensor,
+    next_obs: torch.Tensor,
+    rewards: torch.Tensor,
+    *,
+    lr: float = 1e-3,
+    batch_size: int = 256,
+    holdout_ratio: float = 0.2,
+    max_holdout: int = 1000,
+    max_epochs_since_update: int = 5,
+    max_epochs: int | None = None,
+    improvement_threshold: float = 0.01,
+    generator: torch.Generator | None = None,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Fit the ensemble by Gaussian NLL with holdout early stopping; keep each member's best
+    snapshot and choose the ``n_elites`` members with the lowest holdout MSE as elites."""
+    device = obs.device
+    inputs = torch.cat([obs, act], dim=-1)
+    targets = torch.cat([next_obs - obs, rewards], dim=-1)
+    n = inputs.shape[0]
+    n_holdout = min(int(n * holdout_ratio), max_holdout)
+    if n - n_holdout < 1 or n_holdout < 1:
+        raise MicroError(f"too few transitions ({n}) to fit the dynamics model")
+    perm = torch.randperm(n, device=device, generator=generator)
+    train_in, train_tg = inputs[perm[n_holdout:]], targets[perm[n_holdout:]]
+    hold_in, hold_tg = inputs[perm[:n_holdout]], targets[perm[:n_holdout]]
+    model.set_scaler(train_in)
+
+    n_train, n_members = train_in.shape[0], model.n_ensemble
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    # Each member trains on its own bootstrap resample; the order is reshuffled every epoch.
+    boot = torch.randint(n_train, (n_members, n_train), device=device, generator=generator)
+    best = torch.full((n_members,), float("inf"))
+    snapshot = [{k: v.clone() for k, v in model.state_dict().items()}]
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    epochs_since_update, epoch = 0, 0
+    train_curve, hold_curve = [], []
+    bar = tqdm(desc="dynamics fit", unit="epoch", disable=not progress, leave=False)
+    while True:
+        epoch += 1
+        order = torch.argsort(
+            torch.rand(n_members, n_train, device=device, generator=generator), dim=1
+        )
+        boot = torch.gather(boot, 1, order)
+        total, batches = torch.zeros((), device=device), 0
+        model.train()
+        for start in range(0, n_train, batch_size):
+            idx = boot[:, start : start + batch_size]
+            mean, logvar = model(train_in[idx])
+            loss = gaussian_nll_loss(mean, logvar, train_tg[idx])
+            loss = loss + model.decay_loss()
+            loss = loss + 0.01 * (model.max_logvar.sum() - model.min_logvar.sum())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+            batches += 1
+        model.eval()
+        hold = holdout_mse(model, hold_in, hold_tg).cpu()
+        train_loss = float(total) / batches
+        train_curve.append(train_loss)
+        hold_curve.append(float(hold.mean()))
+        improved = (best - hold) / best > improvement_threshold
+        improved |= torch.isinf(best)
+        if improved.any():
+            state = model.state_dict()
+            for e in torch.nonzero(improved).flatten().tolist():
+                best[e] = hold[e]
+                for key, value in state.items():
+                    if _member_param(key, value, n_members):
+                        best_state[key][e] = value[e]
+            epochs_since_update = 0
+        else:
+            epochs_since_update += 1
+        if on_epoch is not None:
+            on_epoch(epoch, train_loss, float(hold.mean()))
+        bar.update(1)
+        bar.set_postfix(train=f"{train_loss:.4f}", holdout=f"{float(hold.mean()):.4f}")
+        if epochs_since_update >= max_epochs_since_update or (
+            max_epochs is not None and epoch >= max_epochs
+        ):
+            break
+    bar.close()
+    del snapshot
+    # Restore each member's best weights; the shared log-variance bounds keep their last value.
+    state = model.state_dict()
+    for key, value in best_state.items():
+        if _member_param(key, value, n_members):
+            state[key].copy_(value)
+    elites = torch.argsort(best)[: model.n_elites].sort().values
+    model.elites.copy_(elites.to(model.elites.device))
+    return FitResult(
+        epochs=epoch,
+        holdout_losses=best.tolist(),
+        elites=elites.tolist(),
+        train_losses=train_curve,
+        holdout_curve=hold_curve,
+    )
+
+
+def _member_param(key: str, value: torch.Tensor, n_members: int) -> bool:
+    return key.startswith("layers.") and value.dim() == 3 and value.shape[0] == n_members
+
+
+def to_tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.float32, device=device)

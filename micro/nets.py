@@ -1,0 +1,152 @@
+"""Networks: batched ensembles with a leading member axis, and the tanh-Gaussian actor."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+TANH_EPS = 1e-6
+
+
+class EnsembleLinear(nn.Module):
+    """``E`` independent linear layers evaluated as one batched matmul.
+
+    weight: [E, in, out], bias: [E, 1, out]. Input [B, in] (shared by all members) or
+    [E, B, in] (one batch per member); output [E, B, out].
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, n_members: int, init: str = "torch") -> None:
+        super().__init__()
+        self.in_dim, self.out_dim, self.n_members = in_dim, out_dim, n_members
+        self.weight = nn.Parameter(torch.empty(n_members, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(n_members, 1, out_dim))
+        bound = 1.0 / math.sqrt(in_dim)
+        if init == "torch":  # what nn.Linear does, member by member
+            nn.init.uniform_(self.weight, -bound, bound)
+            nn.init.uniform_(self.bias, -bound, bound)
+        elif init == "trunc_normal":  # the dynamics model's (MBPO/OfflineRL-Kit) init
+            nn.init.trunc_normal_(self.weight, std=1.0 / (2.0 * math.sqrt(in_dim)))
+            nn.init.zeros_(self.bias)
+        else:
+            raise ValueError(f"unknown init {init!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return torch.matmul(x, self.weight) + self.bias
+        assert x.shape[0] == self.n_members and x.shape[-1] == self.in_dim, x.shape
+        return torch.baddbmm(self.bias, x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"members={self.n_members}, in={self.in_dim}, out={self.out_dim}"
+
+
+class EnsembleMLP(nn.Module):
+    """An MLP per member, batched: [B, in] or [E, B, in] -> [E, B, out]."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dims: Sequence[int],
+        out_dim: int,
+        n_members: int,
+        activation: type[nn.Module] = nn.ReLU,
+        init: str = "torch",
+    ) -> None:
+        super().__init__()
+        dims = [in_dim, *hidden_dims, out_dim]
+        self.layers = nn.ModuleList(
+            EnsembleLinear(a, b, n_members, init) for a, b in itertools.pairwise(dims)
+        )
+        self.activation = activation()
+        self.n_members = n_members
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = self.activation(layer(x))
+        return self.layers[-1](x)
+
+
+class EnsembleCritic(nn.Module):
+    """``n`` Q-networks Q_j(s, a) evaluated together: returns [n, B]."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dims: Sequence[int], n: int) -> None:
+        super().__init__()
+        self.net = EnsembleMLP(obs_dim + act_dim, hidden_dims, 1, n, nn.ReLU)
+        self.n = n
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)
+
+
+def mlp(in_dim: int, hidden_dims: Sequence[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden_dims:
+        layers += [nn.Linear(in_dim, h), nn.ReLU()]
+        in_dim = h
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class PolicyOutput:
+    action: torch.Tensor  # tanh-squashed, [B, act_dim]
+    log_prob: torch.Tensor  # [B]
+
+
+class Actor(nn.Module):
+    """Tanh-squashed diagonal Gaussian policy.
+
+    log π(a|s) = Σ_d [log N(u_d; μ_d, σ_d) − log(1 − tanh(u_d)² + 1e-6)],  a = tanh(u).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dims: Sequence[int]) -> None:
+        super().__init__()
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.backbone = mlp(obs_dim, hidden_dims)
+        last = hidden_dims[-1] if hidden_dims else obs_dim
+        self.mean = nn.Linear(last, act_dim)
+        self.log_std = nn.Linear(last, act_dim)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and clamped log-std of the pre-tanh Gaussian."""
+        h = self.backbone(obs)
+        return self.mean(h), self.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def sample(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> PolicyOutput:
+        """Reparameterized sample; ``noise`` (standard normal, same shape as the action) makes
+        it reproducible."""
+        mean, log_std = self(obs)
+        if noise is None:
+            noise = torch.randn_like(mean)
+        return squash(mean, log_std, noise)
+
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self(obs)[0])
+
+
+def squash(mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Tensor) -> PolicyOutput:
+    """a = tanh(μ + σ·ε) with its log-probability under the tanh-Gaussian."""
+    pre_tanh = mean + log_std.exp() * noise
+    action = torch.tanh(pre_tanh)
+    gauss = -0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+    log_prob = (gauss - torch.log(1 - action.pow(2) + TANH_EPS)).sum(-1)
+    return PolicyOutput(action, log_prob)
+
+
+def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    with torch.no_grad():
+        for t, s in zip(target.parameters(), source.parameters(), strict=True):
+            t.lerp_(s, tau)
+
+
+class Swish(nn.Module):
+    """x · sigmoid(x)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x)

@@ -1,0 +1,8 @@
+"""Train MICRO: python train.py --task walker2d-medium-expert-v2 [--key value ...]"""
+
+import sys
+
+from micro.cli import train_main
+
+if __name__ == "__main__":
+    sys.exit(train_main())
