@@ -15,6 +15,10 @@ from micro.config import FIELDS, field_type, parse_cli_value, resolve_config
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line naming the problem and pointing at --help."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # --penalty must not silently mean --penalty_coef
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 

@@ -220,7 +220,7 @@ class Trainer:
                 "loss/",
             )
             if "alpha_loss" in means:
-                self.logger.scalars({"alpha": means["alpha_loss"]}, self.step, "loss/")
+                self.logger.scalars({"alpha_loss": means["alpha_loss"]}, self.step, "loss/")
             train_keys = ("alpha", "uncertainty", "q_mean", "target_mean")
             self.logger.scalars({k: means[k] for k in train_keys}, self.step, "train/")
             self.logger.scalars({"actor_lr": lr}, self.step, "train/")

@@ -1,0 +1,207 @@
+"""The real command line, run as a user runs it, on small datasets made in the simulator."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import ROOT
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from micro.utils import sha256_file
+
+TAGS = {
+    "loss/critic_loss",
+    "loss/actor_loss",
+    "train/alpha",
+    "train/uncertainty",
+    "train/q_mean",
+    "train/actor_lr",
+    "rollout/reward_mean",
+    "dynamics/train_loss",
+    "dynamics/holdout_loss",
+    "eval/return",
+    "eval/normalized_score",
+}
+
+
+def train(args, env, cwd=ROOT, check=True):
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--no_progress", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def only_run_dir(logdir: Path) -> Path:
+    runs = list(logdir.glob("*/micro/*"))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, hopper_file, tiny_config):
+    import os
+
+    logdir = tmp_path_factory.mktemp("runs")
+    env = {**os.environ, "D4RL_DATASET_DIR": str(logdir / "no-cache")}
+    args = [
+        "--task",
+        "hopper-medium-v2",
+        "--dataset",
+        str(hopper_file),
+        "--config",
+        str(tiny_config),
+        "--logdir",
+        str(logdir),
+        "--seed",
+        "3",
+    ]
+    proc = train(args, env)
+    return only_run_dir(logdir), proc
+
+
+def test_run_directory_layout(smoke_run, hopper_file):
+    run_dir, proc = smoke_run
+    assert run_dir.name.startswith("seed3-")
+    assert run_dir.parent.parent.name == "hopper-medium-v2"
+    for rel in (
+        "config.yaml",
+        "progress.csv",
+        "policy.pt",
+        "dynamics/model.pt",
+        "dynamics/dynamics.json",
+        "checkpoints/last.pt",
+    ):
+        assert (run_dir / rel).is_file(), rel
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert not list(run_dir.rglob("*.tmp"))
+    assert "final: return" in proc.stdout and str(run_dir / "policy.pt") in proc.stdout
+
+
+def test_config_is_resolved_and_records_the_dataset(smoke_run, hopper_file):
+    run_dir, _ = smoke_run
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["task"] == "hopper-medium-v2" and cfg["seed"] == 3
+    assert cfg["penalty_coef"] == 1.0 and cfg["auto_alpha"] is False  # task file
+    assert cfg["epoch"] == 2 and cfg["hidden_dims"] == [32, 32]  # preset
+    assert cfg["dataset_file"] == str(hopper_file.resolve())
+    assert cfg["dataset_sha256"] == sha256_file(hopper_file)
+
+
+def test_progress_csv_has_one_row_per_epoch(smoke_run):
+    run_dir, _ = smoke_run
+    rows = list(csv.DictReader((run_dir / "progress.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert [int(r["step"]) for r in rows] == [20, 40]
+    for r in rows:
+        assert float(r["eval_return"]) == float(
+            r["eval_return"]
+        )  # evaluated every epoch (eval_freq 1)
+        assert float(r["alpha"]) == pytest.approx(0.1)  # hopper-medium: fixed alpha
+        assert float(r["uncertainty"]) > 0
+
+
+def test_tensorboard_has_the_scalars(smoke_run):
+    run_dir, _ = smoke_run
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) >= TAGS, TAGS - set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("eval/return")] == [20, 40]
+
+
+def test_policy_file_carries_what_evaluation_needs(smoke_run, hopper_file):
+    run_dir, _ = smoke_run
+    blob = torch.load(run_dir / "policy.pt", weights_only=True)
+    assert blob["format"] == "micro-policy-v1" and blob["task"] == "hopper-medium-v2"
+    assert (blob["obs_dim"], blob["act_dim"], blob["hidden_dims"]) == (11, 3, [32, 32])
+    assert blob["obs_mean"].shape == (11,) and blob["obs_std"].shape == (11,)
+    from micro.nets import Actor, EnsembleCritic
+
+    actor = Actor(11, 3, blob["hidden_dims"])
+    actor.load_state_dict(blob["actor"])
+    EnsembleCritic(11, 3, blob["hidden_dims"], blob["num_q_ensemble"]).load_state_dict(
+        blob["critics"]
+    )
+
+
+def test_load_dynamics_path_skips_fitting(smoke_run, hopper_file, tiny_config, tmp_path, cli_env):
+    run_dir, _ = smoke_run
+    args = [
+        "--task",
+        "hopper-medium-v2",
+        "--dataset",
+        str(hopper_file),
+        "--config",
+        str(tiny_config),
+        "--logdir",
+        str(tmp_path),
+        "--epoch",
+        "1",
+        "--load_dynamics_path",
+        str(run_dir / "dynamics"),
+    ]
+    proc = train(args, cli_env)
+    assert "dynamics: loaded from" in proc.stdout
+    new_run = only_run_dir(tmp_path)
+    assert not (new_run / "dynamics").exists()
+
+
+# --- errors users will hit: one line, non-zero exit, nothing written ---
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "hopper-medium-v3"], "error: unknown task 'hopper-medium-v3'"),
+        (
+            ["--task", "hopper-medium-v2", "--rollout_length", "x"],
+            "error: bad value for rollout_length",
+        ),
+        (
+            ["--task", "walker2d-medium-v2", "--dataset", "DATA"],
+            "has observation/action sizes 11/3, but",
+        ),
+        (
+            ["--task", "hopper-medium-v2", "--dataset", "/nonexistent.hdf5"],
+            "dataset file not found",
+        ),
+    ],
+)
+def test_bad_input_is_one_line(args, message, tmp_path, cli_env, hopper_file):
+    args = [str(hopper_file) if a == "DATA" else a for a in args]
+    proc = train([*args, "--logdir", str(tmp_path / "runs")], cli_env, check=False)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unreachable_d4rl_fails_fast_with_a_way_out(tmp_path, cli_env):
+    proc = train(
+        ["--task", "walker2d-medium-expert-v2", "--logdir", str(tmp_path / "runs")],
+        cli_env,
+        check=False,
+    )
+    assert proc.returncode == 1
+    line = proc.stderr.strip()
+    assert line.count("\n") == 0
+    assert str(Path(cli_env["D4RL_DATASET_DIR"]) / "walker2d_medium_expert-v2.hdf5") in line
+    assert "http://127.0.0.1:9/none/walker2d_medium_expert-v2.hdf5" in line
+    assert "--dataset" in line and "python -m micro.data.collect" in line
+    assert not (tmp_path / "runs").exists()
+    assert not any(Path(cli_env["D4RL_DATASET_DIR"]).glob("*"))
+
+
+def test_unknown_flag_exit_code_two(tmp_path, cli_env):
+    proc = train(["--task", "hopper-medium-v2", "--penalty", "1"], cli_env, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1

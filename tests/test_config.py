@@ -1,0 +1,115 @@
+import pytest
+import yaml
+
+from micro import MicroError
+from micro.cli import parse_train_args
+from micro.config import CONFIG_DIR, Config, read_overrides, resolve_config
+from micro.envs import TASKS
+
+
+def test_defaults_are_spec():
+    c = Config()
+    assert (c.n_ensemble, c.n_elites, c.dynamics_hidden_dims) == (7, 5, (200, 200, 200, 200))
+    assert c.dynamics_weight_decay == (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)
+    assert (c.hidden_dims, c.num_q_ensemble, c.gamma, c.tau) == ((256, 256), 2, 0.99, 0.005)
+    assert (c.actor_lr, c.critic_lr, c.alpha_lr, c.dynamics_lr) == (1e-4, 3e-4, 1e-4, 1e-3)
+    assert (c.rollout_freq, c.rollout_batch_size, c.model_retain_epochs) == (1000, 50_000, 5)
+    assert (c.num_samples, c.real_ratio, c.batch_size) == (10, 0.05, 256)
+    assert (c.epoch, c.step_per_epoch, c.eval_freq, c.eval_episodes) == (3000, 1000, 10, 10)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_has_a_config_that_loads(task):
+    assert (CONFIG_DIR / f"{task}.yaml").exists()
+    assert resolve_config(task).task == task
+
+
+def test_published_task_overrides():
+    c = resolve_config("hopper-medium-v2")
+    assert (c.rollout_length, c.penalty_coef, c.auto_alpha, c.max_epochs_since_update) == (
+        5,
+        1.0,
+        False,
+        10,
+    )
+    c = resolve_config("halfcheetah-medium-expert-v2")
+    assert (c.real_ratio, c.deterministic_backup, c.max_epochs_since_update) == (0.5, True, 30)
+    c = resolve_config("walker2d-medium-v2")
+    assert (c.dynamics_max_epochs, c.max_epochs_since_update) == (30, 30)
+    c = resolve_config("walker2d-medium-replay-v2")
+    assert (c.rollout_length, c.penalty_coef, c.real_ratio) == (1, 0.2, 0.5)
+    c = resolve_config("hopper-medium-expert-v2")
+    assert (c.rollout_length, c.deterministic_backup) == (10, True)
+
+
+def test_cli_flags_parse_by_type():
+    cfg, _, _ = parse_train_args([
+        "--task", "hopper-medium-v2", "--penalty_coef", "0.3", "--auto_alpha", "true",
+        "--dynamics_hidden_dims", "10", "20", "30", "--dynamics_weight_decay", "1e-5", "1e-5",
+        "1e-5", "1e-5", "--dynamics_max_epochs", "7", "--deterministic_backup", "--seed", "3",
+    ])  # fmt: skip
+    assert cfg.penalty_coef == 0.3 and cfg.auto_alpha is True and cfg.seed == 3
+    assert cfg.dynamics_hidden_dims == (10, 20, 30)
+    assert cfg.dynamics_max_epochs == 7 and cfg.deterministic_backup is True
+    assert cfg.max_epochs_since_update == 10  # the task file still applies
+    cfg, _, _ = parse_train_args(["--task", "walker2d-medium-v2", "--dynamics_max_epochs", "none"])
+    assert cfg.dynamics_max_epochs is None
+    cfg, _, _ = parse_train_args(["--task", "hopper-medium-v2", "--auto_alpha", "false"])
+    assert cfg.auto_alpha is False
+
+
+def test_layering_order(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("penalty_coef: 0.25\nrollout_length: 2\n")
+    cfg, _, _ = parse_train_args(
+        ["--task", "hopper-medium-v2", "--config", str(preset), "--rollout_length", "3"]
+    )
+    assert (cfg.penalty_coef, cfg.rollout_length, cfg.auto_alpha) == (0.25, 3, False)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--penalty_coef", "abc"], "bad value for penalty_coef: 'abc' is not a finite number"),
+        (["--auto_alpha", "maybe"], "bad value for auto_alpha: 'maybe' is not true or false"),
+        (["--epoch", "1.5"], "bad value for epoch: '1.5' is not an integer"),
+        (["--real_ratio", "2"], "bad config: real_ratio must be in [0, 1]"),
+        (["--task", "hopper-v3"], "unknown task 'hopper-v3'"),
+        (["--dynamics_max_epochs", "0"], "dynamics_max_epochs must be positive"),
+    ],
+)
+def test_bad_values_raise_one_line(argv, message):
+    with pytest.raises(MicroError) as err:
+        parse_train_args(argv)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_flag_is_a_one_line_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_train_args(["--penalty", "1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unrecognized arguments: --penalty 1" in err
+
+
+def test_yaml_errors(tmp_path):
+    bad_key = tmp_path / "k.yaml"
+    bad_key.write_text("penalty: 1\n")
+    with pytest.raises(MicroError, match="unknown config key 'penalty'"):
+        read_overrides(bad_key)
+    bad_type = tmp_path / "t.yaml"
+    bad_type.write_text("rollout_length: 1.5\n")
+    with pytest.raises(MicroError, match=r"rollout_length .* is not of type int"):
+        read_overrides(bad_type)
+    bad_list = tmp_path / "l.yaml"
+    bad_list.write_text("hidden_dims: 256\n")
+    with pytest.raises(MicroError, match="expected a list of int"):
+        read_overrides(bad_list)
+
+
+def test_to_dict_round_trips_through_yaml():
+    from micro.config import config_from_dict
+
+    cfg = resolve_config("walker2d-medium-expert-v2")
+    again = config_from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    assert again == cfg

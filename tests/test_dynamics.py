@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from micro.data.d4rl import load_transitions
+from micro.dynamics import EnsembleDynamics, fit_dynamics, gaussian_nll_loss, holdout_mse
+from micro.envs import parse_task
+
+
+def test_logvar_soft_clamp_and_shapes():
+    torch.manual_seed(0)
+    model = EnsembleDynamics(11, 3, [16, 16], n_ensemble=3, n_elites=2, weight_decay=[0, 0, 0])
+    with torch.no_grad():
+        model.layers[-1].bias[..., 12:] = 50.0  # huge raw log-variance
+    mean, logvar = model(torch.randn(5, 14))
+    assert mean.shape == (3, 5, 12) and logvar.shape == (3, 5, 12)
+    # the lower softplus lifts values by at most softplus(-10.5) ~ 3e-5
+    assert (logvar <= model.max_logvar + 1e-4).all() and (logvar >= model.min_logvar).all()
+    raw = torch.full((1,), 50.0)
+    expect = 0.5 - F.softplus(0.5 - raw)
+    expect = -10 + F.softplus(expect + 10)
+    torch.testing.assert_close(logvar[0, 0, 0], expect[0], rtol=1e-5, atol=1e-5)
+
+
+def test_nll_loss_re_derivation():
+    torch.manual_seed(1)
+    mean, logvar, target = torch.randn(3, 4, 5), torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+    expected = 0.0
+    for e in range(3):
+        expected += ((mean[e] - target[e]) ** 2 * torch.exp(-logvar[e])).mean() + logvar[e].mean()
+    torch.testing.assert_close(gaussian_nll_loss(mean, logvar, target), expected)
+
+
+def test_decay_loss():
+    model = EnsembleDynamics(2, 1, [4], n_ensemble=2, n_elites=1, weight_decay=[0.1, 0.2])
+    expected = (
+        0.05 * model.layers[0].weight.pow(2).sum() + 0.1 * model.layers[1].weight.pow(2).sum()
+    )
+    torch.testing.assert_close(model.decay_loss(), expected)
+
+
+def test_scaler_guards_constant_inputs():
+    model = EnsembleDynamics(2, 1, [4], n_ensemble=2, n_elites=1, weight_decay=[0, 0])
+    x = torch.tensor([[1.0, 5.0, 2.0], [3.0, 5.0, 2.0]])
+    model.set_scaler(x)
+    assert model.input_mean.tolist() == [2.0, 5.0, 2.0]
+    assert model.input_std.tolist() == [1.0, 1.0, 1.0]  # std 1, then 0 -> 1, 0 -> 1
+
+
+@pytest.fixture(scope="module")
+def fitted(hopper_file):
+    data = load_transitions(hopper_file, parse_task("hopper-random-v2"))
+    t = [
+        torch.as_tensor(x)
+        for x in (data.observations, data.actions, data.next_observations, data.rewards)
+    ]
+    torch.manual_seed(0)
+    model = EnsembleDynamics(
+        11, 3, [64, 64], n_ensemble=4, n_elites=2, weight_decay=[2.5e-5, 5e-5, 1e-4]
+    )
+    gen = torch.Generator().manual_seed(0)
+    result = fit_dynamics(
+        model, *t, max_epochs=25, max_epochs_since_update=25, generator=gen, progress=False
+    )
+    return model, result, t
+
+
+def test_fit_lowers_holdout_loss_and_picks_best_members(fitted):
+    model, result, _ = fitted
+    assert result.epochs == 25
+    assert result.holdout_curve[-1] < 0.5 * result.holdout_curve[0]
+    best = np.asarray(result.holdout_losses)
+    assert sorted(result.elites) == sorted(np.argsort(best)[:2].tolist())
+    assert model.elites.tolist() == result.elites
+
+
+def test_restored_members_have_their_best_holdout_loss(fitted, hopper_file):
+    model, result, t = fitted
+    obs, act, next_obs, rew = t
+    # recompute the holdout split exactly as fit_dynamics drew it (same generator seed)
+    gen = torch.Generator().manual_seed(0)
+    n = obs.shape[0]
+    perm = torch.randperm(n, generator=gen)
+    hold = perm[: min(int(n * 0.2), 1000)]
+    inputs = torch.cat([obs, act], -1)[hold]
+    targets = torch.cat([next_obs - obs, rew], -1)[hold]
+    torch.testing.assert_close(
+        holdout_mse(model, inputs, targets),
+        torch.tensor(result.holdout_losses),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    model, _, t = fitted
+    model.save(tmp_path / "dyn")
+    again = EnsembleDynamics.load(tmp_path / "dyn", 11, 3)
+    x = torch.cat([t[0][:9], t[1][:9]], -1)
+    for a, b in zip(model(x), again(x), strict=True):
+        torch.testing.assert_close(a, b)
+    assert again.elites.tolist() == model.elites.tolist()
+
+
+def test_sample_step_uses_an_elite_per_row():
+    torch.manual_seed(3)
+    model = EnsembleDynamics(3, 1, [8], n_ensemble=4, n_elites=2, weight_decay=[0, 0])
+    model.elites.copy_(torch.tensor([1, 3]))
+    with torch.no_grad():  # make the model almost deterministic so samples equal means
+        model.min_logvar.fill_(-40.0)
+        model.max_logvar.fill_(-39.0)
+    obs, act = torch.randn(200, 3), torch.randn(200, 1)
+    next_obs, reward = model.sample_step(obs, act)
+    mean, _ = model(torch.cat([obs, act], -1))
+    candidates = torch.cat([mean[..., :-1] + obs, mean[..., -1:]], -1)  # [4, 200, 4]
+    got = torch.cat([next_obs, reward], -1)
+    dist = (candidates - got).abs().amax(-1)  # [4, 200]
+    member = dist.argmin(0)
+    assert torch.all(dist.min(0).values < 1e-5)
+    assert set(member.tolist()) == {1, 3}
