@@ -72,6 +72,13 @@ def state_uncertainty(values: torch.Tensor) -> torch.Tensor:
     return per_member.mean(dim=0) - per_member.min(dim=0).values
 
 
+def soft_bellman_target(
+    rewards: torch.Tensor, terminals: torch.Tensor, next_value: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """The plain soft Bellman target r + γ (1 − d) V(s'); all inputs [B]."""
+    return rewards + gamma * (1.0 - terminals) * next_value
+
+
 def conservative_target(
     rewards: torch.Tensor,
     terminals: torch.Tensor,
@@ -79,16 +86,18 @@ def conservative_target(
     uncertainty: torch.Tensor,
     gamma: float,
     penalty_coef: float,
+    clamp: bool = True,
 ) -> torch.Tensor:
     """The conservative Bellman target, clamped at zero like the published code:
 
         y = max( r + γ (1 − d) (V(s') − β U(s, a)),  0 )
 
     where V(s') = min_j Q̄_j(s', a') − α log π(a'|s') (entropy omitted with deterministic
-    backup), β = ``penalty_coef`` and U = 0 on real rows. All inputs are [B].
+    backup), β = ``penalty_coef`` and U = 0 on real rows. All inputs are [B]. With
+    ``clamp=False`` (online SAC for behavior policies) the max with 0 is skipped.
     """
-    y = rewards + gamma * (1.0 - terminals) * (next_value - penalty_coef * uncertainty)
-    return y.clamp(min=0.0)
+    y = soft_bellman_target(rewards, terminals, next_value - penalty_coef * uncertainty, gamma)
+    return y.clamp(min=0.0) if clamp else y
 
 
 def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -213,6 +222,7 @@ class MICRO(nn.Module):
             uncertainty,
             self.cfg.gamma,
             self.cfg.penalty_coef,
+            self.cfg.clamp_target,
         )
         return y, uncertainty
 
@@ -230,11 +240,13 @@ class MICRO(nn.Module):
 
         alpha = self.alpha
         pi = self.actor.sample(batch.observations)
+        self.critics.requires_grad_(False)  # the actor step needs no critic weight gradients
         q_new = self.critics(batch.observations, pi.action)
         loss_pi = actor_loss(pi.log_prob, q_new, alpha)
         self.actor_optim.zero_grad(set_to_none=True)
         loss_pi.backward()
         self.actor_optim.step()
+        self.critics.requires_grad_(True)
 
         metrics = {
             "critic_loss": loss_q.detach(),

@@ -47,6 +47,7 @@ class Config:
     deterministic_backup: bool = False  # drop the entropy term from the critic target
     max_q_backup: bool = False  # next value = min_j max_k Q_j(s', a'_k), k over 10 actions
     lr_scheduler: bool = True  # cosine annealing of the actor learning rate
+    clamp_target: bool = True  # y = max(y, 0), as the published code does
 
     # --- dynamics ensemble -------------------------------------------------------------------
     dynamics_lr: float = 1e-3

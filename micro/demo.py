@@ -53,8 +53,10 @@ def main() -> int:
     final = result["run"].final_eval
     print("\n=== demo summary ===")
     print(f"dataset          {DATA} ({DEMO_STEPS} steps, uniform random actions)")
-    print(f"MICRO score      {final.normalized_mean:.1f} ± {final.normalized_std:.1f} normalized "
-          f"(return {final.mean:.1f}, {cfg.eval_episodes} episodes)")  # fmt: skip
+    print(
+        f"MICRO score      {final.normalized_mean:.1f} ± {final.normalized_std:.1f} normalized "
+        f"(return {final.mean:.1f}, {cfg.eval_episodes} episodes)"
+    )
     walls = f"collect {timings['collect']:.0f}s, dynamics + MICRO {timings['train']:.0f}s"
     print(f"wall time        {walls}")
     print(f"run directory    {result['run'].run_dir}")

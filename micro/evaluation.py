@@ -36,10 +36,16 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(
-    actor: Actor, env_name: str, episodes: int, seed: int, device: torch.device
+    actor: Actor,
+    env_name: str,
+    episodes: int,
+    seed: int,
+    device: torch.device,
+    deterministic: bool = True,
 ) -> EvalResult:
-    """Run ``episodes`` episodes of the deterministic policy tanh(μ(s)); episode i is seeded
-    ``seed + i`` so the same call gives the same result."""
+    """Run ``episodes`` episodes of the deterministic policy tanh(μ(s)) (or of the stochastic
+    policy); episode i is seeded ``seed + i`` so the same call gives the same result."""
+    generator = torch.Generator(device=device).manual_seed(seed)
     env = make_env(env_name)
     returns, lengths = [], []
     was_training = actor.training
@@ -50,7 +56,13 @@ def evaluate(
             total, steps, done = 0.0, 0, False
             while not done:
                 obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)
-                action = actor.deterministic(obs_t).squeeze(0).cpu().numpy()
+                if deterministic:
+                    action = actor.deterministic(obs_t)
+                else:
+                    mean = actor(obs_t)[0]
+                    noise = torch.randn(mean.shape, device=device, generator=generator)
+                    action = actor.sample(obs_t, noise).action
+                action = action.squeeze(0).cpu().numpy()
                 obs, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
                 steps += 1

@@ -8,11 +8,25 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 
 CSV_COLUMNS = (
-    "epoch", "step", "time_s", "critic_loss", "actor_loss", "alpha_loss", "alpha",
-    "uncertainty", "q_mean", "target_mean", "log_prob", "rollout_reward_mean",
-    "model_buffer_size", "actor_lr", "eval_return", "eval_return_std",
-    "eval_normalized_score", "eval_normalized_score_std",
-)  # fmt: skip
+    "epoch",
+    "step",
+    "time_s",
+    "critic_loss",
+    "actor_loss",
+    "alpha_loss",
+    "alpha",
+    "uncertainty",
+    "q_mean",
+    "target_mean",
+    "log_prob",
+    "rollout_reward_mean",
+    "model_buffer_size",
+    "actor_lr",
+    "eval_return",
+    "eval_return_std",
+    "eval_normalized_score",
+    "eval_normalized_score_std",
+)
 
 
 class RunLogger:

@@ -47,9 +47,20 @@ def make_run_dir(cfg: Config) -> Path:
 
 def transitions_to_buffer(data: Transitions, device: torch.device) -> ReplayBuffer:
     buf = ReplayBuffer(len(data), data.observations.shape[1], data.actions.shape[1], device)
-    buf.add(Batch(*(torch.as_tensor(x, device=device) for x in (
-        data.observations, data.actions, data.next_observations, data.rewards, data.terminals
-    ))))  # fmt: skip
+    buf.add(
+        Batch(
+            *(
+                torch.as_tensor(x, device=device)
+                for x in (
+                    data.observations,
+                    data.actions,
+                    data.next_observations,
+                    data.rewards,
+                    data.terminals,
+                )
+            )
+        )
+    )
     return buf
 
 
@@ -128,10 +139,15 @@ class Trainer:
             progress=self.progress,
         )
         model.requires_grad_(False)
-        model.save(self.run_dir / "dynamics", extra={
-            "epochs": result.epochs, "holdout_losses": result.holdout_losses,
-            "fit_seconds": round(time.time() - start, 1), "task": cfg.task,
-        })  # fmt: skip
+        model.save(
+            self.run_dir / "dynamics",
+            extra={
+                "epochs": result.epochs,
+                "holdout_losses": result.holdout_losses,
+                "fit_seconds": round(time.time() - start, 1),
+                "task": cfg.task,
+            },
+        )
         elite_mse = np.mean([result.holdout_losses[e] for e in result.elites])
         print(
             f"dynamics: {result.epochs} epochs in {time.time() - start:.0f}s, "
@@ -211,9 +227,15 @@ class Trainer:
                     raise MicroError(
                         f"non-finite {key} ({value}) in epoch {epoch} (step {self.step})"
                     )
-            row = {"epoch": epoch, "step": self.step, "time_s": round(time.time() - start_time, 1),
-                   **means, "rollout_reward_mean": rollout_info.get("rollout_reward_mean", ""),
-                   "model_buffer_size": self.model_buffer.size, "actor_lr": lr}  # fmt: skip
+            row = {
+                "epoch": epoch,
+                "step": self.step,
+                "time_s": round(time.time() - start_time, 1),
+                **means,
+                "rollout_reward_mean": rollout_info.get("rollout_reward_mean", ""),
+                "model_buffer_size": self.model_buffer.size,
+                "actor_lr": lr,
+            }
             self.logger.scalars(
                 {k: means[k] for k in ("critic_loss", "actor_loss") if k in means},
                 self.step,
@@ -303,10 +325,17 @@ def run(cfg: Config, progress: bool = True, extra_config: dict | None = None) ->
     data = load_transitions(data_path, task)
     set_seed(cfg.seed)
     run_dir = make_run_dir(cfg)
-    save_config(cfg, run_dir / "config.yaml", {
-        "dataset_file": str(data_path.resolve()), "dataset_sha256": sha256_file(data_path),
-        "dataset_transitions": len(data), "device_used": str(device), **(extra_config or {}),
-    })  # fmt: skip
+    save_config(
+        cfg,
+        run_dir / "config.yaml",
+        {
+            "dataset_file": str(data_path.resolve()),
+            "dataset_sha256": sha256_file(data_path),
+            "dataset_transitions": len(data),
+            "device_used": str(device),
+            **(extra_config or {}),
+        },
+    )
     print(
         f"run directory: {run_dir}\ndata: {data_path} ({len(data)} transitions), device: {device}"
     )

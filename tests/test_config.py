@@ -43,11 +43,30 @@ def test_published_task_overrides():
 
 
 def test_cli_flags_parse_by_type():
-    cfg, _, _ = parse_train_args([
-        "--task", "hopper-medium-v2", "--penalty_coef", "0.3", "--auto_alpha", "true",
-        "--dynamics_hidden_dims", "10", "20", "30", "--dynamics_weight_decay", "1e-5", "1e-5",
-        "1e-5", "1e-5", "--dynamics_max_epochs", "7", "--deterministic_backup", "--seed", "3",
-    ])  # fmt: skip
+    cfg, _, _ = parse_train_args(
+        [
+            "--task",
+            "hopper-medium-v2",
+            "--penalty_coef",
+            "0.3",
+            "--auto_alpha",
+            "true",
+            "--dynamics_hidden_dims",
+            "10",
+            "20",
+            "30",
+            "--dynamics_weight_decay",
+            "1e-5",
+            "1e-5",
+            "1e-5",
+            "1e-5",
+            "--dynamics_max_epochs",
+            "7",
+            "--deterministic_backup",
+            "--seed",
+            "3",
+        ]
+    )
     assert cfg.penalty_coef == 0.3 and cfg.auto_alpha is True and cfg.seed == 3
     assert cfg.dynamics_hidden_dims == (10, 20, 30)
     assert cfg.dynamics_max_epochs == 7 and cfg.deterministic_backup is True

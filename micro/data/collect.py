@@ -40,10 +40,20 @@ def collect(env_name: str, policy: Policy, steps: int, seed: int, progress: bool
     1000-step limit. Returns D4RL's arrays plus per-episode returns under ``episode_returns``."""
     env = make_env(env_name)
     rng = np.random.default_rng(seed)
-    data: dict[str, list] = {k: [] for k in (
-        "observations", "next_observations", "actions", "rewards", "terminals", "timeouts",
-        "infos/qpos", "infos/qvel", "infos/action_log_probs",
-    )}  # fmt: skip
+    data: dict[str, list] = {
+        k: []
+        for k in (
+            "observations",
+            "next_observations",
+            "actions",
+            "rewards",
+            "terminals",
+            "timeouts",
+            "infos/qpos",
+            "infos/qvel",
+            "infos/action_log_probs",
+        )
+    }
     episode_returns: list[float] = []
     episode = 0
     obs, _ = env.reset(seed=seed)

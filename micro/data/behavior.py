@@ -1,0 +1,369 @@
+"""Behavior policies the D4RL way: online SAC in the simulator, with evaluated snapshots.
+
+    python -m micro.data.behavior --env hopper --steps 1000000 --out runs/behavior/hopper
+
+SAC here is the project's own learner (``micro.agent.MICRO``) with the conservative parts switched
+off: no model rows (real_ratio 1), no penalty, no target clamp, constant learning rates. The run
+folder holds ``state.pt`` (everything needed to resume: run the same command again),
+``snapshots/step_<N>.pt`` (actor + evaluated return, every ``--snapshot_every`` steps),
+``replay/`` (every transition in order, the source of medium-replay datasets), ``evals.csv``
+and ``tb/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from micro import MicroError
+from micro.agent import MICRO, Batch
+from micro.config import Config
+from micro.envs import ENV_IDS, OBS_ACT_DIMS, make_env, normalized_score
+from micro.evaluation import evaluate
+from micro.nets import Actor
+from micro.utils import atomic_path, atomic_torch_save, safe_torch_load, set_seed
+
+SNAPSHOT_FORMAT = "micro-behavior-v1"
+REPLAY_KEYS = (
+    "observations",
+    "actions",
+    "rewards",
+    "next_observations",
+    "terminals",
+    "timeouts",
+    "action_log_probs",
+    "qpos",
+    "qvel",
+)
+
+
+@dataclass(frozen=True)
+class BehaviorSettings:
+    env: str
+    steps: int
+    seed: int = 0
+    start_steps: int = 5000  # uniform random actions before learning starts
+    snapshot_every: int = 10_000
+    save_every: int = 20_000
+    eval_episodes: int = 5
+    hidden_dims: tuple[int, ...] = (256, 256)
+    lr: float = 3e-4
+    batch_size: int = 256
+
+
+def sac_config(s: BehaviorSettings) -> Config:
+    return Config(
+        task=f"{s.env}-medium-v2",
+        seed=s.seed,
+        hidden_dims=s.hidden_dims,
+        actor_lr=s.lr,
+        critic_lr=s.lr,
+        alpha_lr=s.lr,
+        lr_scheduler=False,
+        clamp_target=False,
+        penalty_coef=0.0,
+        real_ratio=1.0,
+        batch_size=s.batch_size,
+    )
+
+
+class ReplayLog:
+    """Every transition in order, in numpy (torch views for sampling); saved as append-only
+    chunks."""
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, nq: int, nv: int) -> None:
+        self.arrays = {
+            "qpos": np.zeros((capacity, nq), np.float64),
+            "qvel": np.zeros((capacity, nv), np.float64),
+            "observations": np.zeros((capacity, obs_dim), np.float32),
+            "actions": np.zeros((capacity, act_dim), np.float32),
+            "rewards": np.zeros((capacity, 1), np.float32),
+            "next_observations": np.zeros((capacity, obs_dim), np.float32),
+            "terminals": np.zeros((capacity, 1), np.float32),
+            "timeouts": np.zeros((capacity, 1), np.float32),
+            "action_log_probs": np.zeros((capacity, 1), np.float32),
+        }
+        self.views = {
+            k: torch.from_numpy(v) for k, v in self.arrays.items() if v.dtype == np.float32
+        }
+        self.size = 0
+
+    def add(self, **row) -> None:
+        for key, value in row.items():
+            self.arrays[key][self.size] = value
+        self.size += 1
+
+    def sample(self, n: int) -> Batch:
+        idx = torch.randint(self.size, (n,))
+        v = self.views
+        return Batch(
+            v["observations"][idx],
+            v["actions"][idx],
+            v["next_observations"][idx],
+            v["rewards"][idx],
+            v["terminals"][idx],
+        )
+
+    def save_chunk(self, folder: Path, start: int) -> None:
+        path = folder / f"{start:09d}-{self.size:09d}.npz"
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **{k: v[start : self.size] for k, v in self.arrays.items()})
+
+    def load_chunks(self, folder: Path, upto: int) -> None:
+        for chunk in sorted(folder.glob("*.npz")):
+            start, end = (int(x) for x in chunk.stem.split("-"))
+            if start >= upto:
+                continue
+            with np.load(chunk) as z:
+                for key in REPLAY_KEYS:
+                    self.arrays[key][start : min(end, upto)] = z[key][: min(end, upto) - start]
+        self.size = upto
+
+
+def read_replay(folder: Path, upto: int) -> dict[str, np.ndarray]:
+    """The first ``upto`` transitions of a behavior run, in order."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in REPLAY_KEYS}
+    covered = 0
+    for chunk in sorted(Path(folder).glob("*.npz")):
+        start, end = (int(x) for x in chunk.stem.split("-"))
+        if start >= upto:
+            break
+        if start != covered:
+            raise MicroError(f"replay chunks in {folder} have a gap at row {covered}")
+        with np.load(chunk) as z:
+            for key in REPLAY_KEYS:
+                parts[key].append(z[key][: min(end, upto) - start])
+        covered = min(end, upto)
+    if covered < upto:
+        raise MicroError(f"{folder} holds {covered} transitions, {upto} were asked for")
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def save_snapshot(
+    path: Path, actor: Actor, s: BehaviorSettings, step: int, ret: np.ndarray, wall: float
+) -> None:
+    atomic_torch_save(
+        {
+            "format": SNAPSHOT_FORMAT,
+            "env": s.env,
+            "obs_dim": actor.obs_dim,
+            "act_dim": actor.act_dim,
+            "hidden_dims": list(s.hidden_dims),
+            "actor": {k: v.cpu() for k, v in actor.state_dict().items()},
+            "step": step,
+            "seed": s.seed,
+            "return_mean": float(ret.mean()),
+            "return_std": float(ret.std()),
+            "normalized_score": normalized_score(s.env, float(ret.mean())),
+            "eval_episodes": len(ret),
+            "wall_time_s": round(wall, 1),
+        },
+        path,
+    )
+
+
+def load_snapshot(path: str | Path) -> tuple[Actor, dict]:
+    """A behavior policy (snapshot or shipped file): its actor and metadata."""
+    blob = safe_torch_load(path, "behavior policy")
+    if blob.get("format") != SNAPSHOT_FORMAT:
+        raise MicroError(f"{path} is not a micro behavior policy (format {blob.get('format')!r})")
+    actor = Actor(blob["obs_dim"], blob["act_dim"], blob["hidden_dims"])
+    actor.load_state_dict(blob["actor"])
+    actor.eval()
+    return actor, {k: v for k, v in blob.items() if k != "actor"}
+
+
+def train_behavior(s: BehaviorSettings, out: Path, progress: bool = True) -> Path:
+    """Online SAC for ``s.steps`` environment steps; resumes from ``out/state.pt`` if present."""
+    obs_dim, act_dim = OBS_ACT_DIMS[s.env]
+    out.mkdir(parents=True, exist_ok=True)
+    settings_file = out / "settings.json"
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in s.__dict__.items()}
+    if settings_file.exists():
+        saved = json.loads(settings_file.read_text())
+        if {k: v for k, v in saved.items() if k != "steps"} != {
+            k: v for k, v in settings.items() if k != "steps"
+        }:
+            raise MicroError(
+                f"{out} holds a behavior run with other settings ({saved}); use another --out"
+            )
+    with atomic_path(settings_file) as tmp:
+        tmp.write_text(json.dumps(settings, indent=2))
+
+    set_seed(s.seed)
+    agent = MICRO(sac_config(s), obs_dim, act_dim, None)
+    env = make_env(s.env)
+    model = env.unwrapped.model
+    replay = ReplayLog(s.steps, obs_dim, act_dim, model.nq, model.nv)
+    step, episode, wall = 0, 0, 0.0
+    state_file = out / "state.pt"
+    if state_file.exists():
+        state = safe_torch_load(state_file, "behavior checkpoint")
+        agent.load_state_dict(state["agent"])
+        agent.actor_optim.load_state_dict(state["actor_optim"])
+        agent.critic_optim.load_state_dict(state["critic_optim"])
+        agent.alpha_optim.load_state_dict(state["alpha_optim"])
+        torch.set_rng_state(state["torch_rng"])
+        step, episode, wall = state["step"], state["episode"], state["wall_time_s"]
+        replay.load_chunks(out / "replay", step)
+        if step > 0 and not (
+            replay.arrays["terminals"][step - 1] or replay.arrays["timeouts"][step - 1]
+        ):
+            replay.arrays["timeouts"][step - 1] = 1.0  # the interrupted episode ends here
+        print(f"resuming {out} at step {step}")
+    if step >= s.steps:
+        print(f"{out}: already trained for {step} steps")
+        return out
+
+    rng = np.random.default_rng(s.seed + step)
+    episode += 1
+    obs, _ = env.reset(seed=s.seed * 1_000_003 + episode)
+    last_saved = step
+    log_path = out / "evals.csv"
+    new_log = not log_path.exists()
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tb"))
+    t0 = time.time() - wall
+    bar = tqdm(total=s.steps, initial=step, desc=f"SAC {s.env}", unit="step", disable=not progress)
+    with open(log_path, "a", newline="") as log_file:
+        log = csv.writer(log_file)
+        if new_log:
+            log.writerow(
+                ["step", "episodes", "return_mean", "return_std", "normalized_score", "wall_time_s"]
+            )
+        while step < s.steps:
+            if step < s.start_steps:
+                action = rng.uniform(-1, 1, act_dim).astype(np.float32)
+                log_prob = -act_dim * np.log(2.0)
+            else:
+                with torch.no_grad():
+                    pi = agent.actor.sample(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))
+                action, log_prob = pi.action[0].numpy(), float(pi.log_prob[0])
+            sim = env.unwrapped.data
+            qpos, qvel = sim.qpos.copy(), sim.qvel.copy()
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            replay.add(
+                qpos=qpos,
+                qvel=qvel,
+                observations=obs,
+                actions=action,
+                rewards=reward,
+                next_observations=next_obs,
+                terminals=float(terminated),
+                timeouts=float(truncated and not terminated),
+                action_log_probs=log_prob,
+            )
+            step += 1
+            if step >= s.start_steps:
+                metrics = agent.update(replay.sample(s.batch_size), s.batch_size)
+            if terminated or truncated:
+                episode += 1
+                obs, _ = env.reset(seed=s.seed * 1_000_003 + episode)
+            else:
+                obs = next_obs
+            bar.update(1)
+            if step % s.snapshot_every == 0 or step == s.steps:
+                res = evaluate(
+                    agent.actor,
+                    s.env,
+                    s.eval_episodes,
+                    10_000_000 + step,
+                    torch.device("cpu"),
+                    deterministic=False,
+                )
+                wall = time.time() - t0
+                save_snapshot(
+                    out / "snapshots" / f"step_{step:07d}.pt",
+                    agent.actor,
+                    s,
+                    step,
+                    res.returns,
+                    wall,
+                )
+                log.writerow(
+                    [step, episode, res.mean, res.std, res.normalized_mean, round(wall, 1)]
+                )
+                log_file.flush()
+                writer.add_scalar("eval/return", res.mean, step)
+                writer.add_scalar("eval/normalized_score", res.normalized_mean, step)
+                if step >= s.start_steps:
+                    for key in ("critic_loss", "actor_loss", "alpha", "q_mean"):
+                        writer.add_scalar(f"train/{key}", float(metrics[key]), step)
+                bar.write(
+                    f"step {step}: return {res.mean:.0f} ± {res.std:.0f} "
+                    f"(normalized {res.normalized_mean:.1f})"
+                )
+            if step % s.save_every == 0 or step == s.steps:
+                replay.save_chunk(out / "replay", last_saved)
+                last_saved = step
+                atomic_torch_save(
+                    {
+                        "agent": agent.state_dict(),
+                        "actor_optim": agent.actor_optim.state_dict(),
+                        "critic_optim": agent.critic_optim.state_dict(),
+                        "alpha_optim": agent.alpha_optim.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        "step": step,
+                        "episode": episode,
+                        "wall_time_s": time.time() - t0,
+                    },
+                    state_file,
+                )
+    bar.close()
+    writer.close()
+    env.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from micro.cli import OneLineParser, guarded
+
+    parser = OneLineParser(prog="python -m micro.data.behavior", description=__doc__.split("\n")[0])
+    parser.add_argument("--env", required=True, choices=list(ENV_IDS))
+    parser.add_argument("--steps", type=int, required=True, help="total environment steps")
+    parser.add_argument(
+        "--out", required=True, help="run folder (created, or resumed if it exists)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--start_steps", type=int, default=5000)
+    parser.add_argument("--snapshot_every", type=int, default=10_000)
+    parser.add_argument("--save_every", type=int, default=20_000)
+    parser.add_argument("--eval_episodes", type=int, default=5)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
+    parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument("--debug", action="store_true")
+
+    def run(argv: list[str]) -> int:
+        a = parser.parse_args(argv)
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        if a.steps < 1 or a.snapshot_every < 1 or a.save_every < 1:
+            raise MicroError("--steps, --snapshot_every and --save_every must be positive")
+        s = BehaviorSettings(
+            env=a.env,
+            steps=a.steps,
+            seed=a.seed,
+            start_steps=a.start_steps,
+            snapshot_every=a.snapshot_every,
+            save_every=a.save_every,
+            eval_episodes=a.eval_episodes,
+        )
+        train_behavior(s, Path(a.out), progress=not a.no_progress)
+        return 0
+
+    return guarded(run, list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
