@@ -26,7 +26,7 @@ def main() -> int:
         print(f"demo dataset: reusing {DATA}")
     else:
         print(f"demo dataset: collecting {DEMO_STEPS} random-action hopper steps into {DATA}")
-        arrays = collect("hopper", uniform_policy(3), DEMO_STEPS, seed=SEED)
+        arrays = collect("hopper", uniform_policy(3, SEED), DEMO_STEPS, seed=SEED)
         write_dataset(DATA, arrays, "hopper", "uniform random actions", SEED)
     timings["collect"] = time.time() - start
 

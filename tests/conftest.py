@@ -28,7 +28,7 @@ dynamics_hidden_dims: [32, 32, 32, 32]
 def hopper_file(tmp_path_factory) -> Path:
     """800 steps of uniform random actions in the real Hopper simulator, D4RL layout."""
     path = tmp_path_factory.mktemp("data") / "hopper-random-tiny.hdf5"
-    arrays = collect("hopper", uniform_policy(3), steps=800, seed=0, progress=False)
+    arrays = collect("hopper", uniform_policy(3, 0), steps=800, seed=0, progress=False)
     write_dataset(path, arrays, "hopper", "uniform random actions", 0)
     return path
 

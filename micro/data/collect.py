@@ -1,10 +1,17 @@
-"""Collect D4RL-format datasets in the real simulator.
+"""Collect D4RL-format datasets in the real simulator, D4RL's way.
 
-    python -m micro.data.collect --env hopper --kind random --steps 100000 --out FILE.hdf5
+    python -m micro.data.collect --env hopper --kind medium --steps 1000000 --out FILE.hdf5
+
+Kinds: ``random`` (uniform actions), ``medium`` / ``expert`` (rollouts of a behavior policy's
+stochastic actions; by default the policy shipped in data/behavior/), ``medium-replay`` (a
+behavior run's replay buffer up to the medium snapshot), ``medium-expert`` (a medium part followed
+by an expert part, ``--steps`` each, as D4RL concatenates them).
 
 The file has D4RL's layout: observations, next_observations, actions, rewards, terminals,
-timeouts (set on the step where an episode reaches the 1000-step limit without terminating),
-infos/qpos, infos/qvel, infos/action_log_probs, and metadata/*.
+timeouts (set on the step where an episode reaches the 1000-step limit without terminating, and
+on the last row when the file cuts its last episode short),
+infos/qpos, infos/qvel (the simulator state before the step), infos/action_log_probs, and
+metadata/*. Episodes are whole and contiguous; only the file's last episode may be cut short.
 """
 
 from __future__ import annotations
@@ -15,102 +22,244 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from micro import MicroError, __version__
 from micro.data.d4rl import write_hdf5
-from micro.envs import ENV_IDS, make_env, normalized_score
+from micro.envs import ENV_IDS, OBS_ACT_DIMS, make_env, normalized_score
+from micro.nets import Actor, squash
 
-# policy(obs [obs_dim], rng) -> (action [act_dim], log_prob)
-Policy = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, float]]
-KINDS = ("random",)
+# policy(obs [n, obs_dim]) -> (actions [n, act_dim], log_probs [n])
+Policy = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+KINDS = ("random", "medium", "expert", "medium-replay", "medium-expert")
+BEHAVIOR_DIR = Path(__file__).resolve().parents[2] / "data" / "behavior"
+STEP_KEYS = (
+    "observations",
+    "next_observations",
+    "actions",
+    "rewards",
+    "terminals",
+    "timeouts",
+    "infos/qpos",
+    "infos/qvel",
+    "infos/action_log_probs",
+)
 
 
-def uniform_policy(act_dim: int) -> Policy:
+def uniform_policy(act_dim: int, seed: int) -> Policy:
+    rng = np.random.default_rng(seed)
     log_prob = -act_dim * np.log(2.0)  # density of U[-1, 1]^act_dim
 
-    def act(obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-        return rng.uniform(-1.0, 1.0, size=act_dim).astype(np.float32), log_prob
+    def act(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        actions = rng.uniform(-1.0, 1.0, size=(len(obs), act_dim)).astype(np.float32)
+        return actions, np.full(len(obs), log_prob, np.float32)
 
     return act
 
 
-def collect(env_name: str, policy: Policy, steps: int, seed: int, progress: bool = True) -> dict:
-    """Run ``policy`` for ``steps`` environment steps; episodes end at termination or at the
-    1000-step limit. Returns D4RL's arrays plus per-episode returns under ``episode_returns``."""
-    env = make_env(env_name)
-    rng = np.random.default_rng(seed)
-    data: dict[str, list] = {
-        k: []
-        for k in (
-            "observations",
-            "next_observations",
-            "actions",
-            "rewards",
-            "terminals",
-            "timeouts",
-            "infos/qpos",
-            "infos/qvel",
-            "infos/action_log_probs",
-        )
-    }
+def actor_policy(actor: Actor, seed: int) -> Policy:
+    """The actor's stochastic tanh-Gaussian actions, from a seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def act(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mean, log_std = actor(torch.as_tensor(obs, dtype=torch.float32))
+        out = squash(mean, log_std, torch.randn(mean.shape, generator=generator))
+        return out.action.numpy(), out.log_prob.numpy()
+
+    return act
+
+
+def collect(
+    env_name: str, policy: Policy, steps: int, seed: int, n_envs: int = 8, progress: bool = True
+) -> dict[str, np.ndarray]:
+    """Run ``policy`` until ``steps`` rows of whole episodes are gathered (the last one cut to
+    fit). ``n_envs`` simulators step in lockstep so the policy runs on a batch; finished
+    episodes are appended in the order they finish, so the result depends only on ``seed``
+    and ``n_envs``. Also returns ``episode_returns`` of the whole episodes."""
+    envs = [make_env(env_name) for _ in range(n_envs)]
+    next_seed = seed * 1_000_003
+    obs = np.zeros((n_envs, OBS_ACT_DIMS[env_name][0]))
+    for i, env in enumerate(envs):
+        obs[i], _ = env.reset(seed=next_seed)
+        next_seed += 1
+    current: list[dict[str, list]] = [{k: [] for k in STEP_KEYS} for _ in envs]
+    returns = np.zeros(n_envs)
+    finished: list[dict[str, np.ndarray]] = []
     episode_returns: list[float] = []
-    episode = 0
-    obs, _ = env.reset(seed=seed)
-    ep_return = 0.0
-    for _ in tqdm(range(steps), desc=f"collect {env_name}", unit="step", disable=not progress):
-        sim = env.unwrapped.data
-        data["infos/qpos"].append(sim.qpos.copy())
-        data["infos/qvel"].append(sim.qvel.copy())
-        action, log_prob = policy(obs, rng)
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        data["observations"].append(obs)
-        data["next_observations"].append(next_obs)
-        data["actions"].append(action)
-        data["rewards"].append(reward)
-        data["terminals"].append(terminated)
-        data["timeouts"].append(truncated and not terminated)
-        data["infos/action_log_probs"].append(log_prob)
-        ep_return += float(reward)
-        if terminated or truncated:
-            episode_returns.append(ep_return)
-            episode += 1
-            obs, _ = env.reset(seed=seed + episode)
-            ep_return = 0.0
-        else:
-            obs = next_obs
-    env.close()
-    dtypes = {"terminals": np.bool_, "timeouts": np.bool_}
-    out = {k: np.asarray(v, dtype=dtypes.get(k, np.float32)) for k, v in data.items()}
+    rows = 0
+    bar = tqdm(total=steps, desc=f"collect {env_name}", unit="step", disable=not progress)
+    while rows < steps:
+        actions, log_probs = policy(obs.astype(np.float32))
+        for i, env in enumerate(envs):
+            ep = current[i]
+            ep["infos/qpos"].append(env.unwrapped.data.qpos.copy())
+            ep["infos/qvel"].append(env.unwrapped.data.qvel.copy())
+            next_obs, reward, terminated, truncated, _ = env.step(actions[i])
+            ep["observations"].append(obs[i].copy())
+            ep["next_observations"].append(next_obs)
+            ep["actions"].append(actions[i])
+            ep["rewards"].append(reward)
+            ep["terminals"].append(terminated)
+            ep["timeouts"].append(truncated and not terminated)
+            ep["infos/action_log_probs"].append(log_probs[i])
+            returns[i] += reward
+            if terminated or truncated:
+                finished.append(_episode_arrays(ep))
+                episode_returns.append(returns[i])
+                rows += len(ep["rewards"])
+                bar.update(min(len(ep["rewards"]), steps - bar.n))
+                current[i] = {k: [] for k in STEP_KEYS}
+                returns[i] = 0.0
+                obs[i], _ = env.reset(seed=next_seed)
+                next_seed += 1
+            else:
+                obs[i] = next_obs
+    bar.close()
+    for env in envs:
+        env.close()
+    out = {k: np.concatenate([ep[k] for ep in finished])[:steps] for k in STEP_KEYS}
+    whole = np.cumsum([len(ep["rewards"]) for ep in finished]) <= steps
+    episode_returns = [r for r, keep in zip(episode_returns, whole, strict=True) if keep]
+    if rows > steps:  # the last episode in the file was cut short
+        # Mark the cut as a time-limit end so no reader joins it to whatever follows
+        # (medium-expert's expert part, or observations[i+1] in qlearning_dataset).
+        out["timeouts"][-1] = not out["terminals"][-1]
     out["episode_returns"] = np.asarray(episode_returns)
     return out
+
+
+def _episode_arrays(ep: dict[str, list]) -> dict[str, np.ndarray]:
+    dtypes = {
+        "terminals": np.bool_,
+        "timeouts": np.bool_,
+        "infos/qpos": np.float64,
+        "infos/qvel": np.float64,
+    }
+    return {k: np.asarray(v, dtype=dtypes.get(k, np.float32)) for k, v in ep.items()}
+
+
+def metadata(
+    env_name: str, policy_name: str, seed: int, returns: np.ndarray, prefix: str = ""
+) -> dict:
+    has = len(returns) > 0
+    mean = float(returns.mean()) if has else float("nan")
+    return {
+        f"metadata/{prefix}policy": policy_name,
+        f"metadata/{prefix}seed": seed,
+        f"metadata/{prefix}episodes": len(returns),
+        f"metadata/{prefix}return_mean": mean,
+        f"metadata/{prefix}return_std": float(returns.std()) if has else float("nan"),
+        f"metadata/{prefix}normalized_score_mean": normalized_score(env_name, mean)
+        if has
+        else float("nan"),
+    }
 
 
 def write_dataset(
     path: str | Path, arrays: dict, env_name: str, policy_name: str, seed: int
 ) -> None:
+    """Write collected arrays (with ``episode_returns``) and their metadata in D4RL's layout."""
+    arrays = dict(arrays)
     returns = arrays.pop("episode_returns")
     meta = {
-        "metadata/algorithm": policy_name,
         "metadata/env": ENV_IDS[env_name],
-        "metadata/seed": seed,
         "metadata/generator": f"micro {__version__}",
-        "metadata/episodes": len(returns),
-        "metadata/return_mean": float(returns.mean()) if len(returns) else float("nan"),
-        "metadata/return_std": float(returns.std()) if len(returns) else float("nan"),
-        "metadata/normalized_score_mean": (
-            normalized_score(env_name, float(returns.mean())) if len(returns) else float("nan")
-        ),
+        **metadata(env_name, policy_name, seed, returns),
+        **{k: v for k, v in arrays.items() if k.startswith("metadata/")},
     }
-    write_hdf5(path, {**arrays, **meta})
+    write_hdf5(path, {**{k: v for k, v in arrays.items() if not k.startswith("metadata/")}, **meta})
 
 
-def make_policy(kind: str, env_name: str) -> tuple[Policy, str]:
-    env = make_env(env_name)
-    act_dim = env.action_space.shape[0]
-    env.close()
+def default_policy_path(env_name: str, level: str) -> Path:
+    return BEHAVIOR_DIR / f"{env_name}-{level}.pt"
+
+
+def load_policy(path: str | Path, env_name: str) -> tuple[Actor, dict]:
+    from micro.data.behavior import load_snapshot
+
+    path = Path(path)
+    if not path.is_file():
+        raise MicroError(
+            f"behavior policy not found: {path}; train one with python -m micro.data.behavior "
+            f"--env {env_name} --steps N --out DIR and pass --policy DIR/snapshots/step_N.pt"
+        )
+    actor, meta = load_snapshot(path)
+    if meta["env"] != env_name:
+        raise MicroError(f"behavior policy {path} is for {meta['env']}, not {env_name}")
+    return actor, meta
+
+
+def _policy_rollouts(
+    env_name: str, path: Path, steps: int, seed: int, n_envs: int, progress: bool
+) -> tuple[dict, str]:
+    actor, meta = load_policy(path, env_name)
+    name = f"SAC snapshot {path.name} (step {meta['step']}, seed {meta['seed']})"
+    return collect(env_name, actor_policy(actor, seed), steps, seed, n_envs, progress), name
+
+
+def replay_dataset(run: Path, upto: int) -> dict[str, np.ndarray]:
+    """A behavior run's first ``upto`` transitions, in D4RL's layout (D4RL's medium-replay)."""
+    from micro.data.behavior import read_replay
+
+    r = read_replay(Path(run) / "replay", upto)
+    out = {
+        "observations": r["observations"],
+        "next_observations": r["next_observations"],
+        "actions": r["actions"],
+        "rewards": r["rewards"][:, 0],
+        "terminals": r["terminals"][:, 0] > 0,
+        "timeouts": r["timeouts"][:, 0] > 0,
+        "infos/qpos": r["qpos"],
+        "infos/qvel": r["qvel"],
+        "infos/action_log_probs": r["action_log_probs"][:, 0],
+    }
+    ends = np.flatnonzero(out["terminals"] | out["timeouts"])
+    out["episode_returns"] = np.array([s.sum() for s in np.split(out["rewards"], ends + 1)[:-1]])
+    return out
+
+
+def build(
+    kind: str,
+    env_name: str,
+    steps: int,
+    seed: int,
+    n_envs: int,
+    policy: str | None,
+    expert_policy: str | None,
+    run: str | None,
+    upto: int | None,
+    progress: bool = True,
+) -> tuple[dict, str]:
+    """The arrays of one dataset kind and a description of its source."""
+    act_dim = OBS_ACT_DIMS[env_name][1]
     if kind == "random":
-        return uniform_policy(act_dim), "uniform random actions"
+        policy_fn = uniform_policy(act_dim, seed)
+        return collect(env_name, policy_fn, steps, seed, n_envs, progress), "uniform random actions"
+    if kind in ("medium", "expert"):
+        path = Path(policy) if policy else default_policy_path(env_name, kind)
+        return _policy_rollouts(env_name, path, steps, seed, n_envs, progress)
+    if kind == "medium-expert":
+        medium_path = Path(policy) if policy else default_policy_path(env_name, "medium")
+        expert_path = (
+            Path(expert_policy) if expert_policy else default_policy_path(env_name, "expert")
+        )
+        medium, medium_name = _policy_rollouts(env_name, medium_path, steps, seed, n_envs, progress)
+        expert, expert_name = _policy_rollouts(
+            env_name, expert_path, steps, seed + 1, n_envs, progress
+        )
+        out = {k: np.concatenate([medium[k], expert[k]]) for k in medium}
+        out.update(metadata(env_name, medium_name, seed, medium["episode_returns"], "medium_"))
+        out.update(metadata(env_name, expert_name, seed + 1, expert["episode_returns"], "expert_"))
+        return out, f"{medium_name} then {expert_name}"
+    if kind == "medium-replay":
+        if run is None:
+            raise MicroError("--kind medium-replay needs --run DIR, a behavior training run folder")
+        if upto is None:
+            medium_path = Path(policy) if policy else default_policy_path(env_name, "medium")
+            upto = int(load_policy(medium_path, env_name)[1]["step"])
+        return replay_dataset(Path(run), upto), f"replay buffer of {run} up to step {upto}"
     raise MicroError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
@@ -120,28 +269,51 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m micro.data.collect", description=__doc__.split("\n")[0])
     parser.add_argument("--env", required=True, choices=list(ENV_IDS))
     parser.add_argument("--kind", required=True, choices=list(KINDS))
-    parser.add_argument("--steps", type=int, default=1_000_000)
+    parser.add_argument(
+        "--steps", type=int, default=1_000_000, help="rows (per part for medium-expert)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="HDF5 file to write (must not exist)")
+    parser.add_argument("--policy", help="behavior policy .pt (medium/expert; the medium part)")
+    parser.add_argument("--expert_policy", help="expert part of medium-expert")
+    parser.add_argument("--run", help="behavior run folder, for medium-replay")
+    parser.add_argument(
+        "--upto",
+        type=int,
+        help="medium-replay: transitions to take (default: the medium policy's training step)",
+    )
+    parser.add_argument("--n_envs", type=int, default=8, help="simulators stepped in lockstep")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--no_progress", action="store_true")
     parser.add_argument("--debug", action="store_true")
 
     def run(argv: list[str]) -> int:
-        args = parser.parse_args(argv)
-        out = Path(args.out)
-        if out.exists() and not args.force:
+        a = parser.parse_args(argv)
+        out = Path(a.out)
+        if out.exists() and not a.force:
             raise MicroError(f"{out} exists; choose another --out or pass --force to replace it")
-        if args.steps < 2:
-            raise MicroError("--steps must be at least 2")
-        policy, name = make_policy(args.kind, args.env)
+        if a.steps < 2 or a.n_envs < 1:
+            raise MicroError("--steps must be at least 2 and --n_envs at least 1")
         start = time.time()
-        arrays = collect(args.env, policy, args.steps, args.seed)
-        n_episodes = len(arrays["episode_returns"])
-        mean_return = float(arrays["episode_returns"].mean()) if n_episodes else float("nan")
-        write_dataset(out, arrays, args.env, name, args.seed)
+        arrays, name = build(
+            a.kind,
+            a.env,
+            a.steps,
+            a.seed,
+            a.n_envs,
+            a.policy,
+            a.expert_policy,
+            a.run,
+            a.upto,
+            not a.no_progress,
+        )
+        returns = arrays["episode_returns"]
+        write_dataset(out, arrays, a.env, name, a.seed)
+        mean = float(returns.mean()) if len(returns) else float("nan")
         print(
-            f"wrote {out}: {args.steps} steps, {n_episodes} finished episodes, "
-            f"mean return {mean_return:.1f} in {time.time() - start:.0f}s"
+            f"wrote {out}: {len(arrays['rewards'])} steps, {len(returns)} whole episodes, "
+            f"return {mean:.1f} (normalized {normalized_score(a.env, mean):.1f}) "
+            f"in {time.time() - start:.0f}s"
         )
         return 0
 

@@ -1,0 +1,210 @@
+"""Dataset collection in the real simulator, and behavior-policy snapshots."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+
+from micro import MicroError
+from micro.data.behavior import BehaviorSettings, load_snapshot, train_behavior
+from micro.data.collect import actor_policy, build, collect, uniform_policy, write_dataset
+from micro.data.d4rl import read_hdf5, validate
+from micro.envs import make_env, parse_task
+
+
+@pytest.fixture(scope="module")
+def behavior_run(tmp_path_factory):
+    """A real (tiny) online SAC run: 600 steps, snapshots at 300 and 600."""
+    out = tmp_path_factory.mktemp("behavior")
+    s = BehaviorSettings(
+        env="hopper",
+        steps=600,
+        start_steps=200,
+        snapshot_every=300,
+        save_every=300,
+        eval_episodes=2,
+        hidden_dims=(32, 32),
+    )
+    train_behavior(s, out, progress=False)
+    return out
+
+
+def kinds_args(behavior_run):
+    snaps = behavior_run / "snapshots"
+    return {
+        "random": {},
+        "medium": {"policy": str(snaps / "step_0000300.pt")},
+        "expert": {"policy": str(snaps / "step_0000600.pt")},
+        "medium-expert": {
+            "policy": str(snaps / "step_0000300.pt"),
+            "expert_policy": str(snaps / "step_0000600.pt"),
+        },
+        "medium-replay": {"policy": str(snaps / "step_0000300.pt"), "run": str(behavior_run)},
+    }
+
+
+def make(kind, behavior_run, steps=300, seed=0, n_envs=3):
+    a = {"policy": None, "expert_policy": None, "run": None, "upto": None}
+    a.update(kinds_args(behavior_run)[kind])
+    return build(kind, "hopper", steps, seed, n_envs, progress=False, **a)
+
+
+def resimulate(arrays):
+    """Replay every row from its recorded simulator state: (next_obs, reward, terminated)."""
+    env = make_env("hopper").unwrapped
+    env.reset(seed=0)
+    out = []
+    for qpos, qvel, action in zip(
+        arrays["infos/qpos"], arrays["infos/qvel"], arrays["actions"], strict=True
+    ):
+        env.set_state(qpos, qvel)
+        next_obs, reward, terminated, _, _ = env.step(action)
+        out.append((next_obs, reward, terminated))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["random", "medium", "expert", "medium-replay", "medium-expert"])
+def test_every_kind_is_a_consistent_d4rl_file(kind, behavior_run, tmp_path):
+    arrays, name = make(kind, behavior_run)
+    path = tmp_path / f"{kind}.hdf5"
+    write_dataset(path, arrays, "hopper", name, 0)
+    raw = read_hdf5(path)
+    validate(raw, parse_task(f"hopper-{kind}-v2"), str(path))
+    n = len(raw["observations"])
+    assert n == {"medium-expert": 600, "medium-replay": 300}.get(kind, 300)
+    # the recorded state, action and outcome agree with the simulator, row by row
+    for i, (next_obs, reward, terminated) in enumerate(resimulate(raw)):
+        np.testing.assert_allclose(raw["next_observations"][i], next_obs, rtol=0, atol=1e-5)
+        assert raw["rewards"][i] == pytest.approx(reward, abs=1e-4)
+        assert bool(raw["terminals"][i]) == terminated
+    # within an episode, next_observations is the following observation
+    ends = raw["terminals"] | raw["timeouts"]
+    within = ~ends[:-1]
+    np.testing.assert_array_equal(
+        raw["next_observations"][:-1][within], raw["observations"][1:][within]
+    )
+    # nobody lasts 1000 steps here: a timeout only marks where a part cuts its last episode
+    cuts = {"medium-expert": [299, 599], "medium-replay": []}.get(kind, [299])
+    assert set(np.flatnonzero(raw["timeouts"])) <= set(cuts)
+    assert raw["metadata/policy"]
+
+
+def test_timeouts_fall_exactly_at_the_episode_limit():
+    arrays = collect(
+        "halfcheetah", uniform_policy(6, 0), steps=2500, seed=0, n_envs=2, progress=False
+    )
+    timeouts = np.flatnonzero(arrays["timeouts"])
+    # halfcheetah never terminates: every episode is 1000 steps; the file cuts the third at 2500
+    assert timeouts.tolist() == [999, 1999, 2499]
+    assert not arrays["terminals"].any()
+    assert len(arrays["episode_returns"]) == 2  # the cut third episode is not counted
+
+
+def test_medium_expert_is_medium_then_expert(behavior_run):
+    both, _ = make("medium-expert", behavior_run, steps=200)
+    medium, _ = make("medium", behavior_run, steps=200, seed=0)
+    expert, _ = make("expert", behavior_run, steps=200, seed=1)
+    for key in ("observations", "actions", "rewards", "terminals"):
+        np.testing.assert_array_equal(both[key][:200], medium[key])
+        np.testing.assert_array_equal(both[key][200:], expert[key])
+    assert both["metadata/medium_policy"].startswith("SAC snapshot step_0000300.pt")
+    assert both["metadata/expert_policy"].startswith("SAC snapshot step_0000600.pt")
+
+
+def test_collection_is_deterministic_for_a_seed(behavior_run):
+    a, _ = make("medium", behavior_run, seed=5)
+    b, _ = make("medium", behavior_run, seed=5)
+    c, _ = make("medium", behavior_run, seed=6)
+    np.testing.assert_array_equal(a["actions"], b["actions"])
+    assert not np.array_equal(a["actions"], c["actions"])
+
+
+def test_medium_replay_is_the_run_in_order(behavior_run):
+    arrays, _ = make("medium-replay", behavior_run)
+    assert len(arrays["observations"]) == 300  # up to the medium snapshot's step
+    # the first 200 steps were uniform random (start_steps)
+    assert np.allclose(arrays["infos/action_log_probs"][:200], -3 * np.log(2.0))
+
+
+def test_snapshot_round_trip_gives_identical_actions(behavior_run, tmp_path):
+    actor, meta = load_snapshot(behavior_run / "snapshots" / "step_0000600.pt")
+    assert meta["env"] == "hopper" and meta["step"] == 600 and meta["eval_episodes"] == 2
+    obs = np.random.default_rng(0).normal(size=(16, 11)).astype(np.float32)
+    a1, lp1 = actor_policy(actor, seed=3)(obs)
+    again, _ = load_snapshot(behavior_run / "snapshots" / "step_0000600.pt")
+    a2, lp2 = actor_policy(again, seed=3)(obs)
+    np.testing.assert_array_equal(a1, a2)
+    np.testing.assert_array_equal(lp1, lp2)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            actor.deterministic(torch.as_tensor(obs)), again.deterministic(torch.as_tensor(obs))
+        )
+
+
+def test_behavior_run_resumes(behavior_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(behavior_run, copy)
+    s = BehaviorSettings(
+        env="hopper",
+        steps=900,
+        start_steps=200,
+        snapshot_every=300,
+        save_every=300,
+        eval_episodes=2,
+        hidden_dims=(32, 32),
+    )
+    train_behavior(s, copy, progress=False)
+    assert sorted(p.name for p in (copy / "snapshots").iterdir())[-1] == "step_0000900.pt"
+    assert [int(r.split(",")[0]) for r in (copy / "evals.csv").read_text().splitlines()[1:]] == [
+        300,
+        600,
+        900,
+    ]
+    other = BehaviorSettings(env="hopper", steps=900, seed=1, hidden_dims=(32, 32))
+    with pytest.raises(MicroError, match="other settings"):
+        train_behavior(other, copy, progress=False)
+
+
+def test_collect_cli_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "d.hdf5"
+    out.write_bytes(b"precious")
+    cmd = [
+        sys.executable,
+        "-m",
+        "micro.data.collect",
+        "--env",
+        "hopper",
+        "--kind",
+        "random",
+        "--steps",
+        "50",
+        "--out",
+        str(out),
+        "--no_progress",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "exists" in proc.stderr and out.read_bytes() == b"precious"
+    proc = subprocess.run([*cmd, "--force"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert len(read_hdf5(out)["observations"]) == 50
+
+
+def test_missing_policy_says_how_to_make_one(tmp_path):
+    with pytest.raises(MicroError, match=r"python -m micro\.data\.behavior"):
+        build(
+            "medium",
+            "hopper",
+            10,
+            0,
+            1,
+            str(tmp_path / "none.pt"),
+            None,
+            None,
+            None,
+            progress=False,
+        )
