@@ -68,6 +68,7 @@ def transitions_to_buffer(data: Transitions, device: torch.device) -> ReplayBuff
 class TrainResult:
     run_dir: Path
     final_eval: EvalResult | None
+    timings: dict[str, float]  # wall seconds: dynamics, rollouts, updates, evaluation
 
 
 class Trainer:
@@ -93,7 +94,10 @@ class Trainer:
             self.task.act_dim,
             device,
         )
+        self.timings = {"dynamics": 0.0, "rollouts": 0.0, "updates": 0.0, "evaluation": 0.0}
+        start = time.time()
         self.dynamics = self._dynamics()
+        self.timings["dynamics"] = time.time() - start
         self.agent = MICRO(cfg, self.task.obs_dim, self.task.act_dim, self.dynamics).to(device)
         self.step = 0
 
@@ -189,13 +193,16 @@ class Trainer:
         return Batch.cat(real, self.model_buffer.sample(self.cfg.batch_size - n_real)), n_real
 
     def evaluate(self) -> EvalResult:
-        return evaluate(
+        start = time.time()
+        result = evaluate(
             self.agent.actor,
             self.task.env,
             self.cfg.eval_episodes,
             self.cfg.seed + EVAL_SEED_OFFSET,
             self.device,
         )
+        self.timings["evaluation"] += time.time() - start
+        return result
 
     def train(self) -> TrainResult:
         cfg = self.cfg
@@ -210,7 +217,9 @@ class Trainer:
             sums: dict[str, torch.Tensor] = {}
             for _ in range(cfg.step_per_epoch):
                 if self.step % cfg.rollout_freq == 0:
+                    t_rollout = time.time()
                     rollout_info = self.rollout()
+                    self.timings["rollouts"] += time.time() - t_rollout
                 batch, n_real = self.sample_batch()
                 metrics = self.agent.update(batch, n_real)
                 for key, value in metrics.items():
@@ -273,7 +282,9 @@ class Trainer:
         bar.close()
         self.save_policy(self.run_dir / "policy.pt", last_eval)
         self.logger.close()
-        return TrainResult(self.run_dir, last_eval)
+        t = self.timings
+        t["updates"] = time.time() - start_time - t["rollouts"] - t["evaluation"]
+        return TrainResult(self.run_dir, last_eval, dict(t))
 
     # --- files -----------------------------------------------------------------------------------
     def policy_blob(self, last_eval: EvalResult | None) -> dict:

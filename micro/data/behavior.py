@@ -1,6 +1,7 @@
 """Behavior policies the D4RL way: online SAC in the simulator, with evaluated snapshots.
 
     python -m micro.data.behavior --env hopper --steps 1000000 --out runs/behavior/hopper
+    python -m micro.data.behavior export RUN/snapshots/step_N.pt --to data/behavior/hopper-medium.pt
 
 SAC here is the project's own learner (``micro.agent.MICRO``) with the conservative parts switched
 off: no model rows (real_ratio 1), no penalty, no target clamp, constant learning rates. The run
@@ -181,6 +182,32 @@ def load_snapshot(path: str | Path) -> tuple[Actor, dict]:
     return actor, {k: v for k, v in blob.items() if k != "actor"}
 
 
+EXPORT_EVAL_SEED = 20_000_000
+
+
+def export_policy(snapshot: Path, to: Path, episodes: int = 10, force: bool = False) -> dict:
+    """Copy a snapshot to a shipped policy file, re-evaluated over ``episodes`` episodes of its
+    stochastic policy (the actions datasets are collected with)."""
+    if to.exists() and not force:
+        raise MicroError(f"{to} exists; pass --force to replace it")
+    actor, meta = load_snapshot(snapshot)
+    res = evaluate(
+        actor, meta["env"], episodes, EXPORT_EVAL_SEED, torch.device("cpu"), deterministic=False
+    )
+    blob = {
+        **meta,
+        "actor": actor.state_dict(),
+        "return_mean": res.mean,
+        "return_std": res.std,
+        "normalized_score": res.normalized_mean,
+        "normalized_score_std": res.normalized_std,
+        "eval_episodes": episodes,
+        "source": f"{snapshot.parent.parent.name}/{snapshot.name}",
+    }
+    atomic_torch_save(blob, to)
+    return {k: v for k, v in blob.items() if k != "actor"}
+
+
 def train_behavior(s: BehaviorSettings, out: Path, progress: bool = True) -> Path:
     """Online SAC for ``s.steps`` environment steps; resumes from ``out/state.pt`` if present."""
     obs_dim, act_dim = OBS_ACT_DIMS[s.env]
@@ -324,8 +351,40 @@ def train_behavior(s: BehaviorSettings, out: Path, progress: bool = True) -> Pat
     return out
 
 
+def export_main(argv: list[str]) -> int:
+    from micro.cli import OneLineParser, guarded
+
+    parser = OneLineParser(
+        prog="python -m micro.data.behavior export",
+        description="Turn a snapshot into a shipped behavior policy.",
+    )
+    parser.add_argument("snapshot", help="RUN/snapshots/step_N.pt")
+    parser.add_argument(
+        "--to", required=True, help="policy file to write, e.g. data/behavior/hopper-medium.pt"
+    )
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--force", action="store_true")
+    parser.add_argument("--debug", action="store_true")
+
+    def run(argv: list[str]) -> int:
+        a = parser.parse_args(argv)
+        meta = export_policy(Path(a.snapshot), Path(a.to), a.episodes, a.force)
+        print(
+            f"wrote {a.to}: {meta['env']} step {meta['step']}, return {meta['return_mean']:.1f} "
+            f"± {meta['return_std']:.1f}, normalized {meta['normalized_score']:.1f} "
+            f"± {meta['normalized_score_std']:.1f} over {a.episodes} episodes"
+        )
+        return 0
+
+    return guarded(run, argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     from micro.cli import OneLineParser, guarded
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["export"]:
+        return export_main(argv[1:])
 
     parser = OneLineParser(prog="python -m micro.data.behavior", description=__doc__.split("\n")[0])
     parser.add_argument("--env", required=True, choices=list(ENV_IDS))
@@ -362,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         train_behavior(s, Path(a.out), progress=not a.no_progress)
         return 0
 
-    return guarded(run, list(sys.argv[1:] if argv is None else argv))
+    return guarded(run, argv)
 
 
 if __name__ == "__main__":
