@@ -1,14 +1,17 @@
-"""Policy evaluation in the simulator."""
+"""Policy evaluation in the simulator: one episode runner for training, behavior policies and
+the robustness sweeps."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from micro.envs import make_env, normalized_scale, normalized_score
-from micro.nets import Actor
+from micro.nets import Actor, EnsembleCritic
+from micro.robustness import N_CANDIDATES, Attack, Physics, attack_delta, scaled_physics
 
 
 @dataclass
@@ -31,45 +34,89 @@ class EvalResult:
 
     @property
     def normalized_std(self) -> float:
+        """The std of returns scaled by the normalization's slope (no offset)."""
         return self.std * normalized_scale(self.env)
+
+    def row(self) -> dict[str, float]:
+        return {
+            "episodes": len(self.returns),
+            "return_mean": self.mean,
+            "return_std": self.std,
+            "normalized_mean": self.normalized_mean,
+            "normalized_std": self.normalized_std,
+        }
 
 
 @torch.no_grad()
-def evaluate(
+def run_episodes(
     actor: Actor,
     env_name: str,
     episodes: int,
     seed: int,
-    device: torch.device,
+    *,
     deterministic: bool = True,
+    physics: Physics | None = None,
+    attack: Attack | None = None,
+    critics: EnsembleCritic | None = None,
+    obs_std: np.ndarray | None = None,
+    n_envs: int = 5,
+    envs: list | None = None,
+    device: torch.device | None = None,
 ) -> EvalResult:
-    """Run ``episodes`` episodes of the deterministic policy tanh(μ(s)) (or of the stochastic
-    policy); episode i is seeded ``seed + i`` so the same call gives the same result."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-    env = make_env(env_name)
-    returns, lengths = [], []
+    """Run ``episodes`` episodes, ``n_envs`` simulators in lockstep with the policy batched.
+
+    Episode i is seeded ``seed + i``, for the simulator and for its own noise (stochastic
+    actions, attack candidates), so results do not depend on how episodes are batched.
+    The policy acts with tanh(μ(s)) when ``deterministic``, else samples from π(·|s). An attack
+    perturbs only what the policy sees (budget scaled by ``obs_std``); ``physics`` scales the
+    simulators' models for the duration of the call.
+    """
+    device = device or torch.device("cpu")
+    envs = envs if envs is not None else [make_env(env_name) for _ in range(n_envs)]
+    attacking = attack is not None and attack.mode != "none" and attack.eps > 0
+    std = None if obs_std is None else torch.as_tensor(obs_std, dtype=torch.float32, device=device)
+    if attacking and std is None:
+        raise ValueError("an attack needs the observation std")
+    returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
     was_training = actor.training
     actor.eval()
     try:
-        for i in range(episodes):
-            obs, _ = env.reset(seed=seed + i)
-            total, steps, done = 0.0, 0, False
-            while not done:
-                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)
-                if deterministic:
-                    action = actor.deterministic(obs_t)
-                else:
-                    mean = actor(obs_t)[0]
-                    noise = torch.randn(mean.shape, device=device, generator=generator)
-                    action = actor.sample(obs_t, noise).action
-                action = action.squeeze(0).cpu().numpy()
-                obs, reward, terminated, truncated, _ = env.step(action)
-                total += float(reward)
-                steps += 1
-                done = terminated or truncated
-            returns.append(total)
-            lengths.append(steps)
+        with contextlib.ExitStack() as stack:
+            if physics is not None:
+                for env in envs:
+                    stack.enter_context(scaled_physics(env.unwrapped.model, physics))
+            for first in range(0, episodes, len(envs)):
+                ids = range(first, min(first + len(envs), episodes))
+                active = list(zip(ids, envs, strict=False))
+                obs = {i: env.reset(seed=seed + i)[0] for i, env in active}
+                rngs = {i: np.random.default_rng([seed, i]) for i in ids}
+                while active:
+                    o = np.stack([obs[i] for i, _ in active])
+                    o = torch.as_tensor(o, dtype=torch.float32, device=device)
+                    seen = o
+                    if attacking:
+                        k = 1 if attack.mode == "random" else N_CANDIDATES
+                        u = np.stack(
+                            [rngs[i].uniform(-1.0, 1.0, (k, o.shape[1])) for i, _ in active]
+                        )
+                        u = torch.as_tensor(u, dtype=torch.float32, device=device)
+                        seen = o + attack_delta(o, u, attack, actor, critics, std)
+                    if deterministic:
+                        actions = actor.deterministic(seen)
+                    else:
+                        noise = np.stack(
+                            [rngs[i].standard_normal(actor.act_dim) for i, _ in active]
+                        )
+                        noise = torch.as_tensor(noise, dtype=torch.float32, device=device)
+                        actions = actor.sample(seen, noise).action
+                    still = []
+                    for (i, env), action in zip(active, actions.cpu().numpy(), strict=True):
+                        obs[i], reward, terminated, truncated, _ = env.step(action)
+                        returns[i] += reward
+                        lengths[i] += 1
+                        if not (terminated or truncated):
+                            still.append((i, env))
+                    active = still
     finally:
-        env.close()
         actor.train(was_training)
-    return EvalResult(np.asarray(returns), np.asarray(lengths), env_name)
+    return EvalResult(returns, lengths, env_name)

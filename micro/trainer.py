@@ -19,7 +19,7 @@ from micro.config import Config, save_config
 from micro.data.d4rl import Transitions, load_transitions, task_dataset_path
 from micro.dynamics import EnsembleDynamics, fit_dynamics
 from micro.envs import Task, parse_task, termination_fn
-from micro.evaluation import EvalResult, evaluate
+from micro.evaluation import EvalResult, run_episodes
 from micro.logger import RunLogger
 from micro.utils import atomic_torch_save, resolve_device, set_seed, sha256_file
 
@@ -194,12 +194,12 @@ class Trainer:
 
     def evaluate(self) -> EvalResult:
         start = time.time()
-        result = evaluate(
+        result = run_episodes(
             self.agent.actor,
             self.task.env,
             self.cfg.eval_episodes,
             self.cfg.seed + EVAL_SEED_OFFSET,
-            self.device,
+            device=self.device,
         )
         self.timings["evaluation"] += time.time() - start
         return result

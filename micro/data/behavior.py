@@ -28,7 +28,7 @@ from micro import MicroError
 from micro.agent import MICRO, Batch
 from micro.config import Config
 from micro.envs import ENV_IDS, OBS_ACT_DIMS, make_env, normalized_score
-from micro.evaluation import evaluate
+from micro.evaluation import run_episodes
 from micro.nets import Actor
 from micro.utils import atomic_path, atomic_torch_save, safe_torch_load, set_seed
 
@@ -191,9 +191,7 @@ def export_policy(snapshot: Path, to: Path, episodes: int = 10, force: bool = Fa
     if to.exists() and not force:
         raise MicroError(f"{to} exists; pass --force to replace it")
     actor, meta = load_snapshot(snapshot)
-    res = evaluate(
-        actor, meta["env"], episodes, EXPORT_EVAL_SEED, torch.device("cpu"), deterministic=False
-    )
+    res = run_episodes(actor, meta["env"], episodes, EXPORT_EVAL_SEED, deterministic=False)
     blob = {
         **meta,
         "actor": actor.state_dict(),
@@ -299,13 +297,8 @@ def train_behavior(s: BehaviorSettings, out: Path, progress: bool = True) -> Pat
                 obs = next_obs
             bar.update(1)
             if step % s.snapshot_every == 0 or step == s.steps:
-                res = evaluate(
-                    agent.actor,
-                    s.env,
-                    s.eval_episodes,
-                    10_000_000 + step,
-                    torch.device("cpu"),
-                    deterministic=False,
+                res = run_episodes(
+                    agent.actor, s.env, s.eval_episodes, 10_000_000 + step, deterministic=False
                 )
                 wall = time.time() - t0
                 save_snapshot(
