@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,46 @@ def cli_env(tmp_path) -> dict[str, str]:
     env["MICRO_D4RL_BASE_URL"] = "http://127.0.0.1:9/none"  # discard port: refused at once
     env.pop("MICRO_DEBUG", None)
     return env
+
+
+def run_train(args, env, check=True):
+    """Run train.py as a user does."""
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--no_progress", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def only_run_dir(logdir: Path) -> Path:
+    runs = list(logdir.glob("*/micro/*"))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, hopper_file, tiny_config):
+    import os
+
+    logdir = tmp_path_factory.mktemp("runs")
+    env = {**os.environ, "D4RL_DATASET_DIR": str(logdir / "no-cache")}
+    args = [
+        "--task",
+        "hopper-medium-v2",
+        "--dataset",
+        str(hopper_file),
+        "--config",
+        str(tiny_config),
+        "--logdir",
+        str(logdir),
+        "--seed",
+        "3",
+    ]
+    proc = run_train(args, env)
+    return only_run_dir(logdir), proc

@@ -1,14 +1,12 @@
 """The real command line, run as a user runs it, on small datasets made in the simulator."""
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import ROOT
+from conftest import only_run_dir, run_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from micro.utils import sha256_file
@@ -26,48 +24,6 @@ TAGS = {
     "eval/return",
     "eval/normalized_score",
 }
-
-
-def train(args, env, cwd=ROOT, check=True):
-    proc = subprocess.run(
-        [sys.executable, "train.py", "--no_progress", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def only_run_dir(logdir: Path) -> Path:
-    runs = list(logdir.glob("*/micro/*"))
-    assert len(runs) == 1, runs
-    return runs[0]
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, hopper_file, tiny_config):
-    import os
-
-    logdir = tmp_path_factory.mktemp("runs")
-    env = {**os.environ, "D4RL_DATASET_DIR": str(logdir / "no-cache")}
-    args = [
-        "--task",
-        "hopper-medium-v2",
-        "--dataset",
-        str(hopper_file),
-        "--config",
-        str(tiny_config),
-        "--logdir",
-        str(logdir),
-        "--seed",
-        "3",
-    ]
-    proc = train(args, env)
-    return only_run_dir(logdir), proc
 
 
 def test_run_directory_layout(smoke_run, hopper_file):
@@ -150,7 +106,7 @@ def test_load_dynamics_path_skips_fitting(smoke_run, hopper_file, tiny_config, t
         "--load_dynamics_path",
         str(run_dir / "dynamics"),
     ]
-    proc = train(args, cli_env)
+    proc = run_train(args, cli_env)
     assert "dynamics: loaded from" in proc.stdout
     new_run = only_run_dir(tmp_path)
     assert not (new_run / "dynamics").exists()
@@ -179,7 +135,7 @@ def test_load_dynamics_path_skips_fitting(smoke_run, hopper_file, tiny_config, t
 )
 def test_bad_input_is_one_line(args, message, tmp_path, cli_env, hopper_file):
     args = [str(hopper_file) if a == "DATA" else a for a in args]
-    proc = train([*args, "--logdir", str(tmp_path / "runs")], cli_env, check=False)
+    proc = run_train([*args, "--logdir", str(tmp_path / "runs")], cli_env, check=False)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
@@ -187,7 +143,7 @@ def test_bad_input_is_one_line(args, message, tmp_path, cli_env, hopper_file):
 
 
 def test_unreachable_d4rl_fails_fast_with_a_way_out(tmp_path, cli_env):
-    proc = train(
+    proc = run_train(
         ["--task", "walker2d-medium-expert-v2", "--logdir", str(tmp_path / "runs")],
         cli_env,
         check=False,
@@ -203,5 +159,5 @@ def test_unreachable_d4rl_fails_fast_with_a_way_out(tmp_path, cli_env):
 
 
 def test_unknown_flag_exit_code_two(tmp_path, cli_env):
-    proc = train(["--task", "hopper-medium-v2", "--penalty", "1"], cli_env, check=False)
+    proc = run_train(["--task", "hopper-medium-v2", "--penalty", "1"], cli_env, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
