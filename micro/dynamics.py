@@ -85,19 +85,38 @@ class EnsembleDynamics(nn.Module):
         mean = torch.cat([mean[..., :-1] + obs, mean[..., -1:]], dim=-1)
         return mean, (0.5 * logvar[self.elites]).exp()
 
+    def member_forward(
+        self, inputs: torch.Tensor, member: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of one member only: [B, obs_dim + 1] each."""
+        x = (inputs - self.input_mean) / self.input_std
+        for layer in self.layers[:-1]:
+            x = self.activation(torch.addmm(layer.bias[member], x, layer.weight[member]))
+        last = self.layers[-1]
+        mean, logvar = torch.addmm(last.bias[member], x, last.weight[member]).chunk(2, dim=-1)
+        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
+        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
+        return mean, logvar
+
     def sample_step(
         self, obs: torch.Tensor, act: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One model step: sample every elite's Gaussian, keep a uniformly chosen elite per row.
+        """One model step: each row picks an elite uniformly and samples its Gaussian.
 
+        Only the chosen elite is evaluated for each row (rows are grouped by elite), which
+        draws from the same distribution as sampling every elite and keeping one.
         Returns next_obs [B, obs_dim] and reward [B, 1].
         """
-        mean, std = self.elite_mean_std(obs, act)
-        noise = torch.randn(mean.shape, device=mean.device, generator=generator)
-        samples = mean + std * noise
-        pick = torch.randint(self.n_elites, (obs.shape[0],), device=obs.device, generator=generator)
-        chosen = samples[pick, torch.arange(obs.shape[0], device=obs.device)]
-        return chosen[:, :-1], chosen[:, -1:]
+        n = obs.shape[0]
+        inputs = torch.cat([obs, act], dim=-1)
+        pick = torch.randint(self.n_elites, (n,), device=obs.device, generator=generator)
+        noise = torch.randn(n, self.obs_dim + 1, device=obs.device, generator=generator)
+        out = torch.empty(n, self.obs_dim + 1, device=obs.device)
+        for j, member in enumerate(self.elites.tolist()):
+            rows = torch.nonzero(pick == j).squeeze(1)
+            mean, logvar = self.member_forward(inputs[rows], member)
+            out[rows] = mean + (0.5 * logvar).exp() * noise[rows]
+        return out[:, :-1] + obs, out[:, -1:]
 
     # --- persistence -------------------------------------------------------------------------
     def meta(self) -> dict:

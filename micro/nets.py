@@ -73,12 +73,17 @@ class EnsembleMLP(nn.Module):
         return self.layers[-1](x)
 
 
+class _InplaceReLU(nn.ReLU):
+    def __init__(self) -> None:
+        super().__init__(inplace=True)  # the matmul outputs it overwrites are not needed later
+
+
 class EnsembleCritic(nn.Module):
     """``n`` Q-networks Q_j(s, a) evaluated together: returns [n, B]."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dims: Sequence[int], n: int) -> None:
         super().__init__()
-        self.net = EnsembleMLP(obs_dim + act_dim, hidden_dims, 1, n, nn.ReLU)
+        self.net = EnsembleMLP(obs_dim + act_dim, hidden_dims, 1, n, _InplaceReLU)
         self.n = n
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
@@ -88,7 +93,7 @@ class EnsembleCritic(nn.Module):
 def mlp(in_dim: int, hidden_dims: Sequence[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for h in hidden_dims:
-        layers += [nn.Linear(in_dim, h), nn.ReLU()]
+        layers += [nn.Linear(in_dim, h), nn.ReLU(inplace=True)]
         in_dim = h
     return nn.Sequential(*layers)
 
@@ -125,6 +130,13 @@ class Actor(nn.Module):
         if noise is None:
             noise = torch.randn_like(mean)
         return squash(mean, log_std, noise)
+
+    def sample_action(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The action of ``sample`` without its log-probability (same draws, less work)."""
+        mean, log_std = self(obs)
+        if noise is None:
+            noise = torch.randn_like(mean)
+        return torch.tanh(mean + log_std.exp() * noise)
 
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self(obs)[0])

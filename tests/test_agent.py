@@ -244,3 +244,15 @@ def test_batch_cat_keeps_order():
     assert len(c) == 2 * B
     for f in dataclasses.fields(Batch):
         torch.testing.assert_close(getattr(c, f.name)[B:], getattr(b, f.name))
+
+
+def test_chunked_uncertainty_equals_one_block(monkeypatch):
+    """The CPU path evaluates U in row blocks; blocks must not change the result."""
+    import micro.agent
+
+    agent, batch, noise = make_agent(), make_batch(), make_noise()
+    y_one, u_one = agent.target(batch, N_REAL, noise)
+    monkeypatch.setattr(micro.agent, "UNCERTAINTY_CHUNK", 5)  # 72 states -> 15 blocks
+    y_blocks, u_blocks = agent.target(batch, N_REAL, noise)
+    torch.testing.assert_close(u_blocks, u_one)
+    torch.testing.assert_close(y_blocks, y_one)

@@ -119,3 +119,42 @@ def test_sample_step_uses_an_elite_per_row():
     member = dist.argmin(0)
     assert torch.all(dist.min(0).values < 1e-5)
     assert set(member.tolist()) == {1, 3}
+
+
+def test_sample_step_matches_the_chosen_members_gaussian():
+    """Grouping rows by elite evaluates the same Gaussian as the full ensemble forward."""
+    torch.manual_seed(4)
+    model = EnsembleDynamics(3, 1, [8], n_ensemble=4, n_elites=3, weight_decay=[0, 0])
+    model.elites.copy_(torch.tensor([0, 1, 3]))
+    obs, act = torch.randn(50, 3), torch.randn(50, 1)
+    gen = torch.Generator().manual_seed(9)
+    next_obs, reward = model.sample_step(obs, act, generator=gen)
+    gen = torch.Generator().manual_seed(9)  # the same draws, re-derived with the full forward
+    pick = torch.randint(3, (50,), generator=gen)
+    noise = torch.randn(50, 4, generator=gen)
+    mean, logvar = model(torch.cat([obs, act], -1))
+    member = model.elites[pick]
+    rows = torch.arange(50)
+    sample = mean[member, rows] + (0.5 * logvar[member, rows]).exp() * noise
+    torch.testing.assert_close(next_obs, sample[:, :3] + obs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(reward, sample[:, 3:], rtol=1e-5, atol=1e-5)
+
+
+def test_elite_choice_is_uniform():
+    """Counts of each elite over n rows ~ Binomial(n, 1/E): within 5 standard deviations."""
+    torch.manual_seed(5)
+    model = EnsembleDynamics(3, 1, [8], n_ensemble=7, n_elites=5, weight_decay=[0, 0])
+    with torch.no_grad():  # distinct, nearly deterministic members so each row reveals its elite
+        model.min_logvar.fill_(-40.0)
+        model.max_logvar.fill_(-39.0)
+        for e in range(7):
+            model.layers[-1].bias[e, 0, 3] = 10.0 * e  # reward mean = 10·e (+ a small MLP term)
+    n = 20_000
+    obs, act = torch.zeros(n, 3), torch.zeros(n, 1)
+    _, reward = model.sample_step(obs, act, generator=torch.Generator().manual_seed(11))
+    member = torch.round(reward[:, 0] / 10.0).long()
+    counts = torch.bincount(member, minlength=7)
+    assert counts[[m for m in range(7) if m not in model.elites.tolist()]].sum() == 0
+    expected, sd = n / 5, (n * 0.2 * 0.8) ** 0.5
+    for e in model.elites.tolist():
+        assert abs(counts[e].item() - expected) < 5 * sd, counts

@@ -1,0 +1,201 @@
+"""Speed benchmark on synthetic data at SPEC's defaults.
+
+    python bench/speed.py            # a table
+    python bench/speed.py --json     # one JSON object per line
+
+Cases: the MICRO gradient step (walker2d and hopper sizes; real_ratio 0.05 and 0.5), one model
+rollout of 50 000 start states x 5 steps, and one dynamics-fitting epoch on 200 000 transitions.
+Each reports the median of repeated timings after warm-up, an analytic FLOP count (2 per
+multiply-add of every matrix product; backward passes counted as twice the forward), and the
+achieved fraction of the float32 matrix-product peak measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from micro.agent import MICRO, Batch
+from micro.buffer import ReplayBuffer
+from micro.config import Config
+from micro.dynamics import EnsembleDynamics, fit_dynamics
+from micro.envs import termination_fn
+
+SIZES = {"walker2d": (17, 6), "hopper": (11, 3)}
+
+
+def median_time(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak() -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    return 2 * 2048**3 / median_time(lambda: a @ b, 7) / 1e9
+
+
+def mlp_flops(rows: int, dims: list[int]) -> float:
+    return 2.0 * rows * sum(a * b for a, b in itertools.pairwise(dims))
+
+
+def step_gflop(cfg: Config, obs: int, act: int) -> float:
+    b = cfg.batch_size
+    n_model = b - int(b * cfg.real_ratio)
+    actor = [obs, *cfg.hidden_dims, 2 * act]
+    critic = [obs + act, *cfg.hidden_dims, 1]
+    dyn = [obs + act, *cfg.dynamics_hidden_dims, 2 * (obs + 1)]
+    states = n_model * cfg.n_elites * cfg.num_samples
+    uncertainty = (
+        mlp_flops(n_model, dyn) * cfg.n_elites
+        + mlp_flops(states, actor)
+        + cfg.num_q_ensemble * mlp_flops(states, critic)
+    )
+    next_value = mlp_flops(b, actor) + cfg.num_q_ensemble * mlp_flops(b, critic)
+    critic_step = 3 * cfg.num_q_ensemble * mlp_flops(b, critic)
+    actor_step = 3 * mlp_flops(b, actor) + 2 * cfg.num_q_ensemble * mlp_flops(b, critic)
+    return (uncertainty + next_value + critic_step + actor_step) / 1e9
+
+
+def bench_step(env: str, real_ratio: float, repeats: int) -> dict:
+    obs, act = SIZES[env]
+    cfg = Config(task=f"{env}-medium-v2", real_ratio=real_ratio)
+    torch.manual_seed(0)
+    agent = MICRO(cfg, obs, act, EnsembleDynamics(obs, act).requires_grad_(False))
+    b = cfg.batch_size
+    batch = Batch(
+        torch.randn(b, obs),
+        torch.rand(b, act) * 2 - 1,
+        torch.randn(b, obs),
+        torch.randn(b, 1),
+        torch.zeros(b, 1),
+    )
+    n_real = int(b * real_ratio)
+    steps = 10
+    seconds = (
+        median_time(lambda: [agent.update(batch, n_real) for _ in range(steps)], repeats) / steps
+    )
+    return {
+        "case": f"step_{env}_real{real_ratio}",
+        "steps_per_s": 1 / seconds,
+        "ms_per_step": 1000 * seconds,
+        "gflop": step_gflop(cfg, obs, act),
+    }
+
+
+def bench_rollout(repeats: int) -> dict:
+    obs, act = SIZES["walker2d"]
+    cfg = Config(task="walker2d-medium-v2")
+    torch.manual_seed(0)
+    dyn = EnsembleDynamics(obs, act).requires_grad_(False)
+    agent = MICRO(cfg, obs, act, dyn)
+    real = torch.randn(200_000, obs) * 0.1
+    done = termination_fn("walker2d")
+    buf = ReplayBuffer(cfg.rollout_batch_size * cfg.rollout_length, obs, act, torch.device("cpu"))
+
+    @torch.no_grad()
+    def rollout() -> None:
+        buf.ptr = buf.size = 0
+        o = real[torch.randint(len(real), (cfg.rollout_batch_size,))]
+        o[:, 0] = 1.25  # a healthy walker height, so rows survive the termination function
+        for _ in range(cfg.rollout_length):
+            a = agent.actor.sample(o).action
+            nxt, r = dyn.sample_step(o, a)
+            d = done(nxt)
+            buf.add(Batch(o, a, nxt, r, d.float().unsqueeze(-1)))
+            o = nxt[~d]
+
+    seconds = median_time(rollout, repeats, warmup=1)
+    rows = cfg.rollout_batch_size * cfg.rollout_length
+    dyn_dims = [obs + act, *cfg.dynamics_hidden_dims, 2 * (obs + 1)]
+    gflop = (mlp_flops(rows, dyn_dims) + mlp_flops(rows, [obs, *cfg.hidden_dims, 2 * act])) / 1e9
+    return {
+        "case": "rollout_50000x5",
+        "seconds": seconds,
+        "gflop": gflop,
+        "note": "flops count one dynamics member per row",
+    }
+
+
+def bench_dynamics_epoch(repeats: int) -> dict:
+    obs, act = SIZES["walker2d"]
+    n = 200_000
+    torch.manual_seed(0)
+    data = [torch.randn(n, obs), torch.rand(n, act) * 2 - 1, torch.randn(n, obs), torch.randn(n, 1)]
+    model = EnsembleDynamics(obs, act)
+
+    def epoch() -> None:
+        fit_dynamics(model, *data, max_epochs=1, progress=False)
+
+    seconds = median_time(epoch, repeats, warmup=1)
+    dims = [obs + act, 200, 200, 200, 200, 2 * (obs + 1)]
+    n_train = n - 1000
+    gflop = (3 * 7 * mlp_flops(n_train, dims) + 7 * mlp_flops(1000, dims)) / 1e9
+    return {"case": "dynamics_epoch_200k", "seconds": seconds, "gflop": gflop}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", nargs="+", help="case prefixes to run, e.g. step rollout")
+    args = parser.parse_args()
+    peak = matmul_peak()
+    cases = [
+        lambda: bench_step("walker2d", 0.05, args.repeats),
+        lambda: bench_step("walker2d", 0.5, args.repeats),
+        lambda: bench_step("hopper", 0.05, args.repeats),
+        lambda: bench_step("hopper", 0.5, args.repeats),
+        lambda: bench_rollout(args.repeats),
+        lambda: bench_dynamics_epoch(max(1, args.repeats // 2)),
+    ]
+    names = ["step", "step", "step", "step", "rollout", "dynamics"]
+    header = {
+        "case": "matmul_peak",
+        "gflop_per_s": peak,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+    }
+    threads = torch.get_num_threads()
+    summary = (
+        f"float32 matmul peak: {peak:.0f} GFLOP/s ({threads} threads, torch {torch.__version__})"
+    )
+    print(json.dumps(header) if args.json else summary)
+    for name, case in zip(names, cases, strict=True):
+        if args.only and not any(name.startswith(p) for p in args.only):
+            continue
+        r = case()
+        seconds = r.get("seconds", 1 / r.get("steps_per_s", 1))
+        r["fraction_of_peak"] = r["gflop"] / seconds / peak
+        if args.json:
+            print(json.dumps(r), flush=True)
+        else:
+            speed = (
+                f"{r['steps_per_s']:.1f} steps/s" if "steps_per_s" in r else f"{r['seconds']:.2f} s"
+            )
+            print(
+                f"{r['case']:24s} {speed:>14s}  {r['gflop']:7.2f} GFLOP  "
+                f"{100 * r['fraction_of_peak']:5.1f}% of peak",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
