@@ -18,6 +18,15 @@ class ReplayBuffer:
         self.ptr = 0
         self.size = 0
 
+    def named_tensors(self) -> dict[str, torch.Tensor]:
+        return dict(
+            zip(
+                ("observations", "actions", "next_observations", "rewards", "terminals"),
+                self._tensors(),
+                strict=True,
+            )
+        )
+
     def _tensors(self) -> tuple[torch.Tensor, ...]:
         return (
             self.observations,

@@ -42,6 +42,11 @@ def build_train_parser() -> OneLineParser:
         metavar="FILE",
         help="YAML file of config overrides layered over the task's (repeatable)",
     )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a killed run from its last checkpoint (its config applies)",
+    )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("--no_progress", action="store_true", help="hide progress bars")
     group = parser.add_argument_group("config keys")
@@ -64,6 +69,15 @@ def parse_train_args(argv: Sequence[str] | None = None):
     parser = build_train_parser()
     args = vars(parser.parse_args(argv))
     presets, debug, no_progress = args.pop("config"), args.pop("debug"), args.pop("no_progress")
+    resume_dir = args.pop("resume")
+    if resume_dir is not None:
+        extra = sorted(k for k in args if k != "device") + (["config"] if presets else [])
+        if extra:
+            raise MicroError(
+                f"--resume continues a run with its own config.yaml; drop --{', --'.join(extra)}"
+            )
+        device = parse_cli_value("device", [args["device"]]) if "device" in args else None
+        return ("resume", resume_dir, device), debug, not no_progress
     task = args.pop("task", FIELDS["task"].default)
     overrides = {}
     for key, raw in args.items():
@@ -91,9 +105,13 @@ def guarded(main: Callable[[list[str]], int], argv: list[str]) -> int:
 
 def _train(argv: list[str]) -> int:
     cfg, _, progress = parse_train_args(argv)
-    from micro.trainer import run
+    from micro.trainer import resume, run
 
-    run(cfg, progress=progress)
+    if isinstance(cfg, tuple):
+        _, run_dir, device = cfg
+        resume(run_dir, device, progress=progress)
+    else:
+        run(cfg, progress=progress)
     return 0
 
 

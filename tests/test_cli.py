@@ -69,10 +69,16 @@ def test_progress_csv_has_one_row_per_epoch(smoke_run):
 
 def test_tensorboard_has_the_scalars(smoke_run):
     run_dir, _ = smoke_run
-    acc = EventAccumulator(str(run_dir / "tb"))
-    acc.Reload()
-    assert set(acc.Tags()["scalars"]) >= TAGS, TAGS - set(acc.Tags()["scalars"])
-    assert [e.step for e in acc.Scalars("eval/return")] == [20, 40]
+    tags = set()
+    for folder in (run_dir / "tb", run_dir / "tb" / "dynamics"):
+        acc = EventAccumulator(str(folder))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+        if folder.name == "tb":
+            assert [e.step for e in acc.Scalars("eval/return")] == [20, 40]
+        else:  # the fitting curve, by fitting epoch
+            assert [e.step for e in acc.Scalars("dynamics/holdout_loss")] == [1, 2, 3]
+    assert tags >= TAGS, TAGS - tags
 
 
 def test_policy_file_carries_what_evaluation_needs(smoke_run, hopper_file):

@@ -1,0 +1,241 @@
+"""Exact resume, determinism, safe files, the numerical guard, and bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, only_run_dir, run_train
+
+from micro import MicroError
+from micro.config import resolve_config
+from micro.data.d4rl import read_hdf5, write_hdf5
+from micro.utils import atomic_path, atomic_torch_save, safe_torch_load
+
+SMALL = [
+    "--task",
+    "hopper-medium-v2",
+    "--seed",
+    "5",
+    "--epoch",
+    "8",
+    "--step_per_epoch",
+    "15",
+    "--rollout_freq",
+    "10",
+    "--rollout_batch_size",
+    "64",
+    "--eval_freq",
+    "2",
+    "--eval_episodes",
+    "2",
+    "--dynamics_max_epochs",
+    "2",
+    "--hidden_dims",
+    "32",
+    "32",
+    "--dynamics_hidden_dims",
+    "32",
+    "32",
+    "32",
+    "32",
+]
+
+
+def small_run(hopper_file, logdir, env, extra=()):
+    run_train([*SMALL, "--dataset", str(hopper_file), "--logdir", str(logdir), *extra], env)
+    return only_run_dir(logdir)
+
+
+@pytest.fixture(scope="module")
+def reference(hopper_file, tmp_path_factory):
+    return small_run(hopper_file, tmp_path_factory.mktemp("ref"), dict(os.environ))
+
+
+def test_same_seed_same_progress_csv(reference, hopper_file, tmp_path):
+    again = small_run(hopper_file, tmp_path, dict(os.environ))
+    assert (again / "progress.csv").read_text() == (reference / "progress.csv").read_text()
+
+
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(reference, hopper_file, tmp_path):
+    cmd = [
+        sys.executable,
+        "train.py",
+        "--no_progress",
+        *SMALL,
+        "--dataset",
+        str(hopper_file),
+        "--logdir",
+        str(tmp_path),
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    run_dir = None
+    while time.time() < deadline:  # wait for a few epochs and their checkpoint, then SIGKILL
+        runs = list(tmp_path.glob("*/micro/*"))
+        if runs and (runs[0] / "progress.csv").exists():
+            run_dir = runs[0]
+            if len((run_dir / "progress.csv").read_text().splitlines()) >= 4:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert run_dir is not None and not (run_dir / "policy.pt").exists(), "killed too late"
+    out = run_train(["--resume", str(run_dir)], dict(os.environ))
+    assert "resuming at epoch" in out.stdout
+    assert (run_dir / "progress.csv").read_text() == (reference / "progress.csv").read_text()
+    a = torch.load(run_dir / "policy.pt", weights_only=True)
+    b = torch.load(reference / "policy.pt", weights_only=True)
+    for key in a["actor"]:
+        torch.testing.assert_close(a["actor"][key], b["actor"][key], rtol=0, atol=0)
+
+
+def test_resume_refuses_a_finished_run_and_extra_flags(reference):
+    proc = run_train(["--resume", str(reference)], dict(os.environ), check=False)
+    assert proc.returncode == 1 and "already finished" in proc.stderr
+    proc = run_train(["--resume", str(reference), "--epoch", "9"], dict(os.environ), check=False)
+    assert proc.returncode == 1 and "drop --epoch" in proc.stderr
+
+
+def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
+    path = tmp_path / "last.pt"
+    torch.save({"format": "micro-checkpoint-v1", "evil": MicroError("x")}, path)
+    with pytest.raises(MicroError, match="cannot load checkpoint"):
+        safe_torch_load(path, "checkpoint")
+
+
+def test_atomic_write_keeps_the_previous_file_when_interrupted(tmp_path):
+    target = tmp_path / "policy.pt"
+    atomic_torch_save({"v": torch.tensor(1)}, target)
+    with pytest.raises(KeyboardInterrupt), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half a file")
+        raise KeyboardInterrupt
+    assert torch.load(target, weights_only=True)["v"].item() == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["policy.pt"]
+
+
+def test_non_finite_loss_stops_at_its_step_keeping_the_checkpoint(
+    hopper_file, tmp_path, monkeypatch
+):
+    from micro import agent as agent_module
+    from micro.trainer import run
+
+    real_update = agent_module.MICRO.update
+    calls = {"n": 0}
+
+    def update(self, batch, n_real):
+        calls["n"] += 1
+        metrics = real_update(self, batch, n_real)
+        if calls["n"] == 20:  # step 20 = the 5th step of epoch 2 (15 steps per epoch)
+            metrics["critic_loss"] = torch.tensor(float("nan"))
+        return metrics
+
+    monkeypatch.setattr(agent_module.MICRO, "update", update)
+    cfg = resolve_config(
+        "hopper-medium-v2",
+        overrides={
+            "dataset": str(hopper_file),
+            "logdir": str(tmp_path),
+            "epoch": 3,
+            "step_per_epoch": 15,
+            "rollout_freq": 10,
+            "rollout_batch_size": 64,
+            "eval_freq": 5,
+            "eval_episodes": 1,
+            "dynamics_max_epochs": 1,
+            "hidden_dims": (16,),
+            "dynamics_hidden_dims": (16,),
+            "dynamics_weight_decay": (0.0, 0.0),
+        },
+    )
+    with pytest.raises(MicroError) as err:
+        run(cfg, progress=False)
+    assert "non-finite critic_loss (nan) at step 20 (epoch 2)" in str(err.value)
+    run_dir = only_run_dir(tmp_path)
+    assert "last good checkpoint" in str(err.value)
+    assert safe_torch_load(run_dir / "checkpoints" / "last.pt")["epoch"] == 1
+    assert not (run_dir / "policy.pt").exists()
+
+
+# --- bad input: one line, exit code != 0, nothing half-written ---
+
+
+def _bad_files(hopper_file, tmp_path):
+    raw = read_hdf5(hopper_file)
+    cut = tmp_path / "truncated.hdf5"
+    cut.write_bytes(hopper_file.read_bytes()[: hopper_file.stat().st_size // 3])
+    no_key = tmp_path / "no-timeouts.hdf5"
+    write_hdf5(no_key, {k: v for k, v in raw.items() if k != "timeouts"})
+    nan = tmp_path / "nan.hdf5"
+    obs = raw["observations"].copy()
+    obs[17, 4] = np.nan
+    write_hdf5(nan, {**raw, "observations": obs})
+    html = tmp_path / "page.hdf5"
+    html.write_text("<html>403 Forbidden</html>")
+    return {"truncated": cut, "no_key": no_key, "nan": nan, "html": html}
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("truncated", "not a readable HDF5 file"),
+        ("no_key", "lacks key(s) timeouts"),
+        ("nan", "observations holds NaN or inf (first at row 17)"),
+        ("html", "not a readable HDF5 file"),
+    ],
+)
+def test_bad_dataset_files(case, message, hopper_file, tmp_path, cli_env):
+    path = _bad_files(hopper_file, tmp_path)[case]
+    proc = run_train(
+        ["--task", "hopper-medium-v2", "--dataset", str(path), "--logdir", str(tmp_path / "runs")],
+        cli_env,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_log_directory_not_writable(hopper_file, tmp_path, cli_env):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    proc = run_train(
+        [
+            "--task",
+            "hopper-medium-v2",
+            "--dataset",
+            str(hopper_file),
+            "--logdir",
+            str(blocker / "runs"),
+        ],
+        cli_env,
+        check=False,
+    )
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "cannot create the run directory" in proc.stderr and "--logdir" in proc.stderr
+    assert blocker.read_text() == "not a folder"
+
+
+def test_debug_shows_the_traceback(tmp_path, cli_env):
+    proc = run_train(
+        ["--task", "hopper-medium-v2", "--dataset", str(tmp_path / "none.hdf5"), "--debug"],
+        cli_env,
+        check=False,
+    )
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_written_datasets_are_atomic(tmp_path, hopper_file):
+    raw = read_hdf5(hopper_file)
+    target = tmp_path / "d.hdf5"
+    write_hdf5(target, raw)
+    with pytest.raises(TypeError):
+        write_hdf5(target, {**raw, "bad": object()})
+    with h5py.File(target) as f:  # the earlier file is intact
+        assert len(f["observations"]) == len(raw["observations"])
+    assert [p.name for p in tmp_path.iterdir()] == ["d.hdf5"]
