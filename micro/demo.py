@@ -3,7 +3,9 @@
 1. collect a hopper-medium dataset with the shipped behavior policy (data/behavior/);
 2. fit the dynamics ensemble and train MICRO on a CPU-sized schedule (configs/demo.yaml over
    configs/hopper-medium-v2.yaml — far shorter than the paper's);
-3. print behavior vs MICRO normalized scores, wall time per stage, and where the logs are.
+3. sweep the trained policy over a reduced sim2real grid and every observation attack;
+4. print behavior vs MICRO normalized scores, wall time per stage, and where the logs and
+   plots are.
 
 Seeds are fixed, so the printed numbers repeat on the same machine.
 """
@@ -19,7 +21,12 @@ from micro.data.collect import build, default_policy_path, write_dataset
 from micro.envs import normalized_score
 
 DATA = Path("data/demo/hopper-medium.hdf5")
-DEMO_STEPS = 100_000
+DEMO_STEPS = 50_000
+# reduced robustness grids (eval.py's defaults are the published 10 x 10 and 10 budgets)
+FRICTION = ["0.5", "1.0", "1.5"]
+GRAVITY = ["0.5", "1.0", "2.0", "3.0"]
+EPS = ["0", "0.05", "0.1", "0.15", "0.2"]
+ROBUSTNESS_EPISODES = "5"
 SEED = 0
 
 
@@ -33,11 +40,34 @@ def collect_demo_data() -> tuple[float, float]:
     else:
         policy = default_policy_path("hopper", "medium")
         print(f"demo dataset: {DEMO_STEPS} steps of {policy} in the simulator -> {DATA}")
-        arrays, name = build("hopper", "hopper", DEMO_STEPS, SEED, 8, str(policy), None, None, None)
+        arrays, name = build("medium", "hopper", DEMO_STEPS, SEED, 8, str(policy), None, None, None)
         write_dataset(DATA, arrays, "hopper", name, SEED)
     with h5py.File(DATA) as f:
         score = normalized_score("hopper", float(f["metadata/return_mean"][()]))
     return time.time() - start, score
+
+
+def robustness(policy: Path) -> float:
+    from micro.evaluate_cli import eval_main
+
+    start = time.time()
+    common = [
+        "--task",
+        "hopper-medium-v2",
+        "--policy_path",
+        str(policy),
+        "--eval_episodes",
+        ROBUSTNESS_EPISODES,
+        "--no_progress",
+    ]
+    for args in (
+        ["--choice", "sim2real", "--friction", *FRICTION, "--gravity", *GRAVITY],
+        ["--choice", "attack", "--attack_mode", "all", "--eps", *EPS],
+    ):
+        print()
+        if eval_main([*common, *args]):
+            raise SystemExit(1)
+    return time.time() - start
 
 
 def main() -> int:
@@ -54,6 +84,7 @@ def main() -> int:
             overrides={"dataset": str(DATA), "seed": SEED, "logdir": "runs/demo"},
         )
         out["cfg"], out["run"] = cfg, run(cfg)
+        out["robustness_s"] = robustness(out["run"].run_dir / "policy.pt")
         return 0
 
     code = guarded(demo, [])
@@ -71,9 +102,13 @@ def main() -> int:
     print(
         f"wall time: collect {out['collect_s']:.0f}s, dynamics fit {t['dynamics']:.0f}s, "
         f"model rollouts {t['rollouts']:.0f}s, MICRO updates {t['updates']:.0f}s, "
-        f"evaluation {t['evaluation']:.0f}s"
+        f"evaluation {t['evaluation']:.0f}s, robustness sweeps {out['robustness_s']:.0f}s"
     )
     print(f"run directory: {result.run_dir}")
+    print(
+        f"robustness plots: {result.run_dir / 'eval' / 'sim2real.png'}, "
+        f"{result.run_dir / 'eval' / 'attack-all.png'}"
+    )
     print(f"tensorboard --logdir {result.run_dir / 'tb'}")
     return 0
 
