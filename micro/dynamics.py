@@ -54,12 +54,26 @@ class EnsembleDynamics(nn.Module):
         self.register_buffer("elites", torch.arange(n_elites))
 
     # --- the network -------------------------------------------------------------------------
-    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw inputs [B, in] or [E, B, in] -> mean, logvar [E, B, obs_dim + 1]."""
+    def forward(
+        self, inputs: torch.Tensor, members: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw inputs [B, in] or [E, B, in] -> mean, logvar [E, B, obs_dim + 1], for every
+        member or only for ``members`` (then E = len(members))."""
         x = (inputs - self.input_mean) / self.input_std
-        for layer in self.layers[:-1]:
-            x = self.activation(layer(x))
-        mean, logvar = self.layers[-1](x).chunk(2, dim=-1)
+        if members is None:
+            for layer in self.layers[:-1]:
+                x = self.activation(layer(x))
+            out = self.layers[-1](x)
+        else:
+            for layer in self.layers[:-1]:
+                x = self.activation(
+                    torch.baddbmm(
+                        layer.bias[members], _members_input(x, len(members)), layer.weight[members]
+                    )
+                )
+            last = self.layers[-1]
+            out = torch.baddbmm(last.bias[members], x, last.weight[members])
+        mean, logvar = out.chunk(2, dim=-1)
         logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
         return mean, logvar
@@ -80,10 +94,9 @@ class EnsembleDynamics(nn.Module):
         self, obs: torch.Tensor, act: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean (next obs, reward) and std of each elite: [n_elites, B, obs_dim + 1]."""
-        mean, logvar = self(torch.cat([obs, act], dim=-1))
-        mean = mean[self.elites]
+        mean, logvar = self(torch.cat([obs, act], dim=-1), members=self.elites)
         mean = torch.cat([mean[..., :-1] + obs, mean[..., -1:]], dim=-1)
-        return mean, (0.5 * logvar[self.elites]).exp()
+        return mean, (0.5 * logvar).exp()
 
     def member_forward(
         self, inputs: torch.Tensor, member: int
@@ -160,6 +173,10 @@ class EnsembleDynamics(nn.Module):
         )
         model.load_state_dict(blob["state_dict"])
         return model
+
+
+def _members_input(x: torch.Tensor, n: int) -> torch.Tensor:
+    return x.expand(n, *x.shape) if x.dim() == 2 else x
 
 
 @dataclass
