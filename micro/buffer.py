@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from micro.agent import Batch
@@ -10,31 +12,17 @@ from micro.agent import Batch
 class ReplayBuffer:
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device) -> None:
         self.capacity, self.device = capacity, device
-        self.observations = torch.zeros(capacity, obs_dim, device=device)
-        self.actions = torch.zeros(capacity, act_dim, device=device)
-        self.next_observations = torch.zeros(capacity, obs_dim, device=device)
-        self.rewards = torch.zeros(capacity, 1, device=device)
-        self.terminals = torch.zeros(capacity, 1, device=device)
+        widths = (obs_dim, act_dim, obs_dim, 1, 1)  # in the order of Batch's fields
+        self.storage = Batch(*(torch.zeros(capacity, w, device=device) for w in widths))
         self.ptr = 0
         self.size = 0
 
     def named_tensors(self) -> dict[str, torch.Tensor]:
-        return dict(
-            zip(
-                ("observations", "actions", "next_observations", "rewards", "terminals"),
-                self._tensors(),
-                strict=True,
-            )
-        )
+        return {f.name: getattr(self.storage, f.name) for f in dataclasses.fields(Batch)}
 
-    def _tensors(self) -> tuple[torch.Tensor, ...]:
-        return (
-            self.observations,
-            self.actions,
-            self.next_observations,
-            self.rewards,
-            self.terminals,
-        )
+    @property
+    def observations(self) -> torch.Tensor:
+        return self.storage.observations
 
     def add(self, batch: Batch) -> None:
         """Append rows, overwriting the oldest once full."""
@@ -45,7 +33,7 @@ class ReplayBuffer:
             batch = Batch(*(x[-self.capacity :] for x in batch.fields()))
             n = self.capacity
         first = min(n, self.capacity - self.ptr)
-        for store, rows in zip(self._tensors(), batch.fields(), strict=True):
+        for store, rows in zip(self.storage.fields(), batch.fields(), strict=True):
             store[self.ptr : self.ptr + first] = rows[:first]
             store[: n - first] = rows[first:]
         self.ptr = (self.ptr + n) % self.capacity
@@ -53,7 +41,7 @@ class ReplayBuffer:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Batch:
         idx = torch.randint(self.size, (n,), device=self.device, generator=generator)
-        return Batch(*(x[idx] for x in self._tensors()))
+        return Batch(*(x[idx] for x in self.storage.fields()))
 
     def all(self) -> Batch:
-        return Batch(*(x[: self.size] for x in self._tensors()))
+        return Batch(*(x[: self.size] for x in self.storage.fields()))
