@@ -7,9 +7,10 @@ import os
 import sys
 import typing
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from micro import MicroError
-from micro.config import FIELDS, field_type, parse_cli_value, resolve_config
+from micro.config import FIELDS, Config, field_type, parse_cli_value, resolve_config
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -65,10 +66,19 @@ def build_train_parser() -> OneLineParser:
     return parser
 
 
-def parse_train_args(argv: Sequence[str] | None = None):
+@dataclass
+class TrainArgs:
+    cfg: Config | None  # None when resuming: the run's own config.yaml applies
+    resume_dir: str | None
+    device: str | None  # an override of the device when resuming
+    progress: bool
+
+
+def parse_train_args(argv: Sequence[str] | None = None) -> TrainArgs:
     parser = build_train_parser()
     args = vars(parser.parse_args(argv))
-    presets, debug, no_progress = args.pop("config"), args.pop("debug"), args.pop("no_progress")
+    presets, no_progress = args.pop("config"), args.pop("no_progress")
+    args.pop("debug")
     resume_dir = args.pop("resume")
     if resume_dir is not None:
         extra = sorted(k for k in args if k != "device") + (["config"] if presets else [])
@@ -76,15 +86,13 @@ def parse_train_args(argv: Sequence[str] | None = None):
             raise MicroError(
                 f"--resume continues a run with its own config.yaml; drop --{', --'.join(extra)}"
             )
-        device = parse_cli_value("device", [args["device"]]) if "device" in args else None
-        return ("resume", resume_dir, device), debug, not no_progress
+        return TrainArgs(None, resume_dir, args.get("device"), not no_progress)
     task = args.pop("task", FIELDS["task"].default)
     overrides = {}
     for key, raw in args.items():
         tokens = raw if isinstance(raw, list) else [raw]
         overrides[key] = parse_cli_value(key, [str(t) for t in tokens])
-    cfg = resolve_config(task, presets, overrides)
-    return cfg, debug, not no_progress
+    return TrainArgs(resolve_config(task, presets, overrides), None, None, not no_progress)
 
 
 def guarded(main: Callable[[list[str]], int], argv: list[str]) -> int:
@@ -104,14 +112,13 @@ def guarded(main: Callable[[list[str]], int], argv: list[str]) -> int:
 
 
 def _train(argv: list[str]) -> int:
-    cfg, _, progress = parse_train_args(argv)
+    args = parse_train_args(argv)
     from micro.trainer import resume, run
 
-    if isinstance(cfg, tuple):
-        _, run_dir, device = cfg
-        resume(run_dir, device, progress=progress)
+    if args.resume_dir is not None:
+        resume(args.resume_dir, args.device, progress=args.progress)
     else:
-        run(cfg, progress=progress)
+        run(args.cfg, progress=args.progress)
     return 0
 
 

@@ -43,7 +43,7 @@ def test_published_task_overrides():
 
 
 def test_cli_flags_parse_by_type():
-    cfg, _, _ = parse_train_args(
+    cfg = parse_train_args(
         [
             "--task",
             "hopper-medium-v2",
@@ -66,23 +66,23 @@ def test_cli_flags_parse_by_type():
             "--seed",
             "3",
         ]
-    )
+    ).cfg
     assert cfg.penalty_coef == 0.3 and cfg.auto_alpha is True and cfg.seed == 3
     assert cfg.dynamics_hidden_dims == (10, 20, 30)
     assert cfg.dynamics_max_epochs == 7 and cfg.deterministic_backup is True
     assert cfg.max_epochs_since_update == 10  # the task file still applies
-    cfg, _, _ = parse_train_args(["--task", "walker2d-medium-v2", "--dynamics_max_epochs", "none"])
+    cfg = parse_train_args(["--task", "walker2d-medium-v2", "--dynamics_max_epochs", "none"]).cfg
     assert cfg.dynamics_max_epochs is None
-    cfg, _, _ = parse_train_args(["--task", "hopper-medium-v2", "--auto_alpha", "false"])
+    cfg = parse_train_args(["--task", "hopper-medium-v2", "--auto_alpha", "false"]).cfg
     assert cfg.auto_alpha is False
 
 
 def test_layering_order(tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text("penalty_coef: 0.25\nrollout_length: 2\n")
-    cfg, _, _ = parse_train_args(
+    cfg = parse_train_args(
         ["--task", "hopper-medium-v2", "--config", str(preset), "--rollout_length", "3"]
-    )
+    ).cfg
     assert (cfg.penalty_coef, cfg.rollout_length, cfg.auto_alpha) == (0.25, 3, False)
 
 
@@ -132,3 +132,10 @@ def test_to_dict_round_trips_through_yaml():
     cfg = resolve_config("walker2d-medium-expert-v2")
     again = config_from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
     assert again == cfg
+
+
+def test_resume_flags():
+    args = parse_train_args(["--resume", "runs/x", "--device", "cpu", "--no_progress"])
+    assert (args.cfg, args.resume_dir, args.device, args.progress) == (None, "runs/x", "cpu", False)
+    with pytest.raises(MicroError, match="drop --penalty_coef"):
+        parse_train_args(["--resume", "runs/x", "--penalty_coef", "1"])
