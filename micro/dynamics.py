@@ -239,7 +239,7 @@ def fit_dynamics(
     model.set_scaler(train_in)
 
     n_train, n_members = train_in.shape[0], model.n_ensemble
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
     # Each member trains on its own bootstrap resample; the order is reshuffled every epoch.
     boot = torch.randint(n_train, (n_members, n_train), device=device, generator=generator)
     best = torch.full((n_members,), float("inf"))
