@@ -53,6 +53,7 @@ def sim2real_heatmap(rows: list[dict], path: Path, title: str) -> None:
 def attack_curves(rows: list[dict], path: Path, title: str) -> None:
     """Normalized return (mean ± std over episodes) against the budget ε, one line per attack."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    low, high = 0.0, 100.0  # the normalized scale, so small differences are not blown up
     for mode in dict.fromkeys(r["attack_mode"] for r in rows):
         part = sorted((r for r in rows if r["attack_mode"] == mode), key=lambda r: r["eps"])
         eps = np.array([r["eps"] for r in part])
@@ -60,6 +61,8 @@ def attack_curves(rows: list[dict], path: Path, title: str) -> None:
         std = np.array([r["normalized_std"] for r in part])
         ax.plot(eps, mean, marker="o", markersize=3, label=mode)
         ax.fill_between(eps, mean - std, mean + std, alpha=0.2)
+        low, high = min(low, (mean - std).min()), max(high, (mean + std).max())
+    ax.set_ylim(low - 0.02 * (high - low), high + 0.02 * (high - low))
     ax.set_xlabel("attack budget ε (× observation std)")
     ax.set_ylabel("normalized return")
     ax.set_title(title, fontsize=10)

@@ -239,3 +239,11 @@ def test_written_datasets_are_atomic(tmp_path, hopper_file):
     with h5py.File(target) as f:  # the earlier file is intact
         assert len(f["observations"]) == len(raw["observations"])
     assert [p.name for p in tmp_path.iterdir()] == ["d.hdf5"]
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    mask = os.umask(0)
+    os.umask(mask)
+    with atomic_path(tmp_path / "f.txt") as tmp:
+        tmp.write_text("x")
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~mask
