@@ -1,5 +1,6 @@
 """Dataset collection in the real simulator, and behavior-policy snapshots."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -14,21 +15,22 @@ from micro.data.collect import actor_policy, build, collect, uniform_policy, wri
 from micro.data.d4rl import read_hdf5, validate
 from micro.envs import make_env, parse_task
 
+TINY_SAC = BehaviorSettings(
+    env="hopper",
+    steps=600,
+    start_steps=200,
+    snapshot_every=300,
+    save_every=300,
+    eval_episodes=2,
+    hidden_dims=(32, 32),
+)
+
 
 @pytest.fixture(scope="module")
 def behavior_run(tmp_path_factory):
     """A real (tiny) online SAC run: 600 steps, snapshots at 300 and 600."""
     out = tmp_path_factory.mktemp("behavior")
-    s = BehaviorSettings(
-        env="hopper",
-        steps=600,
-        start_steps=200,
-        snapshot_every=300,
-        save_every=300,
-        eval_episodes=2,
-        hidden_dims=(32, 32),
-    )
-    train_behavior(s, out, progress=False)
+    train_behavior(TINY_SAC, out, progress=False)
     return out
 
 
@@ -149,16 +151,7 @@ def test_behavior_run_resumes(behavior_run, tmp_path):
 
     copy = tmp_path / "run"
     shutil.copytree(behavior_run, copy)
-    s = BehaviorSettings(
-        env="hopper",
-        steps=900,
-        start_steps=200,
-        snapshot_every=300,
-        save_every=300,
-        eval_episodes=2,
-        hidden_dims=(32, 32),
-    )
-    train_behavior(s, copy, progress=False)
+    train_behavior(dataclasses.replace(TINY_SAC, steps=900), copy, progress=False)
     assert sorted(p.name for p in (copy / "snapshots").iterdir())[-1] == "step_0000900.pt"
     assert [int(r.split(",")[0]) for r in (copy / "evals.csv").read_text().splitlines()[1:]] == [
         300,

@@ -169,25 +169,18 @@ def test_eps_zero_is_the_clean_evaluation_and_batching_does_not_matter(nets):
             obs_std=std,
         )
         np.testing.assert_array_equal(zero.returns, clean.returns)
-    attacked_1 = run_episodes(
-        actor,
-        "hopper",
-        4,
-        seed=5,
-        n_envs=1,
-        attack=Attack("min_Q", 0.1),
-        critics=critics,
-        obs_std=std,
-    )
-    attacked_4 = run_episodes(
-        actor,
-        "hopper",
-        4,
-        seed=5,
-        n_envs=4,
-        attack=Attack("min_Q", 0.1),
-        critics=critics,
-        obs_std=std,
+    attacked_1, attacked_4 = (
+        run_episodes(
+            actor,
+            "hopper",
+            4,
+            seed=5,
+            n_envs=n,
+            attack=Attack("min_Q", 0.1),
+            critics=critics,
+            obs_std=std,
+        )
+        for n in (1, 4)
     )
     np.testing.assert_allclose(attacked_1.returns, attacked_4.returns, rtol=1e-5)
     assert not np.allclose(attacked_1.returns, clean.returns)
