@@ -66,7 +66,8 @@ def run_episodes(
     """Run ``episodes`` episodes, ``n_envs`` simulators in lockstep with the policy batched.
 
     Episode i is seeded ``seed + i``, for the simulator and for its own noise (stochastic
-    actions, attack candidates), so results do not depend on how episodes are batched.
+    actions, attack candidates), so a rerun with the same ``n_envs`` is identical. (Another
+    ``n_envs`` batches the policy differently, which can round differently.)
     The policy acts with tanh(μ(s)) when ``deterministic``, else samples from π(·|s). An attack
     perturbs only what the policy sees (budget scaled by ``obs_std``); ``physics`` scales the
     simulators' models for the duration of the call.
