@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -312,7 +311,3 @@ def fit_dynamics(
 
 def _member_param(key: str, value: torch.Tensor, n_members: int) -> bool:
     return key.startswith("layers.") and value.dim() == 3 and value.shape[0] == n_members
-
-
-def to_tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(x, dtype=torch.float32, device=device)

@@ -26,7 +26,6 @@ N_CANDIDATES = 50
 PUBLISHED_FRICTION = tuple(np.linspace(0.5, 1.5, 10).round(6).tolist())
 PUBLISHED_GRAVITY = tuple(np.linspace(0.5, 5.0, 10).round(6).tolist())
 PUBLISHED_EPS = tuple(np.linspace(0.0, 0.2, 10).round(6).tolist())
-EVAL_SEED = 1_000
 
 
 # --- the policy file ----------------------------------------------------------------------------
