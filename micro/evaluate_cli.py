@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from micro import MicroError
-from micro.envs import TASKS, make_env
+from micro.envs import make_env, parse_task
 from micro.evaluation import run_episodes
 from micro.robustness import (
     ATTACK_MODES,
@@ -150,10 +150,7 @@ def print_table(rows: list[dict], keys: list[str]) -> None:
 
 def _eval(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if args.task not in TASKS:
-        from micro.envs import parse_task
-
-        parse_task(args.task)
+    parse_task(args.task)  # unknown task -> one-line error
     if args.eval_episodes < 1 or args.n_envs < 1:
         raise MicroError("--eval_episodes and --n_envs must be at least 1")
     device = resolve_device(args.device)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from micro import MicroError
 from micro.agent import MICRO, Batch
 from micro.config import Config
+from micro.data.collect import uniform_policy
 from micro.envs import ENV_IDS, OBS_ACT_DIMS, make_env, normalized_score
 from micro.evaluation import run_episodes
 from micro.nets import Actor
@@ -119,13 +120,9 @@ class ReplayLog:
             np.savez(fh, **{k: v[start : self.size] for k, v in self.arrays.items()})
 
     def load_chunks(self, folder: Path, upto: int) -> None:
-        for chunk in sorted(folder.glob("*.npz")):
-            start, end = (int(x) for x in chunk.stem.split("-"))
-            if start >= upto:
-                continue
-            with np.load(chunk) as z:
-                for key in REPLAY_KEYS:
-                    self.arrays[key][start : min(end, upto)] = z[key][: min(end, upto) - start]
+        if upto > 0:
+            for key, values in read_replay(folder, upto).items():
+                self.arrays[key][:upto] = values
         self.size = upto
 
 
@@ -248,7 +245,7 @@ def train_behavior(s: BehaviorSettings, out: Path, progress: bool = True) -> Pat
         print(f"{out}: already trained for {step} steps")
         return out
 
-    rng = np.random.default_rng(s.seed + step)
+    random_policy = uniform_policy(act_dim, s.seed + step)
     episode += 1
     obs, _ = env.reset(seed=s.seed * 1_000_003 + episode)
     last_saved = step
@@ -267,8 +264,8 @@ def train_behavior(s: BehaviorSettings, out: Path, progress: bool = True) -> Pat
             )
         while step < s.steps:
             if step < s.start_steps:
-                action = rng.uniform(-1, 1, act_dim).astype(np.float32)
-                log_prob = -act_dim * np.log(2.0)
+                actions, log_probs = random_policy(obs[None])
+                action, log_prob = actions[0], float(log_probs[0])
             else:
                 with torch.no_grad():
                     pi = agent.actor.sample(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))
