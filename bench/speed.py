@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from micro.agent import MICRO, Batch
 from micro.buffer import ReplayBuffer
-from micro.config import Config
+from micro.config import MATMUL_PRECISIONS, Config
 from micro.dynamics import EnsembleDynamics, fit_dynamics
 from micro.envs import termination_fn
+from micro.utils import keep_freed_memory
 
 SIZES = {"walker2d": (17, 6), "hopper": (11, 3)}
 
@@ -45,17 +46,25 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+_PEAK_TENSORS: list[torch.Tensor] = []  # never freed: see matmul_peak
+
+
 def matmul_peak() -> float:
     """Best float32 matrix-product rate seen: the fastest of several timings of two sizes (a
-    shared VM's speed moves between runs; the best is the fairest ceiling)."""
+    shared VM's speed moves between runs; the best is the fairest ceiling).
+
+    Its matrices are kept alive and products written in place, because freeing blocks this large
+    would raise glibc's malloc thresholds and so change how the cases after it run
+    (``--default_malloc`` would then not measure the default)."""
     best = 0.0
     for n in (1024, 2048):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b, out = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+        _PEAK_TENSORS.extend([a, b, out])
         for _ in range(3):
-            a @ b
+            torch.mm(a, b, out=out)
         for _ in range(10):
             start = time.perf_counter()
-            a @ b
+            torch.mm(a, b, out=out)
             best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
     return best
 
@@ -82,7 +91,7 @@ def step_gflop(cfg: Config, obs: int, act: int) -> float:
     return (uncertainty + next_value + critic_step + actor_step) / 1e9
 
 
-def bench_step(env: str, real_ratio: float, repeats: int) -> dict:
+def bench_step(env: str, real_ratio: float, repeats: int, warmup_s: float = 0.0) -> dict:
     obs, act = SIZES[env]
     cfg = Config(task=f"{env}-medium-v2", real_ratio=real_ratio)
     torch.manual_seed(0)
@@ -97,6 +106,9 @@ def bench_step(env: str, real_ratio: float, repeats: int) -> dict:
     )
     n_real = int(b * real_ratio)
     steps = 10
+    start = time.perf_counter()
+    while time.perf_counter() - start < warmup_s:
+        agent.update(batch, n_real)
     seconds = (
         median_time(lambda: [agent.update(batch, n_real) for _ in range(steps)], repeats) / steps
     )
@@ -115,14 +127,16 @@ def bench_rollout(repeats: int) -> dict:
     dyn = EnsembleDynamics(obs, act).requires_grad_(False)
     agent = MICRO(cfg, obs, act, dyn)
     real = torch.randn(200_000, obs) * 0.1
-    done = termination_fn("walker2d")
+    # An untrained model's next states would fail walker2d's health check at once, leaving
+    # nothing to roll out after the first step. Every row must survive all steps for the case
+    # to be 50 000 x 5, so rows end only on non-finite states (halfcheetah's rule).
+    done = termination_fn("halfcheetah")
     buf = ReplayBuffer(cfg.rollout_batch_size * cfg.rollout_length, obs, act, torch.device("cpu"))
 
     @torch.no_grad()
     def rollout() -> None:
         buf.ptr = buf.size = 0
         o = real[torch.randint(len(real), (cfg.rollout_batch_size,))]
-        o[:, 0] = 1.25  # a healthy walker height, so rows survive the termination function
         for _ in range(cfg.rollout_length):
             a = agent.actor.sample(o).action
             nxt, r = dyn.sample_step(o, a)
@@ -132,6 +146,8 @@ def bench_rollout(repeats: int) -> dict:
 
     seconds = median_time(rollout, repeats, warmup=1)
     rows = cfg.rollout_batch_size * cfg.rollout_length
+    if buf.size != rows:
+        raise RuntimeError(f"the rollout simulated {buf.size} rows, not {rows}")
     dyn_dims = [obs + act, *cfg.dynamics_hidden_dims, 2 * (obs + 1)]
     gflop = (mlp_flops(rows, dyn_dims) + mlp_flops(rows, [obs, *cfg.hidden_dims, 2 * act])) / 1e9
     return {
@@ -164,10 +180,25 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", nargs="+", help="case prefixes to run, e.g. step rollout")
+    parser.add_argument(
+        "--default_malloc",
+        action="store_true",
+        help="leave glibc's malloc settings alone (the CLIs tune them; see keep_freed_memory)",
+    )
+    parser.add_argument(
+        "--matmul_precision",
+        choices=MATMUL_PRECISIONS,
+        default="highest",
+        help="float32 matmul precision for every case (the config key of the same name)",
+    )
     args = parser.parse_args()
-    peak = matmul_peak()
+    tuned = False if args.default_malloc else keep_freed_memory()
+    peak = matmul_peak()  # always exact float32: the reference the fractions are of
+    torch.set_float32_matmul_precision(args.matmul_precision)
     cases = [
-        lambda: bench_step("walker2d", 0.05, args.repeats),
+        # The first case also absorbs the process's own warm-up (heap growth, clock ramp-up):
+        # measured here, the first seconds of stepping run up to 20% slower.
+        lambda: bench_step("walker2d", 0.05, args.repeats, warmup_s=5.0),
         lambda: bench_step("walker2d", 0.5, args.repeats),
         lambda: bench_step("hopper", 0.05, args.repeats),
         lambda: bench_step("hopper", 0.5, args.repeats),
@@ -179,12 +210,15 @@ def main() -> int:
         "case": "matmul_peak",
         "gflop_per_s": peak,
         "threads": torch.get_num_threads(),
+        "malloc_tuned": tuned,
+        "matmul_precision": args.matmul_precision,
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
     }
     threads = torch.get_num_threads()
     summary = (
-        f"float32 matmul peak: {peak:.0f} GFLOP/s ({threads} threads, torch {torch.__version__})"
+        f"float32 matmul peak: {peak:.0f} GFLOP/s ({threads} threads, torch {torch.__version__}, "
+        f"matmul_precision {args.matmul_precision})"
     )
     print(json.dumps(header) if args.json else summary)
     for name, case in zip(names, cases, strict=True):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from micro import MicroError
 from micro.config import FIELDS, Config, field_type, parse_cli_value, resolve_config
+from micro.utils import keep_freed_memory
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -99,6 +100,7 @@ def guarded(main: Callable[[list[str]], int], argv: list[str]) -> int:
     """Run ``main``; user errors become one line on stderr and exit code 1 (traceback with
     --debug or MICRO_DEBUG=1)."""
     debug = "--debug" in argv or os.environ.get("MICRO_DEBUG") == "1"
+    keep_freed_memory()
     try:
         return main(argv)
     except MicroError as exc:

@@ -24,6 +24,9 @@ CONFIG_DIR = Path(
 )
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
 @dataclass(frozen=True)
 class Config:
     # --- run -------------------------------------------------------------------------------
@@ -32,6 +35,9 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N  (auto = cuda when available)
     dataset: str | None = None  # a D4RL-format HDF5 file to use instead of D4RL's
     logdir: str = "runs"  # runs go to <logdir>/<task>/micro/seed<seed>-<timestamp>/
+    # float32 matrix products: highest = exact float32 (SPEC); high = TF32 on NVIDIA GPUs;
+    # medium = also bfloat16 (Intel AMX CPUs, GPUs). Opt-in speed at reduced precision.
+    matmul_precision: str = "highest"
 
     # --- SAC -------------------------------------------------------------------------------
     actor_lr: float = 1e-4  # cosine-annealed over `epoch` epochs when lr_scheduler
@@ -91,6 +97,10 @@ class Config:
             (0.0 < self.gamma <= 1.0, "gamma must be in (0, 1]"),
             (0.0 < self.tau <= 1.0, "tau must be in (0, 1]"),
             (0.0 < self.dynamics_holdout_ratio < 1.0, "dynamics_holdout_ratio must be in (0, 1)"),
+            (
+                self.matmul_precision in MATMUL_PRECISIONS,
+                f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}",
+            ),
         ]
         positive = [
             "epoch",

@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass
 
 import gymnasium as gym
+import mujoco
 import torch
 
 from micro import MicroError
@@ -68,9 +69,21 @@ def check_env_name(env: str) -> str:
 def make_env(env: str, **kwargs) -> gym.Env:
     """The Gymnasium environment that reproduces D4RL's dynamics and reward for ``env``."""
     check_env_name(env)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # -v4 is deprecated in favour of -v5, which differs
-        return gym.make(ENV_IDS[env], **kwargs)
+    # MuJoCo's own warnings go to Python's, not to MUJOCO_LOG.TXT in the working directory.
+    # Gymnasium's half_cheetah.xml uses `settotalmass`, deprecated (still applied) in MuJoCo 4.
+    messages: list[str] = []
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(messages.append)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # -v4 is deprecated in favour of -v5, which differs
+            made = gym.make(ENV_IDS[env], **kwargs)
+    finally:
+        mujoco.set_mju_user_warning(previous)
+    for message in messages:
+        if "'settotalmass' is deprecated" not in message:
+            warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+    return made
 
 
 def normalized_score(env: str, raw_return: float) -> float:

@@ -89,6 +89,7 @@ class Trainer:
         resume: bool = False,
     ) -> None:
         self.cfg, self.run_dir, self.device, self.progress = cfg, run_dir, device, progress
+        torch.set_float32_matmul_precision(cfg.matmul_precision)  # process-wide, like the CLI
         self.task: Task = parse_task(cfg.task)
         self.real = transitions_to_buffer(data, device)
         self.obs_mean = torch.as_tensor(data.observations.mean(0))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import os
 import random
@@ -85,6 +87,34 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+# glibc's mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20  # glibc's largest accepted value on 64-bit
+TRIM_THRESHOLD = 256 << 20
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed blocks (up to 32 MB each, 256 MB in all) for reuse.
+
+    PyTorch's CPU tensors come straight from malloc. By default glibc returns a freed block of a
+    few MB to the kernel (mmap/trim), so the next step's identical tensor page-faults its memory
+    in again: at SPEC's defaults that is a third of the uncertainty term's time on this project's
+    2-core test machine. Process-wide; the CLIs call it once. Returns whether it took effect
+    (False off glibc, where it does nothing).
+    """
+    name = ctypes.util.find_library("c")
+    if name is None or "libc.so" not in name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(
+            libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+            and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        )
+    except (OSError, AttributeError):
+        return False
 
 
 def set_seed(seed: int) -> None:

@@ -256,3 +256,19 @@ def test_chunked_uncertainty_equals_one_block(monkeypatch):
     y_blocks, u_blocks = agent.target(batch, N_REAL, noise)
     torch.testing.assert_close(u_blocks, u_one)
     torch.testing.assert_close(y_blocks, y_one)
+
+
+def test_reduced_matmul_precision_is_opt_in_and_close():
+    """matmul_precision=medium (bfloat16 products where the hardware has them) must stay within
+    bfloat16 rounding of the exact target; the default leaves float32 products exact."""
+    agent, batch, noise = make_agent(hidden_dims=(256, 256)), make_batch(), make_noise()
+    assert torch.get_float32_matmul_precision() == "highest"
+    y_exact, u_exact = agent.target(batch, N_REAL, noise)
+    try:
+        torch.set_float32_matmul_precision("medium")
+        y_fast, u_fast = agent.target(batch, N_REAL, noise)
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    scale = y_exact.abs().max()
+    assert (y_fast - y_exact).abs().max() <= 0.02 * scale
+    assert (u_fast - u_exact).abs().max() <= 0.02 * scale

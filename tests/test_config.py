@@ -16,6 +16,7 @@ def test_defaults_are_spec():
     assert (c.rollout_freq, c.rollout_batch_size, c.model_retain_epochs) == (1000, 50_000, 5)
     assert (c.num_samples, c.real_ratio, c.batch_size) == (10, 0.05, 256)
     assert (c.epoch, c.step_per_epoch, c.eval_freq, c.eval_episodes) == (3000, 1000, 10, 10)
+    assert c.matmul_precision == "highest"  # exact float32 unless a user opts in
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -95,6 +96,7 @@ def test_layering_order(tmp_path):
         (["--real_ratio", "2"], "bad config: real_ratio must be in [0, 1]"),
         (["--task", "hopper-v3"], "unknown task 'hopper-v3'"),
         (["--dynamics_max_epochs", "0"], "dynamics_max_epochs must be positive"),
+        (["--matmul_precision", "low"], "matmul_precision must be one of highest, high, medium"),
     ],
 )
 def test_bad_values_raise_one_line(argv, message):

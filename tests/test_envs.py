@@ -1,3 +1,5 @@
+import warnings
+
 import mujoco
 import numpy as np
 import pytest
@@ -162,3 +164,27 @@ def test_pinned_trajectory(env_name):
     assert steps == n_steps
     assert ret == pytest.approx(total, rel=1e-9)
     np.testing.assert_allclose(obs[:3], first3, rtol=1e-9)
+
+
+def test_building_envs_writes_no_mujoco_log(tmp_path, monkeypatch):
+    """MuJoCo 4 warns about Gymnasium's half_cheetah.xml; that must not litter the user's
+    working directory with MUJOCO_LOG.TXT, and other warnings must still reach Python."""
+    monkeypatch.chdir(tmp_path)
+    before = mujoco.get_mju_user_warning()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in ("hopper", "halfcheetah", "walker2d"):
+            make_env(name).close()
+    assert list(tmp_path.iterdir()) == []
+    assert mujoco.get_mju_user_warning() is before  # the handler is restored
+
+
+def test_other_mujoco_warnings_are_forwarded(monkeypatch):
+    def make_with_warning(env_id, **kwargs):
+        handler = mujoco.get_mju_user_warning()
+        handler("something else")
+        return "env"
+
+    monkeypatch.setattr("micro.envs.gym.make", make_with_warning)
+    with pytest.warns(RuntimeWarning, match="MuJoCo: something else"):
+        assert make_env("hopper") == "env"

@@ -1,6 +1,7 @@
 """Exact resume, determinism, safe files, the numerical guard, and bad input."""
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from conftest import ROOT, only_run_dir, run_train
 from micro import MicroError
 from micro.config import resolve_config
 from micro.data.d4rl import read_hdf5, write_hdf5
-from micro.utils import atomic_path, atomic_torch_save, safe_torch_load
+from micro.utils import atomic_path, atomic_torch_save, keep_freed_memory, safe_torch_load
 
 SMALL = [
     "--task",
@@ -247,3 +248,7 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
     with atomic_path(tmp_path / "f.txt") as tmp:
         tmp.write_text("x")
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_keep_freed_memory_takes_effect_on_glibc():
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
