@@ -16,6 +16,7 @@ from torch import nn
 from micro.config import Config
 from micro.dynamics import EnsembleDynamics
 from micro.nets import Actor, EnsembleCritic, polyak_update
+from micro.utils import adam
 
 MAX_Q_BACKUP_ACTIONS = 10
 UNCERTAINTY_CHUNK = 2048  # rows per block when evaluating U(s, a) on the CPU
@@ -140,14 +141,9 @@ class MICRO(nn.Module):
         # Tuned: starts at α = 1 (log α = 0) as in the published code; fixed: α = cfg.alpha.
         init = 0.0 if cfg.auto_alpha else float(torch.log(torch.tensor(cfg.alpha)))
         self.log_alpha = nn.Parameter(torch.tensor(init), requires_grad=cfg.auto_alpha)
-        # foreach: one multi-tensor kernel per Adam step instead of a loop (same arithmetic)
-        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, foreach=True)
-        self.critic_optim = torch.optim.Adam(
-            self.critics.parameters(), lr=cfg.critic_lr, foreach=True
-        )
-        self.alpha_optim = (
-            torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr) if cfg.auto_alpha else None
-        )
+        self.actor_optim = adam(self.actor.parameters(), cfg.actor_lr)
+        self.critic_optim = adam(self.critics.parameters(), cfg.critic_lr)
+        self.alpha_optim = adam([self.log_alpha], cfg.alpha_lr) if cfg.auto_alpha else None
         self.actor_scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_optim, T_max=cfg.epoch)
             if cfg.lr_scheduler

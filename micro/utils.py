@@ -117,6 +117,16 @@ def keep_freed_memory() -> bool:
         return False
 
 
+def adam(params, lr: float) -> torch.optim.Adam:
+    """Adam with torch's fused kernel (one pass over all parameters, CPU since torch 2.4),
+    else the multi-tensor one. Same update formula either way; ``params`` may be groups."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError):  # fused unsupported for this torch/device
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

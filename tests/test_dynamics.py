@@ -4,7 +4,13 @@ import torch
 import torch.nn.functional as F
 
 from micro.data.d4rl import load_transitions
-from micro.dynamics import EnsembleDynamics, fit_dynamics, gaussian_nll_loss, holdout_mse
+from micro.dynamics import (
+    EnsembleDynamics,
+    dynamics_optimizer,
+    fit_dynamics,
+    gaussian_nll_loss,
+    holdout_mse,
+)
 from micro.envs import parse_task
 
 
@@ -38,6 +44,27 @@ def test_decay_loss():
         0.05 * model.layers[0].weight.pow(2).sum() + 0.1 * model.layers[1].weight.pow(2).sum()
     )
     torch.testing.assert_close(model.decay_loss(), expected)
+
+
+def test_optimizer_weight_decay_equals_the_decay_loss_gradient():
+    """fit_dynamics applies weight decay inside Adam; three steps of it must match three steps
+    of plain Adam on NLL + decay_loss() (the published formulation)."""
+    torch.manual_seed(0)
+    a = EnsembleDynamics(3, 2, [8, 8], n_ensemble=3, n_elites=2, weight_decay=[0.1, 0.2, 0.3])
+    b = EnsembleDynamics(3, 2, [8, 8], n_ensemble=3, n_elites=2, weight_decay=[0.1, 0.2, 0.3])
+    b.load_state_dict(a.state_dict())
+    opt_a = torch.optim.Adam(a.parameters(), lr=1e-2, foreach=False)
+    opt_b = dynamics_optimizer(b, lr=1e-2)
+    x, y = torch.randn(3, 16, 5), torch.randn(3, 16, 4)
+    for _ in range(3):
+        for model, opt, decay in ((a, opt_a, True), (b, opt_b, False)):
+            mean, logvar = model(x)
+            loss = gaussian_nll_loss(mean, logvar, y) + (model.decay_loss() if decay else 0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_scaler_guards_constant_inputs():
