@@ -4,7 +4,8 @@
     python bench/speed.py --json     # one JSON object per line
 
 Cases: the MICRO gradient step (walker2d and hopper sizes; real_ratio 0.05 and 0.5), one model
-rollout of 50 000 start states x 5 steps, and one dynamics-fitting epoch on 200 000 transitions.
+rollout of 50 000 start states x 5 steps, one dynamics-fitting epoch on 200 000 transitions, and
+that epoch's matrix products alone (its ceiling on this machine).
 Each reports the median of repeated timings after warm-up, an analytic FLOP count (2 per
 multiply-add of every matrix product; backward passes counted as twice the forward), and the
 achieved fraction of the float32 matrix-product peak measured in the same run.
@@ -175,6 +176,30 @@ def bench_dynamics_epoch(repeats: int) -> dict:
     return {"case": "dynamics_epoch_200k", "seconds": seconds, "gflop": gflop}
 
 
+def bench_dynamics_products(repeats: int) -> dict:
+    """The ceiling for the epoch above: only its matrix products (forward, input-gradient and
+    weight-gradient products of every layer, 7 members x 256 rows per batch), with nothing else."""
+    obs, act = SIZES["walker2d"]
+    dims = [obs + act, 200, 200, 200, 200, 2 * (obs + 1)]
+    e, b = 7, 256
+    n_batches = -(-(200_000 - 1000) // b)
+    torch.manual_seed(0)
+    shapes = []
+    for a, c in itertools.pairwise(dims):
+        x, w, g = torch.randn(e, b, a), torch.randn(e, a, c), torch.randn(e, b, c)
+        shapes.append((x, w, g, x.transpose(1, 2), w.transpose(1, 2)))
+
+    def products() -> None:
+        for x, w, g, xt, wt in shapes:
+            torch.bmm(x, w)  # forward
+            torch.bmm(g, wt)  # gradient of the input
+            torch.bmm(xt, g)  # gradient of the weight
+
+    seconds = median_time(products, repeats * 20) * n_batches
+    gflop = 3 * e * mlp_flops(n_batches * b, dims) / 1e9
+    return {"case": "dynamics_epoch_products_only", "seconds": seconds, "gflop": gflop}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true")
@@ -204,8 +229,9 @@ def main() -> int:
         lambda: bench_step("hopper", 0.5, args.repeats),
         lambda: bench_rollout(args.repeats),
         lambda: bench_dynamics_epoch(max(1, args.repeats // 2)),
+        lambda: bench_dynamics_products(args.repeats),
     ]
-    names = ["step", "step", "step", "step", "rollout", "dynamics"]
+    names = ["step", "step", "step", "step", "rollout", "dynamics", "dynamics"]
     header = {
         "case": "matmul_peak",
         "gflop_per_s": peak,
