@@ -223,7 +223,7 @@ class Trainer:
         self.timings["evaluation"] += time.time() - start
         return result
 
-    def train_epoch(self) -> dict[str, float]:
+    def train_epoch(self, bar: tqdm | None = None) -> dict[str, float]:
         """``step_per_epoch`` updates. Metrics stay on the device, one row per step, and are
         read once at the end, where any non-finite value stops the run at its exact step."""
         cfg = self.cfg
@@ -239,6 +239,8 @@ class Trainer:
             keys = keys or list(metrics)
             rows.append(torch.stack([metrics[k] for k in keys]))
             self.step += 1
+            if bar is not None:
+                bar.update(1)  # host-side counter only: no device sync
         values = torch.stack(rows).cpu()
         bad = ~torch.isfinite(values)
         if bad.any():
@@ -267,9 +269,8 @@ class Trainer:
         )
         while self.epoch < cfg.epoch:
             lr = self.agent.actor_optim.param_groups[0]["lr"]
-            means = self.train_epoch()
+            means = self.train_epoch(bar)
             self.epoch += 1
-            bar.update(cfg.step_per_epoch)
             self.agent.end_epoch()
             row = {
                 "epoch": self.epoch,
