@@ -10,7 +10,13 @@ import torch
 from conftest import ROOT
 
 from micro import MicroError
-from micro.data.behavior import BehaviorSettings, load_snapshot, train_behavior
+from micro.data.behavior import (
+    BehaviorSettings,
+    export_policy,
+    load_snapshot,
+    pick_snapshots,
+    train_behavior,
+)
 from micro.data.collect import actor_policy, build, collect, uniform_policy, write_dataset
 from micro.data.d4rl import read_hdf5, validate
 from micro.envs import make_env, parse_task
@@ -144,6 +150,29 @@ def test_snapshot_round_trip_gives_identical_actions(behavior_run, tmp_path):
         torch.testing.assert_close(
             actor.deterministic(torch.as_tensor(obs)), again.deterministic(torch.as_tensor(obs))
         )
+
+
+def test_pick_re_evaluates_the_nearest_snapshots_like_export(behavior_run, tmp_path):
+    import csv
+
+    with open(behavior_run / "evals.csv", newline="") as fh:
+        logged = {int(r["step"]): float(r["normalized_score"]) for r in csv.DictReader(fh)}
+    assert sorted(logged) == [300, 600]
+    assert logged[300] != logged[600]
+    # beyond the 300 snapshot's logged score, on the side away from 600's: 300 is nearest
+    target = logged[300] + (1.0 if logged[300] > logged[600] else -1.0)
+    picked = pick_snapshots(behavior_run, target, candidates=1, episodes=3)
+    assert [p["step"] for p in picked] == [300]
+    meta = export_policy(
+        behavior_run / "snapshots" / "step_0000300.pt", tmp_path / "p.pt", episodes=3
+    )
+    assert picked[0]["return_mean"] == meta["return_mean"]  # the same episodes as export's
+    assert picked[0]["normalized"] == meta["normalized_score"]
+    both = pick_snapshots(behavior_run, target, candidates=2, episodes=3)
+    gaps = [abs(p["normalized"] - target) for p in both]
+    assert gaps == sorted(gaps) and {p["step"] for p in both} == {300, 600}
+    with pytest.raises(MicroError, match="not a behavior run"):
+        pick_snapshots(tmp_path, 40.0)
 
 
 def test_behavior_run_resumes(behavior_run, tmp_path):

@@ -1,6 +1,7 @@
 """Behavior policies the D4RL way: online SAC in the simulator, with evaluated snapshots.
 
     python -m micro.data.behavior --env hopper --steps 1000000 --out runs/behavior/hopper
+    python -m micro.data.behavior pick RUN --target 44   # snapshots nearest a normalized score
     python -m micro.data.behavior export RUN/snapshots/step_N.pt --to data/behavior/hopper-medium.pt
 
 SAC here is the project's own learner (``micro.agent.MICRO``) with the conservative parts switched
@@ -341,6 +342,70 @@ def train_behavior(s: BehaviorSettings, out: Path, progress: bool = True) -> Pat
     return out
 
 
+def pick_snapshots(run: Path, target: float, candidates: int = 3, episodes: int = 10) -> list[dict]:
+    """Re-evaluate the ``candidates`` snapshots of ``run`` whose logged evaluation is nearest
+    the normalized score ``target`` over ``episodes`` stochastic episodes (the seeds ``export``
+    uses); returns them nearest the target first."""
+    log = run / "evals.csv"
+    if not log.is_file():
+        raise MicroError(f"{run} is not a behavior run (no evals.csv)")
+    with open(log, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if (run / "snapshots" / _snap(r["step"])).is_file()]
+    if not rows:
+        raise MicroError(f"{run} has no evaluated snapshots yet")
+    rows.sort(key=lambda r: abs(float(r["normalized_score"]) - target))
+    picked = []
+    for row in rows[:candidates]:
+        actor, meta = load_snapshot(run / "snapshots" / _snap(row["step"]))
+        res = run_episodes(actor, meta["env"], episodes, EXPORT_EVAL_SEED, deterministic=False)
+        picked.append(
+            {
+                "snapshot": str(run / "snapshots" / _snap(row["step"])),
+                "step": meta["step"],
+                "logged": float(row["normalized_score"]),
+                "normalized": res.normalized_mean,
+                "normalized_std": res.normalized_std,
+                "return_mean": res.mean,
+                "return_std": res.std,
+            }
+        )
+    return sorted(picked, key=lambda p: abs(p["normalized"] - target))
+
+
+def _snap(step: str | int) -> str:
+    return f"step_{int(step):07d}.pt"
+
+
+def pick_main(argv: list[str]) -> int:
+    from micro.cli import OneLineParser, guarded
+
+    parser = OneLineParser(
+        prog="python -m micro.data.behavior pick",
+        description="Find the snapshot nearest a normalized score (e.g. D4RL's medium level).",
+    )
+    parser.add_argument("run", help="a behavior run folder")
+    parser.add_argument("--target", type=float, required=True, help="normalized score")
+    parser.add_argument("--candidates", type=int, default=3)
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--debug", action="store_true")
+
+    def run(argv: list[str]) -> int:
+        a = parser.parse_args(argv)
+        picked = pick_snapshots(Path(a.run), a.target, a.candidates, a.episodes)
+        width = max(len(p["snapshot"]) for p in picked)
+        print(f"{'snapshot':{width}s} {'logged':>7s} {'re-evaluated':>15s} {'return':>15s}")
+        for p in picked:
+            print(
+                f"{p['snapshot']:{width}s} {p['logged']:7.1f} "
+                f"{p['normalized']:7.1f} ± {p['normalized_std']:5.1f} "
+                f"{p['return_mean']:7.0f} ± {p['return_std']:5.0f}"
+            )
+        print(f"nearest {a.target}: {picked[0]['snapshot']}")
+        return 0
+
+    return guarded(run, argv)
+
+
 def export_main(argv: list[str]) -> int:
     from micro.cli import OneLineParser, guarded
 
@@ -375,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["export"]:
         return export_main(argv[1:])
+    if argv[:1] == ["pick"]:
+        return pick_main(argv[1:])
 
     parser = OneLineParser(prog="python -m micro.data.behavior", description=__doc__.split("\n")[0])
     parser.add_argument("--env", required=True, choices=list(ENV_IDS))
