@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from micro import MicroError
-from micro.config import FIELDS, Config, field_type, parse_cli_value, resolve_config
+from micro.config import FIELDS, Config, field_comments, field_type, parse_cli_value, resolve_config
 from micro.utils import keep_freed_memory
 
 
@@ -25,10 +25,12 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _config_flag_help(name: str) -> str:
+def _config_flag_help(name: str, comments: dict[str, str]) -> str:
     default = FIELDS[name].default
     tp = field_type(name)
-    return f"default {default!r} ({getattr(tp, '__name__', str(tp)).replace('typing.', '')})"
+    kind = f"default {default!r}, {getattr(tp, '__name__', str(tp)).replace('typing.', '')}"
+    text = f"{comments[name]} ({kind})" if name in comments else kind
+    return text.replace("%", "%%")  # argparse formats help strings with %
 
 
 def build_train_parser() -> OneLineParser:
@@ -52,6 +54,7 @@ def build_train_parser() -> OneLineParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("--no_progress", action="store_true", help="hide progress bars")
     group = parser.add_argument_group("config keys")
+    comments = field_comments()
     for name in FIELDS:
         tp = field_type(name)
         is_seq = "tuple" in str(tp)
@@ -62,7 +65,7 @@ def build_train_parser() -> OneLineParser:
             const="true" if is_bool else None,
             default=argparse.SUPPRESS,
             metavar="V",
-            help=_config_flag_help(name),
+            help=_config_flag_help(name, comments),
         )
     return parser
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -35,9 +36,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N  (auto = cuda when available)
     dataset: str | None = None  # a D4RL-format HDF5 file to use instead of D4RL's
     logdir: str = "runs"  # runs go to <logdir>/<task>/micro/seed<seed>-<timestamp>/
-    # float32 matrix products: highest = exact float32 (SPEC); high = TF32 on NVIDIA GPUs;
-    # medium = also bfloat16 (Intel AMX CPUs, GPUs). Opt-in speed at reduced precision.
-    matmul_precision: str = "highest"
+    matmul_precision: str = "highest"  # highest (exact) | high (TF32) | medium (also bfloat16)
 
     # --- SAC -------------------------------------------------------------------------------
     actor_lr: float = 1e-4  # cosine-annealed over `epoch` epochs when lr_scheduler
@@ -130,6 +129,13 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def field_comments() -> dict[str, str]:
+    """Each Config field's trailing ``# comment`` in this file: the help text of its flag."""
+    pattern = re.compile(r"^    (\w+): [^=]+=.*?  # (.+)$")
+    source = Path(__file__).read_text(encoding="utf-8").splitlines()
+    return {m[1]: m[2] for m in map(pattern.match, source) if m and m[1] in FIELDS}
 
 
 def _plain(value: Any) -> Any:

@@ -141,3 +141,13 @@ def test_resume_flags():
     assert (args.cfg, args.resume_dir, args.device, args.progress) == (None, "runs/x", "cpu", False)
     with pytest.raises(MicroError, match="drop --penalty_coef"):
         parse_train_args(["--resume", "runs/x", "--penalty_coef", "1"])
+
+
+def test_help_explains_every_commented_key(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_train_args(["--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    assert "--penalty_coef V beta: weight of the state-uncertainty penalty U(s, a)" in text
+    assert "no 1% improvement (default 5, int)" in text
+    assert "--gamma V default 0.99, float" in text  # a key without a comment
