@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import hashlib
 import os
 import random
@@ -95,6 +96,7 @@ MMAP_THRESHOLD = 32 << 20  # glibc's largest accepted value on 64-bit
 TRIM_THRESHOLD = 256 << 20
 
 
+@functools.cache  # once per process: find_library runs ldconfig
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed blocks (up to 32 MB each, 256 MB in all) for reuse.
 

@@ -30,7 +30,7 @@ from micro.agent import MICRO, Batch
 from micro.config import Config
 from micro.data.collect import uniform_policy
 from micro.envs import ENV_IDS, OBS_ACT_DIMS, make_env, normalized_score
-from micro.evaluation import run_episodes
+from micro.evaluation import EvalResult, run_episodes
 from micro.nets import Actor
 from micro.utils import atomic_path, atomic_torch_save, safe_torch_load, set_seed
 
@@ -183,13 +183,24 @@ def load_snapshot(path: str | Path) -> tuple[Actor, dict]:
 EXPORT_EVAL_SEED = 20_000_000
 
 
+def snapshot_name(step: int) -> str:
+    return f"step_{step:07d}.pt"
+
+
+def reevaluate(snapshot: Path, episodes: int) -> tuple[Actor, dict, EvalResult]:
+    """A snapshot's actor, metadata, and its score over ``episodes`` episodes of its stochastic
+    policy (the actions datasets are collected with), seeded as ``export`` and ``pick`` do."""
+    actor, meta = load_snapshot(snapshot)
+    res = run_episodes(actor, meta["env"], episodes, EXPORT_EVAL_SEED, deterministic=False)
+    return actor, meta, res
+
+
 def export_policy(snapshot: Path, to: Path, episodes: int = 10, force: bool = False) -> dict:
     """Copy a snapshot to a shipped policy file, re-evaluated over ``episodes`` episodes of its
     stochastic policy (the actions datasets are collected with)."""
     if to.exists() and not force:
         raise MicroError(f"{to} exists; pass --force to replace it")
-    actor, meta = load_snapshot(snapshot)
-    res = run_episodes(actor, meta["env"], episodes, EXPORT_EVAL_SEED, deterministic=False)
+    actor, meta, res = reevaluate(snapshot, episodes)
     blob = {
         **meta,
         "actor": actor.state_dict(),
@@ -300,7 +311,7 @@ def train_behavior(s: BehaviorSettings, out: Path, progress: bool = True) -> Pat
                 )
                 wall = time.time() - t0
                 save_snapshot(
-                    out / "snapshots" / f"step_{step:07d}.pt",
+                    out / "snapshots" / snapshot_name(step),
                     agent.actor,
                     s,
                     step,
@@ -350,19 +361,22 @@ def pick_snapshots(run: Path, target: float, candidates: int = 3, episodes: int 
     if not log.is_file():
         raise MicroError(f"{run} is not a behavior run (no evals.csv)")
     with open(log, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if (run / "snapshots" / _snap(r["step"])).is_file()]
-    if not rows:
+        logged = {
+            run / "snapshots" / snapshot_name(int(r["step"])): float(r["normalized_score"])
+            for r in csv.DictReader(fh)
+        }
+    logged = {path: score for path, score in logged.items() if path.is_file()}
+    if not logged:
         raise MicroError(f"{run} has no evaluated snapshots yet")
-    rows.sort(key=lambda r: abs(float(r["normalized_score"]) - target))
+    nearest = sorted(logged, key=lambda path: abs(logged[path] - target))[:candidates]
     picked = []
-    for row in rows[:candidates]:
-        actor, meta = load_snapshot(run / "snapshots" / _snap(row["step"]))
-        res = run_episodes(actor, meta["env"], episodes, EXPORT_EVAL_SEED, deterministic=False)
+    for path in nearest:
+        _, meta, res = reevaluate(path, episodes)
         picked.append(
             {
-                "snapshot": str(run / "snapshots" / _snap(row["step"])),
+                "snapshot": str(path),
                 "step": meta["step"],
-                "logged": float(row["normalized_score"]),
+                "logged": logged[path],
                 "normalized": res.normalized_mean,
                 "normalized_std": res.normalized_std,
                 "return_mean": res.mean,
@@ -370,10 +384,6 @@ def pick_snapshots(run: Path, target: float, candidates: int = 3, episodes: int 
             }
         )
     return sorted(picked, key=lambda p: abs(p["normalized"] - target))
-
-
-def _snap(step: str | int) -> str:
-    return f"step_{int(step):07d}.pt"
 
 
 def pick_main(argv: list[str]) -> int:
