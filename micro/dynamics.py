@@ -60,22 +60,38 @@ class EnsembleDynamics(nn.Module):
         member or only for ``members`` (then E = len(members))."""
         x = (inputs - self.input_mean) / self.input_std
         if members is None:
-            for layer in self.layers[:-1]:
-                x = self.activation(layer(x))
-            out = self.layers[-1](x)
+            params = [(layer.weight, layer.bias) for layer in self.layers]
         else:
-            for layer in self.layers[:-1]:
-                x = self.activation(
-                    torch.baddbmm(
-                        layer.bias[members], _members_input(x, len(members)), layer.weight[members]
-                    )
-                )
-            last = self.layers[-1]
-            out = torch.baddbmm(last.bias[members], x, last.weight[members])
-        mean, logvar = out.chunk(2, dim=-1)
+            params = self._member_params(members)
+            x = _members_input(x, len(members))
+        for weight, bias in params[:-1]:
+            x = self.activation(_linear(x, weight, bias))
+        mean, logvar = _linear(x, *params[-1]).chunk(2, dim=-1)
         logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
         return mean, logvar
+
+    def _member_params(self, members: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's weight and bias for ``members`` only.
+
+        Outside autograd (a graph needs fresh copies) the gathered copies are kept and reused
+        while nothing changes: an optimizer step or a load writes the parameters in place,
+        which bumps their version counters, and so does a new elite set written into
+        ``elites``; any such change, or other tensors, gathers anew."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return [(layer.weight[members], layer.bias[members]) for layer in self.layers]
+        tensors = [members, *(t for layer in self.layers for t in (layer.weight, layer.bias))]
+        versions = [t._version for t in tensors]
+        cache = getattr(self, "_member_cache", None)
+        if (
+            cache is not None
+            and all(a is b for a, b in zip(cache[0], tensors, strict=True))
+            and cache[1] == versions
+        ):
+            return cache[2]
+        params = [(layer.weight[members], layer.bias[members]) for layer in self.layers]
+        self._member_cache = (tensors, versions, params)
+        return params
 
     def decay_loss(self) -> torch.Tensor:
         return sum(
@@ -176,6 +192,11 @@ class EnsembleDynamics(nn.Module):
 
 def _members_input(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.expand(n, *x.shape) if x.dim() == 2 else x
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x [E, B, in] or [B, in] (shared by every member) -> [E, B, out]."""
+    return torch.baddbmm(bias, _members_input(x, weight.shape[0]), weight)
 
 
 @dataclass

@@ -185,3 +185,48 @@ def test_elite_choice_is_uniform():
     expected, sd = n / 5, (n * 0.2 * 0.8) ** 0.5
     for e in model.elites.tolist():
         assert abs(counts[e].item() - expected) < 5 * sd, counts
+
+
+def _elite_reference(model, obs, act):
+    """elite_mean_std re-derived from the every-member forward, indexed afterwards."""
+    mean, logvar = model(torch.cat([obs, act], -1))
+    mean, logvar = mean[model.elites], logvar[model.elites]
+    return torch.cat([mean[..., :-1] + obs, mean[..., -1:]], -1), (0.5 * logvar).exp()
+
+
+def test_elite_forward_follows_every_change_of_weights_and_elites():
+    """The gathered elite weights are reused only while nothing they came from changed."""
+    torch.manual_seed(6)
+    model = EnsembleDynamics(3, 2, [8, 8], n_ensemble=5, n_elites=3, weight_decay=[0, 0, 0])
+    model.requires_grad_(False)
+    obs, act = torch.randn(7, 3), torch.randn(7, 2)
+
+    def check():
+        got, want = model.elite_mean_std(obs, act), _elite_reference(model, obs, act)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+    check()
+    check()  # served from the cache
+    model.layers[1].weight.mul_(-2.0)  # an in-place write, like an optimizer step
+    check()
+    model.elites.copy_(torch.tensor([4, 0, 2]))  # a new elite set
+    check()
+    other = EnsembleDynamics(3, 2, [8, 8], n_ensemble=5, n_elites=3, weight_decay=[0, 0, 0])
+    model.load_state_dict(other.state_dict())
+    check()
+    model.layers[0].bias = torch.nn.Parameter(torch.randn(5, 1, 8))  # a replaced tensor
+    check()
+
+
+def test_elite_forward_inside_autograd_reaches_the_elite_weights():
+    torch.manual_seed(7)
+    model = EnsembleDynamics(3, 2, [8], n_ensemble=4, n_elites=2, weight_decay=[0, 0])
+    model.elites.copy_(torch.tensor([1, 3]))
+    obs, act = torch.randn(6, 3), torch.randn(6, 2)
+    with torch.no_grad():
+        model.elite_mean_std(obs, act)  # fills the cache outside autograd
+    mean, std = model.elite_mean_std(obs, act)
+    (mean.sum() + std.sum()).backward()
+    grad = model.layers[0].weight.grad.abs().sum(dim=(1, 2))
+    assert grad[1] > 0 and grad[3] > 0 and grad[0] == 0 and grad[2] == 0

@@ -84,3 +84,35 @@ def test_polyak():
     expected = 0.995 * a.weight.detach() + 0.005 * b.weight.detach()
     polyak_update(a, b, 0.005)
     torch.testing.assert_close(a.weight.detach(), expected)
+
+
+def test_shared_input_gradient_sums_the_members():
+    """A 2-D input is broadcast to every member: its gradient is the sum of the members'."""
+    torch.manual_seed(3)
+    ens = EnsembleMLP(5, [16], 1, n_members=3, activation=nn.ReLU)
+    x = torch.randn(8, 5, requires_grad=True)
+    ens(x).sum().backward()
+    expected = torch.zeros_like(x)
+    for e in range(3):
+        xe = x.detach().clone().requires_grad_(True)
+        per_member_mlp(ens, e, nn.ReLU)(xe).sum().backward()
+        expected += xe.grad
+    torch.testing.assert_close(x.grad, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_actor_heads_get_their_own_gradients():
+    """The two heads run as one product; each head's weights still get exactly its gradient."""
+    torch.manual_seed(4)
+    actor = Actor(6, 3, [16])
+    obs = torch.randn(20, 6)
+    mean, log_std = actor(obs)
+    (mean.sin().sum() + log_std.cos().sum()).backward()
+    h = actor.backbone(obs).detach()
+    ref_mean = nn.functional.linear(h, actor.mean.weight, actor.mean.bias)
+    ref_log_std = nn.functional.linear(h, actor.log_std.weight, actor.log_std.bias).clamp(-5, 2)
+    torch.testing.assert_close(mean, ref_mean)
+    torch.testing.assert_close(log_std, ref_log_std)
+    torch.testing.assert_close(actor.mean.weight.grad, ref_mean.cos().T @ h, rtol=1e-5, atol=1e-5)
+    inside = ((ref_log_std > -5) & (ref_log_std < 2)).float()  # the clamp passes these only
+    grad_std = (-ref_log_std.sin() * inside).T @ h
+    torch.testing.assert_close(actor.log_std.weight.grad, grad_std, rtol=1e-5, atol=1e-5)
