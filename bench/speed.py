@@ -18,6 +18,7 @@ import itertools
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from micro.agent import MICRO, Batch
+from micro.agent import MICRO, UNCERTAINTY_CHUNK, Batch
 from micro.buffer import ReplayBuffer
 from micro.config import MATMUL_PRECISIONS, Config
 from micro.dynamics import EnsembleDynamics, fit_dynamics
@@ -34,6 +35,26 @@ from micro.envs import termination_fn
 from micro.utils import keep_freed_memory
 
 SIZES = {"walker2d": (17, 6), "hopper": (11, 3)}
+
+
+def source_commit() -> str | None:
+    """The checkout's commit, with "+changes" if the working tree differs from it."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def median_time(fn, repeats: int, warmup: int = 2) -> float:
@@ -115,6 +136,65 @@ def bench_step(env: str, real_ratio: float, repeats: int, warmup_s: float = 0.0)
     )
     return {
         "case": f"step_{env}_real{real_ratio}",
+        "steps_per_s": 1 / seconds,
+        "ms_per_step": 1000 * seconds,
+        "gflop": step_gflop(cfg, obs, act),
+    }
+
+
+def _products(members: int, rows: int, dims: list[int], passes: str) -> list[tuple]:
+    """Operands for an MLP's matrix products over ``rows`` rows and ``members`` members:
+    "f" forward, "i" gradient of each layer's input, "w" gradient of each weight."""
+    ops = []
+    for a, c in itertools.pairwise(dims):
+        x, w, g = (torch.randn(members, *shape) for shape in ((rows, a), (a, c), (rows, c)))
+        if "f" in passes:
+            ops.append((x, w, torch.empty(members, rows, c)))
+        if "i" in passes:
+            ops.append((g, w.transpose(1, 2), torch.empty(members, rows, a)))
+        if "w" in passes:
+            ops.append((x.transpose(1, 2), g, torch.empty(members, a, c)))
+    return ops
+
+
+def step_products(cfg: Config, obs: int, act: int) -> list[tuple]:
+    """Every matrix product of one gradient step, at the shapes the step uses (U's states in
+    blocks of UNCERTAINTY_CHUNK rows), as (left, right, out) operands for ``torch.bmm``."""
+    b, hidden = cfg.batch_size, list(cfg.hidden_dims)
+    n_model = b - int(b * cfg.real_ratio)
+    actor, critic = [obs, *hidden, 2 * act], [obs + act, *hidden, 1]
+    n_states = n_model * cfg.n_elites * cfg.num_samples
+    q = cfg.num_q_ensemble
+    dyn = [obs + act, *cfg.dynamics_hidden_dims, 2 * (obs + 1)]
+    ops = _products(cfg.n_elites, n_model, dyn, "f")
+    for start in range(0, n_states, UNCERTAINTY_CHUNK):
+        rows = min(UNCERTAINTY_CHUNK, n_states - start)
+        ops += _products(1, rows, actor, "f") + _products(q, rows, critic, "f")
+    ops += _products(1, b, actor, "f") + _products(q, b, critic, "f")  # V(s')
+    ops += _products(q, b, critic, "fiw")  # critic step
+    ops += _products(1, b, actor, "fiw") + _products(q, b, critic, "fi")  # actor step
+    return ops
+
+
+def products_gflop(ops: list[tuple]) -> float:
+    return sum(2 * x.shape[0] * x.shape[1] * x.shape[2] * w.shape[2] for x, w, _ in ops) / 1e9
+
+
+def bench_step_products(repeats: int) -> dict:
+    """The ceiling for the walker2d step at real_ratio 0.05: only its matrix products, with
+    nothing else: no bias, activation, sampling, loss, optimizer or framework overhead."""
+    obs, act = SIZES["walker2d"]
+    cfg = Config(task="walker2d-medium-v2", real_ratio=0.05)
+    torch.manual_seed(0)
+    ops = step_products(cfg, obs, act)
+
+    def products() -> None:
+        for x, w, out in ops:
+            torch.bmm(x, w, out=out)
+
+    seconds = median_time(products, repeats * 5)
+    return {
+        "case": "step_walker2d_real0.05_products_only",
         "steps_per_s": 1 / seconds,
         "ms_per_step": 1000 * seconds,
         "gflop": step_gflop(cfg, obs, act),
@@ -227,11 +307,12 @@ def main() -> int:
         lambda: bench_step("walker2d", 0.5, args.repeats),
         lambda: bench_step("hopper", 0.05, args.repeats),
         lambda: bench_step("hopper", 0.5, args.repeats),
+        lambda: bench_step_products(args.repeats),
         lambda: bench_rollout(args.repeats),
         lambda: bench_dynamics_epoch(max(1, args.repeats // 2)),
         lambda: bench_dynamics_products(args.repeats),
     ]
-    names = ["step", "step", "step", "step", "rollout", "dynamics", "dynamics"]
+    names = ["step", "step", "step", "step", "step", "rollout", "dynamics", "dynamics"]
     header = {
         "case": "matmul_peak",
         "gflop_per_s": peak,
@@ -240,6 +321,7 @@ def main() -> int:
         "matmul_precision": args.matmul_precision,
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
+        "commit": source_commit(),
     }
     threads = torch.get_num_threads()
     summary = (
