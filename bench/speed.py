@@ -4,8 +4,8 @@
     python bench/speed.py --json     # one JSON object per line
 
 Cases: the MICRO gradient step (walker2d and hopper sizes; real_ratio 0.05 and 0.5), one model
-rollout of 50 000 start states x 5 steps, one dynamics-fitting epoch on 200 000 transitions, and
-that epoch's matrix products alone (its ceiling on this machine).
+rollout of 50 000 start states x 5 steps, one dynamics-fitting epoch on 200 000 transitions, and,
+as ceilings on this machine, the walker2d step's and the epoch's matrix products alone.
 Each reports the median of repeated timings after warm-up, an analytic FLOP count (2 per
 multiply-add of every matrix product; backward passes counted as twice the forward), and the
 achieved fraction of the float32 matrix-product peak measured in the same run.
