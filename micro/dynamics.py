@@ -77,11 +77,12 @@ class EnsembleDynamics(nn.Module):
         Outside autograd (a graph needs fresh copies) the gathered copies are kept and reused
         while nothing changes: an optimizer step or a load writes the parameters in place,
         which bumps their version counters, and so does a new elite set written into
-        ``elites``; any such change, or other tensors, gathers anew."""
+        ``elites``; ``.to()`` moves their data. Any such change, or other tensors, gathers
+        anew. (Writes through ``.data`` bypass version counters; nothing here makes them.)"""
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             return [(layer.weight[members], layer.bias[members]) for layer in self.layers]
         tensors = [members, *(t for layer in self.layers for t in (layer.weight, layer.bias))]
-        versions = [t._version for t in tensors]
+        versions = [(t._version, t.data_ptr(), t.dtype) for t in tensors]
         cache = getattr(self, "_member_cache", None)
         if (
             cache is not None

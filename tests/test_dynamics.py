@@ -215,7 +215,11 @@ def test_elite_forward_follows_every_change_of_weights_and_elites():
     other = EnsembleDynamics(3, 2, [8, 8], n_ensemble=5, n_elites=3, weight_decay=[0, 0, 0])
     model.load_state_dict(other.state_dict())
     check()
-    model.layers[0].bias = torch.nn.Parameter(torch.randn(5, 1, 8))  # a replaced tensor
+    # a replaced tensor (frozen, like the rest: a tensor that needs gradients skips the cache)
+    model.layers[0].bias = torch.nn.Parameter(torch.randn(5, 1, 8), requires_grad=False)
+    check()
+    model.double()  # new data under the same Parameter objects and versions
+    obs, act = obs.double(), act.double()
     check()
 
 
