@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from micro import MicroError
-from micro.nets import EnsembleLinear, Swish
+from micro.nets import EnsembleLinear, Swish, ensemble_linear
 from micro.utils import adam, atomic_torch_save, atomic_write_text, safe_torch_load
 
 
@@ -63,10 +63,9 @@ class EnsembleDynamics(nn.Module):
             params = [(layer.weight, layer.bias) for layer in self.layers]
         else:
             params = self._member_params(members)
-            x = _members_input(x, len(members))
         for weight, bias in params[:-1]:
-            x = self.activation(_linear(x, weight, bias))
-        mean, logvar = _linear(x, *params[-1]).chunk(2, dim=-1)
+            x = self.activation(ensemble_linear(x, weight, bias))
+        mean, logvar = ensemble_linear(x, *params[-1]).chunk(2, dim=-1)
         logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
         return mean, logvar
@@ -189,15 +188,6 @@ class EnsembleDynamics(nn.Module):
         )
         model.load_state_dict(blob["state_dict"])
         return model
-
-
-def _members_input(x: torch.Tensor, n: int) -> torch.Tensor:
-    return x.expand(n, *x.shape) if x.dim() == 2 else x
-
-
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """x [E, B, in] or [B, in] (shared by every member) -> [E, B, out]."""
-    return torch.baddbmm(bias, _members_input(x, weight.shape[0]), weight)
 
 
 @dataclass

@@ -38,10 +38,18 @@ class EnsembleLinear(nn.Module):
             raise ValueError(f"unknown init {init!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:  # a broadcast view, not a copy; the bias is added inside the product
-            x = x.expand(self.n_members, *x.shape)
-        assert x.shape[0] == self.n_members and x.shape[-1] == self.in_dim, x.shape
-        return torch.baddbmm(self.bias, x, self.weight)
+        assert x.dim() == 2 or x.shape[0] == self.n_members, x.shape
+        assert x.shape[-1] == self.in_dim, x.shape
+        return ensemble_linear(x, self.weight, self.bias)
+
+
+def ensemble_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x [E, B, in], or [B, in] shared by every member, times weight [E, in, out] plus bias
+    [E, 1, out] -> [E, B, out]. A shared input is a broadcast view, not a copy, and the bias is
+    added inside the product."""
+    if x.dim() == 2:
+        x = x.expand(weight.shape[0], *x.shape)
+    return torch.baddbmm(bias, x, weight)
 
     def extra_repr(self) -> str:
         return f"members={self.n_members}, in={self.in_dim}, out={self.out_dim}"
