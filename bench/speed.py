@@ -176,6 +176,11 @@ def step_products(cfg: Config, obs: int, act: int) -> list[tuple]:
     return ops
 
 
+def run_products(ops: list[tuple]) -> None:
+    for x, w, out in ops:
+        torch.bmm(x, w, out=out)
+
+
 def products_gflop(ops: list[tuple]) -> float:
     return sum(2 * x.shape[0] * x.shape[1] * x.shape[2] * w.shape[2] for x, w, _ in ops) / 1e9
 
@@ -187,12 +192,7 @@ def bench_step_products(repeats: int) -> dict:
     cfg = Config(task="walker2d-medium-v2", real_ratio=0.05)
     torch.manual_seed(0)
     ops = step_products(cfg, obs, act)
-
-    def products() -> None:
-        for x, w, out in ops:
-            torch.bmm(x, w, out=out)
-
-    seconds = median_time(products, repeats * 5)
+    seconds = median_time(lambda: run_products(ops), repeats * 5)
     return {
         "case": "step_walker2d_real0.05_products_only",
         "steps_per_s": 1 / seconds,
@@ -264,18 +264,8 @@ def bench_dynamics_products(repeats: int) -> dict:
     e, b = 7, 256
     n_batches = -(-(200_000 - 1000) // b)
     torch.manual_seed(0)
-    shapes = []
-    for a, c in itertools.pairwise(dims):
-        x, w, g = torch.randn(e, b, a), torch.randn(e, a, c), torch.randn(e, b, c)
-        shapes.append((x, w, g, x.transpose(1, 2), w.transpose(1, 2)))
-
-    def products() -> None:
-        for x, w, g, xt, wt in shapes:
-            torch.bmm(x, w)  # forward
-            torch.bmm(g, wt)  # gradient of the input
-            torch.bmm(xt, g)  # gradient of the weight
-
-    seconds = median_time(products, repeats * 20) * n_batches
+    ops = _products(e, b, dims, "fiw")
+    seconds = median_time(lambda: run_products(ops), repeats * 20) * n_batches
     gflop = 3 * e * mlp_flops(n_batches * b, dims) / 1e9
     return {"case": "dynamics_epoch_products_only", "seconds": seconds, "gflop": gflop}
 
