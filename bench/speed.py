@@ -27,11 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from micro.agent import MICRO, UNCERTAINTY_CHUNK, Batch
-from micro.buffer import ReplayBuffer
+from micro.agent import UNCERTAINTY_CHUNK, Learner
+from micro.buffer import Batch, ReplayBuffer
 from micro.config import MATMUL_PRECISIONS, Config
 from micro.dynamics import EnsembleDynamics, fit_dynamics
 from micro.envs import termination_fn
+from micro.rollout import model_rollout
 from micro.utils import keep_freed_memory
 
 SIZES = {"walker2d": (17, 6), "hopper": (11, 3)}
@@ -102,7 +103,7 @@ def step_gflop(cfg: Config, obs: int, act: int) -> float:
     critic = [obs + act, *cfg.hidden_dims, 1]
     dyn = [obs + act, *cfg.dynamics_hidden_dims, 2 * (obs + 1)]
     states = n_model * cfg.n_elites * cfg.num_samples
-    uncertainty = (
+    uncertainty = (cfg.algo != "mopo") * (
         mlp_flops(n_model, dyn) * cfg.n_elites
         + mlp_flops(states, actor)
         + cfg.num_q_ensemble * mlp_flops(states, critic)
@@ -113,11 +114,14 @@ def step_gflop(cfg: Config, obs: int, act: int) -> float:
     return (uncertainty + next_value + critic_step + actor_step) / 1e9
 
 
-def bench_step(env: str, real_ratio: float, repeats: int, warmup_s: float = 0.0) -> dict:
+def bench_step(
+    env: str, real_ratio: float, repeats: int, warmup_s: float = 0.0, algo: str = "micro"
+) -> dict:
+    """One gradient step of ``algo`` (MOPO's conservatism is in the rollouts, not the step)."""
     obs, act = SIZES[env]
-    cfg = Config(task=f"{env}-medium-v2", real_ratio=real_ratio)
+    cfg = Config(task=f"{env}-medium-v2", real_ratio=real_ratio, algo=algo)
     torch.manual_seed(0)
-    agent = MICRO(cfg, obs, act, EnsembleDynamics(obs, act).requires_grad_(False))
+    agent = Learner(cfg, obs, act, EnsembleDynamics(obs, act).requires_grad_(False))
     b = cfg.batch_size
     batch = Batch(
         torch.randn(b, obs),
@@ -135,7 +139,7 @@ def bench_step(env: str, real_ratio: float, repeats: int, warmup_s: float = 0.0)
         median_time(lambda: [agent.update(batch, n_real) for _ in range(steps)], repeats) / steps
     )
     return {
-        "case": f"step_{env}_real{real_ratio}",
+        "case": f"step_{env}_real{real_ratio}" + ("" if algo == "micro" else f"_{algo}"),
         "steps_per_s": 1 / seconds,
         "ms_per_step": 1000 * seconds,
         "gflop": step_gflop(cfg, obs, act),
@@ -201,12 +205,14 @@ def bench_step_products(repeats: int) -> dict:
     }
 
 
-def bench_rollout(repeats: int) -> dict:
+def bench_rollout(repeats: int, reward_penalty_coef: float | None = None) -> dict:
+    """50 000 start states x 5 model steps through ``model_rollout``, as training makes them;
+    with ``reward_penalty_coef`` (MOPO) every member is evaluated for the reward penalty."""
     obs, act = SIZES["walker2d"]
     cfg = Config(task="walker2d-medium-v2")
     torch.manual_seed(0)
     dyn = EnsembleDynamics(obs, act).requires_grad_(False)
-    agent = MICRO(cfg, obs, act, dyn)
+    agent = Learner(cfg, obs, act, dyn)
     real = torch.randn(200_000, obs) * 0.1
     # An untrained model's next states would fail walker2d's health check at once, leaving
     # nothing to roll out after the first step. Every row must survive all steps for the case
@@ -214,28 +220,25 @@ def bench_rollout(repeats: int) -> dict:
     done = termination_fn("halfcheetah")
     buf = ReplayBuffer(cfg.rollout_batch_size * cfg.rollout_length, obs, act, torch.device("cpu"))
 
-    @torch.no_grad()
     def rollout() -> None:
         buf.ptr = buf.size = 0
-        o = real[torch.randint(len(real), (cfg.rollout_batch_size,))]
-        for _ in range(cfg.rollout_length):
-            a = agent.actor.sample(o).action
-            nxt, r = dyn.sample_step(o, a)
-            d = done(nxt)
-            buf.add(Batch(o, a, nxt, r, d.float().unsqueeze(-1)))
-            o = nxt[~d]
+        start = real[torch.randint(len(real), (cfg.rollout_batch_size,))]
+        model_rollout(agent.actor, dyn, start, cfg.rollout_length, done, buf, reward_penalty_coef)
 
     seconds = median_time(rollout, repeats, warmup=1)
     rows = cfg.rollout_batch_size * cfg.rollout_length
     if buf.size != rows:
         raise RuntimeError(f"the rollout simulated {buf.size} rows, not {rows}")
     dyn_dims = [obs + act, *cfg.dynamics_hidden_dims, 2 * (obs + 1)]
-    gflop = (mlp_flops(rows, dyn_dims) + mlp_flops(rows, [obs, *cfg.hidden_dims, 2 * act])) / 1e9
+    members = 1 if reward_penalty_coef is None else cfg.n_ensemble
+    gflop = (
+        members * mlp_flops(rows, dyn_dims) + mlp_flops(rows, [obs, *cfg.hidden_dims, 2 * act])
+    ) / 1e9
     return {
-        "case": "rollout_50000x5",
+        "case": "rollout_50000x5" + ("" if reward_penalty_coef is None else "_mopo"),
         "seconds": seconds,
         "gflop": gflop,
-        "note": "flops count one dynamics member per row",
+        "note": f"flops count {members} dynamics member(s) per row",
     }
 
 
@@ -298,11 +301,14 @@ def main() -> int:
         lambda: bench_step("hopper", 0.05, args.repeats),
         lambda: bench_step("hopper", 0.5, args.repeats),
         lambda: bench_step_products(args.repeats),
+        lambda: bench_step("walker2d", 0.05, args.repeats, algo="mobile"),
+        lambda: bench_step("walker2d", 0.05, args.repeats, algo="mopo"),
         lambda: bench_rollout(args.repeats),
+        lambda: bench_rollout(args.repeats, reward_penalty_coef=1.0),
         lambda: bench_dynamics_epoch(max(1, args.repeats // 2)),
         lambda: bench_dynamics_products(args.repeats),
     ]
-    names = ["step", "step", "step", "step", "step", "rollout", "dynamics", "dynamics"]
+    names = ["step"] * 5 + ["algo", "algo", "rollout", "rollout", "dynamics", "dynamics"]
     header = {
         "case": "matmul_peak",
         "gflop_per_s": peak,

@@ -1,8 +1,8 @@
-"""MICRO's learner: SAC whose critic target applies the conservative Bellman operator.
+"""The learner: SAC whose critic target carries an algorithm's conservatism (``micro.algos``).
 
-The maths lives in small pure functions of tensors (``state_uncertainty``,
-``conservative_target``, ``critic_loss``, ``actor_loss``, ``alpha_loss``); ``MICRO`` wires them
-to the networks and optimizers.
+The SAC maths lives in small pure functions of tensors (``critic_loss``, ``actor_loss``,
+``alpha_loss``); each algorithm's penalty and target are in ``micro.algos``. ``Learner`` wires
+them to the networks and optimizers; MICRO, MOBILE and MOPO differ only in ``cfg.algo``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from micro.algos import get_algorithm
+from micro.buffer import Batch
 from micro.config import Config
 from micro.dynamics import EnsembleDynamics
 from micro.nets import Actor, EnsembleCritic, polyak_update
@@ -20,31 +22,6 @@ from micro.utils import adam
 
 MAX_Q_BACKUP_ACTIONS = 10
 UNCERTAINTY_CHUNK = 2048  # rows per block when evaluating U(s, a) on the CPU
-
-
-@dataclass
-class Batch:
-    observations: torch.Tensor  # [B, obs_dim]
-    actions: torch.Tensor  # [B, act_dim]
-    next_observations: torch.Tensor  # [B, obs_dim]
-    rewards: torch.Tensor  # [B, 1]
-    terminals: torch.Tensor  # [B, 1], 0/1
-
-    def __len__(self) -> int:
-        return self.observations.shape[0]
-
-    @staticmethod
-    def cat(a: Batch, b: Batch) -> Batch:
-        return Batch(*(torch.cat([x, y]) for x, y in zip(a.fields(), b.fields(), strict=True)))
-
-    def fields(self) -> tuple[torch.Tensor, ...]:
-        return (
-            self.observations,
-            self.actions,
-            self.next_observations,
-            self.rewards,
-            self.terminals,
-        )
 
 
 @dataclass
@@ -62,44 +39,6 @@ class TargetNoise:
 
 
 # --- pure functions ------------------------------------------------------------------------------
-
-
-def state_uncertainty(values: torch.Tensor) -> torch.Tensor:
-    """U = mean_e V̄_e − min_e V̄_e with V̄_e = mean_k V_ek.
-
-    values: [K, E, B] — V_ek = min_j Q̄_j(s''_ek, a''_ek) for sample k of elite e, per row.
-    Returns [B]: how far the worst member of the state uncertainty set falls below the average.
-    """
-    per_member = values.mean(dim=0)
-    return per_member.mean(dim=0) - per_member.min(dim=0).values
-
-
-def soft_bellman_target(
-    rewards: torch.Tensor, terminals: torch.Tensor, next_value: torch.Tensor, gamma: float
-) -> torch.Tensor:
-    """The plain soft Bellman target r + γ (1 − d) V(s'); all inputs [B]."""
-    return rewards + gamma * (1.0 - terminals) * next_value
-
-
-def conservative_target(
-    rewards: torch.Tensor,
-    terminals: torch.Tensor,
-    next_value: torch.Tensor,
-    uncertainty: torch.Tensor,
-    gamma: float,
-    penalty_coef: float,
-    clamp: bool = True,
-) -> torch.Tensor:
-    """The conservative Bellman target, clamped at zero like the published code:
-
-        y = max( r + γ (1 − d) (V(s') − β U(s, a)),  0 )
-
-    where V(s') = min_j Q̄_j(s', a') − α log π(a'|s') (entropy omitted with deterministic
-    backup), β = ``penalty_coef`` and U = 0 on real rows. All inputs are [B]. With
-    ``clamp=False`` (online SAC for behavior policies) the max with 0 is skipped.
-    """
-    y = soft_bellman_target(rewards, terminals, next_value - penalty_coef * uncertainty, gamma)
-    return y.clamp(min=0.0) if clamp else y
 
 
 def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -122,7 +61,7 @@ def alpha_loss(
 # --- the learner ---------------------------------------------------------------------------------
 
 
-class MICRO(nn.Module):
+class Learner(nn.Module):
     """Actor, batched critics with Polyak targets, temperature, and their optimizers."""
 
     def __init__(
@@ -130,6 +69,7 @@ class MICRO(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg = cfg
+        self.algo = get_algorithm(cfg.algo)
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.actor = Actor(obs_dim, act_dim, cfg.hidden_dims)
         self.critics = EnsembleCritic(obs_dim, act_dim, cfg.hidden_dims, cfg.num_q_ensemble)
@@ -181,15 +121,16 @@ class MICRO(nn.Module):
         return value
 
     @torch.no_grad()
-    def uncertainty(
+    def elite_values(
         self,
         obs: torch.Tensor,
         act: torch.Tensor,
         state_noise: torch.Tensor | None = None,
         action_noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """U(s, a) over the state uncertainty set: ``num_samples`` next states from each elite."""
-        assert self.dynamics is not None, "U(s, a) needs the dynamics model"
+        """V_ek = min_j Q̄_j(s''_ek, a''_ek) for ``num_samples`` next states s''_ek ~ N(μ_e, σ_e)
+        from each elite e, a''_ek ~ π(·|s''_ek): [K, n_elites, M] for M rows (s, a)."""
+        assert self.dynamics is not None, "the value penalty needs the dynamics model"
         mean, std = self.dynamics.elite_mean_std(obs, act)
         mean, std = mean[..., :-1], std[..., :-1]  # next-observation part: [E, M, obs_dim]
         k = self.cfg.num_samples
@@ -207,39 +148,42 @@ class MICRO(nn.Module):
                 for s, n in zip(states.split(chunk), action_noise.split(chunk), strict=True)
             ]
         )
-        return state_uncertainty(values.view(k, mean.shape[0], mean.shape[1]))
+        return values.view(k, mean.shape[0], mean.shape[1])
 
     @torch.no_grad()
     def target(
         self, batch: Batch, n_real: int, noise: TargetNoise | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Target y [B] and U [B] for a batch whose first ``n_real`` rows are real data."""
+        """Target y [B] and the algorithm's value penalty [B] (0 on the first ``n_real`` rows,
+        which are real data, and for algorithms without one) for a mixed batch."""
         noise = noise or TargetNoise()
         next_value = self.next_value(batch.next_observations, noise.next_action)
-        uncertainty = torch.zeros_like(next_value)
-        if n_real < len(batch) and self.cfg.penalty_coef > 0:
-            uncertainty[n_real:] = self.uncertainty(
+        penalty = torch.zeros_like(next_value)
+        value_penalty = self.algo.value_penalty
+        if value_penalty is not None and n_real < len(batch) and self.cfg.penalty_coef > 0:
+            values = self.elite_values(
                 batch.observations[n_real:],
                 batch.actions[n_real:],
                 noise.model_state,
                 noise.model_action,
             )
-        y = conservative_target(
+            penalty[n_real:] = value_penalty(values)
+        y = self.algo.target(
             batch.rewards.squeeze(-1),
             batch.terminals.squeeze(-1),
             next_value,
-            uncertainty,
+            penalty,
             self.cfg.gamma,
             self.cfg.penalty_coef,
             self.cfg.clamp_target,
         )
-        return y, uncertainty
+        return y, penalty
 
     # --- one gradient step -----------------------------------------------------------------------
     def update(self, batch: Batch, n_real: int) -> dict[str, torch.Tensor]:
         """Critic, actor and temperature steps, then the Polyak update. Returns detached
         scalars (left on the device: reading them is the caller's choice)."""
-        y, uncertainty = self.target(batch, n_real)
+        y, penalty = self.target(batch, n_real)
 
         q = self.critics(batch.observations, batch.actions)
         loss_q = critic_loss(q, y)
@@ -262,11 +206,12 @@ class MICRO(nn.Module):
             "actor_loss": loss_pi.detach(),
             "q_mean": q.detach().mean(),
             "target_mean": y.mean(),
-            "uncertainty": uncertainty[n_real:].mean()
-            if n_real < len(batch)
-            else uncertainty.sum(),
             "log_prob": pi.log_prob.detach().mean(),
         }
+        if self.algo.value_penalty is not None:  # its mean over the model rows (0 without any)
+            metrics[self.algo.penalty_metric] = (
+                penalty[n_real:].mean() if n_real < len(batch) else penalty.sum()
+            )
         if self.alpha_optim is not None:
             loss_alpha = alpha_loss(self.log_alpha, pi.log_prob, self.target_entropy)
             self.alpha_optim.zero_grad(set_to_none=True)

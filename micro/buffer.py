@@ -1,12 +1,37 @@
-"""Replay buffers that live on the training device: preallocated tensors, FIFO ring."""
+"""Batches of transitions, and replay buffers that live on the training device: preallocated
+tensors, FIFO ring."""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import torch
 
-from micro.agent import Batch
+
+@dataclass
+class Batch:
+    observations: torch.Tensor  # [B, obs_dim]
+    actions: torch.Tensor  # [B, act_dim]
+    next_observations: torch.Tensor  # [B, obs_dim]
+    rewards: torch.Tensor  # [B, 1]
+    terminals: torch.Tensor  # [B, 1], 0/1
+
+    def __len__(self) -> int:
+        return self.observations.shape[0]
+
+    @staticmethod
+    def cat(a: Batch, b: Batch) -> Batch:
+        return Batch(*(torch.cat([x, y]) for x, y in zip(a.fields(), b.fields(), strict=True)))
+
+    def fields(self) -> tuple[torch.Tensor, ...]:
+        return (
+            self.observations,
+            self.actions,
+            self.next_observations,
+            self.rewards,
+            self.terminals,
+        )
 
 
 class ReplayBuffer:

@@ -1,7 +1,8 @@
 """Configuration: one frozen dataclass holding SPEC's defaults, per-task YAML overrides, CLI flags.
 
-Resolution order (later wins): dataclass defaults < ``configs/<task>.yaml`` < ``--config FILE``
-presets (in the order given) < ``--<key> VALUE`` flags.
+The dataclass defaults are SPEC's (MICRO's). Resolution order (later wins): dataclass defaults
+< ``configs/<algo>/defaults.yaml`` (a baseline's own defaults) < ``configs/<algo>/<task>.yaml``
+< ``--config FILE`` presets (in the order given) < ``--<key> VALUE`` flags.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import yaml
 
 from micro import MicroError
+from micro.algos import ALGORITHMS
 
 CONFIG_DIR = Path(
     os.environ.get("MICRO_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs")
@@ -26,62 +28,64 @@ CONFIG_DIR = Path(
 
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")
+ALGOS = tuple(ALGORITHMS)
 
 
 @dataclass(frozen=True)
 class Config:
     # --- run -------------------------------------------------------------------------------
     task: str = "hopper-medium-v2"  # D4RL v2 locomotion task: picks env, config and data
+    algo: str = "micro"  # micro | mobile | mopo: the conservatism (see micro/algos.py)
     seed: int = 0  # seeds torch, numpy and the environments
     device: str = "auto"  # auto | cpu | cuda | cuda:N  (auto = cuda when available)
     dataset: str | None = None  # a D4RL-format HDF5 file to use instead of D4RL's
-    logdir: str = "runs"  # runs go to <logdir>/<task>/micro/seed<seed>-<timestamp>/
+    logdir: str = "runs"  # runs go to <logdir>/<task>/<algo>/seed<seed>-<timestamp>/
     matmul_precision: str = "highest"  # highest (exact) | high (TF32) | medium (also bfloat16)
 
     # --- SAC -------------------------------------------------------------------------------
     actor_lr: float = 1e-4  # cosine-annealed over `epoch` epochs when lr_scheduler
-    critic_lr: float = 3e-4
+    critic_lr: float = 3e-4  # Adam learning rate of the critics
     hidden_dims: tuple[int, ...] = (256, 256)  # actor and critic MLPs
-    gamma: float = 0.99
+    gamma: float = 0.99  # discount factor
     tau: float = 0.005  # Polyak rate of the target critics
     alpha: float = 0.1  # fixed temperature, used when auto_alpha is false
     auto_alpha: bool = True  # tune the temperature towards target_entropy
     target_entropy: float | None = None  # None -> -action_dim
-    alpha_lr: float = 1e-4
-    num_q_ensemble: int = 2
+    alpha_lr: float = 1e-4  # Adam learning rate of log alpha (auto_alpha)
+    num_q_ensemble: int = 2  # critics; targets use the min over them
     deterministic_backup: bool = False  # drop the entropy term from the critic target
     max_q_backup: bool = False  # next value = min_j max_k Q_j(s', a'_k), k over 10 actions
     lr_scheduler: bool = True  # cosine annealing of the actor learning rate
     clamp_target: bool = True  # y = max(y, 0), as the published code does
 
     # --- dynamics ensemble -------------------------------------------------------------------
-    dynamics_lr: float = 1e-3
+    dynamics_lr: float = 1e-3  # Adam learning rate of the dynamics ensemble
     dynamics_hidden_dims: tuple[int, ...] = (200, 200, 200, 200)
     dynamics_weight_decay: tuple[float, ...] = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)  # per layer
-    n_ensemble: int = 7
-    n_elites: int = 5
-    dynamics_batch_size: int = 256
+    n_ensemble: int = 7  # dynamics members, fitted on their own bootstrap resamples
+    n_elites: int = 5  # members with the lowest holdout error; rollouts sample them
+    dynamics_batch_size: int = 256  # rows per member per dynamics fitting step
     dynamics_holdout_ratio: float = 0.2  # holdout = min(ratio * N, dynamics_max_holdout)
-    dynamics_max_holdout: int = 1000
+    dynamics_max_holdout: int = 1000  # cap on the holdout transitions (see dynamics_holdout_ratio)
     max_epochs_since_update: int = 5  # early stop after this many epochs with no 1% improvement
     dynamics_max_epochs: int | None = None  # hard cap on fitting epochs
     load_dynamics_path: str | None = None  # a saved dynamics/ folder: reuse it, skip fitting
 
-    # --- MICRO -----------------------------------------------------------------------------
+    # --- rollouts and conservatism ---------------------------------------------------------
     rollout_freq: int = 1000  # gradient steps between model rollouts
     rollout_batch_size: int = 50_000  # start states per rollout
-    rollout_length: int = 5
-    penalty_coef: float = 0.5  # beta: weight of the state-uncertainty penalty U(s, a)
-    num_samples: int = 10  # next states drawn per elite to estimate U(s, a)
+    rollout_length: int = 5  # model steps per rollout (h)
+    penalty_coef: float = 0.5  # beta (MICRO U, MOBILE std) or lambda (MOPO): penalty weight
+    num_samples: int = 10  # next states per elite for the value penalty (MICRO, MOBILE)
     model_retain_epochs: int = 5  # model buffer = rollout_batch_size * rollout_length * this
     real_ratio: float = 0.05  # share of real transitions in each batch
 
     # --- schedule --------------------------------------------------------------------------
-    epoch: int = 3000
-    step_per_epoch: int = 1000
-    batch_size: int = 256
+    epoch: int = 3000  # epochs of training; also the actor lr cosine period
+    step_per_epoch: int = 1000  # gradient steps per epoch
+    batch_size: int = 256  # rows per gradient step, real and model together
     eval_freq: int = 10  # evaluate every this many epochs (and after the last)
-    eval_episodes: int = 10
+    eval_episodes: int = 10  # deterministic episodes per evaluation
     save_freq: int = 1  # checkpoint every this many epochs (and after the last)
 
     def __post_init__(self) -> None:
@@ -96,6 +100,7 @@ class Config:
             (0.0 < self.gamma <= 1.0, "gamma must be in (0, 1]"),
             (0.0 < self.tau <= 1.0, "tau must be in (0, 1]"),
             (0.0 < self.dynamics_holdout_ratio < 1.0, "dynamics_holdout_ratio must be in (0, 1)"),
+            (self.algo in ALGOS, f"algo must be one of {', '.join(ALGOS)}"),
             (
                 self.matmul_precision in MATMUL_PRECISIONS,
                 f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}",
@@ -245,25 +250,37 @@ def read_overrides(path: Path) -> dict[str, Any]:
     return out
 
 
-def task_config_path(task: str) -> Path:
-    return CONFIG_DIR / f"{task}.yaml"
+def algo_config_paths(algo: str, task: str) -> list[Path]:
+    """The algorithm's defaults and its per-task overrides, in the order they apply."""
+    folder = CONFIG_DIR / algo
+    return [folder / "defaults.yaml", folder / f"{task}.yaml"]
 
 
 def resolve_config(
     task: str, presets: list[str] | tuple[str, ...] = (), overrides: dict[str, Any] | None = None
 ) -> Config:
-    """Defaults < configs/<task>.yaml < presets < overrides (already typed)."""
+    """Defaults < configs/<algo>/defaults.yaml < configs/<algo>/<task>.yaml < presets <
+    overrides (already typed). The algorithm comes from the overrides, else the presets."""
     from micro.envs import parse_task
 
     parse_task(task)  # unknown task -> MicroError
-    values: dict[str, Any] = {}
-    task_file = task_config_path(task)
-    if task_file.exists():
-        values.update(read_overrides(task_file))
+    overrides = dict(overrides or {})
+    preset_values: dict[str, Any] = {}
     for preset in presets:
-        values.update(read_overrides(Path(preset)))
-    values.update(overrides or {})
-    values["task"] = task
+        preset_values.update(read_overrides(Path(preset)))
+    algo = overrides.get("algo", preset_values.get("algo", FIELDS["algo"].default))
+    if algo not in ALGOS:
+        raise MicroError(f"unknown algo {algo!r}; choose one of {', '.join(ALGOS)}")
+    values: dict[str, Any] = {}
+    for path in algo_config_paths(algo, task):
+        if path.exists():
+            part = read_overrides(path)
+            if part.get("algo", algo) != algo:
+                raise MicroError(f"{path} sets algo {part['algo']!r}; remove that key")
+            values.update(part)
+    values.update(preset_values)
+    values.update(overrides)
+    values["task"], values["algo"] = task, algo
     for key in values:
         if key not in FIELDS:
             raise MicroError(f"unknown config key {key!r}")

@@ -72,7 +72,7 @@ def robustness(policy: Path) -> float:
 
 def main() -> int:
     from micro.cli import guarded
-    from micro.trainer import run
+    from micro.pipeline import run
 
     out: dict = {}
 

@@ -66,9 +66,13 @@ class EnsembleDynamics(nn.Module):
         for weight, bias in params[:-1]:
             x = self.activation(ensemble_linear(x, weight, bias))
         mean, logvar = ensemble_linear(x, *params[-1]).chunk(2, dim=-1)
+        return mean, self.soft_clamp(logvar)
+
+    def soft_clamp(self, logvar: torch.Tensor) -> torch.Tensor:
+        """Keep the log-variance between the learnable bounds, smoothly:
+        lv = max − softplus(max − lv), then lv = min + softplus(lv − min)."""
         logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
-        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
-        return mean, logvar
+        return self.min_logvar + F.softplus(logvar - self.min_logvar)
 
     def _member_params(self, members: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each layer's weight and bias for ``members`` only.
@@ -122,9 +126,7 @@ class EnsembleDynamics(nn.Module):
             x = self.activation(torch.addmm(layer.bias[member], x, layer.weight[member]))
         last = self.layers[-1]
         mean, logvar = torch.addmm(last.bias[member], x, last.weight[member]).chunk(2, dim=-1)
-        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
-        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
-        return mean, logvar
+        return mean, self.soft_clamp(logvar)
 
     def sample_step(
         self, obs: torch.Tensor, act: torch.Tensor, generator: torch.Generator | None = None
@@ -145,6 +147,20 @@ class EnsembleDynamics(nn.Module):
             mean, logvar = self.member_forward(inputs[rows], member)
             out[rows] = mean + (0.5 * logvar).exp() * noise[rows]
         return out[:, :-1] + obs, out[:, -1:]
+
+    def sample_step_all_members(
+        self, obs: torch.Tensor, act: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``sample_step`` (same draws, same distribution) evaluating every member, for penalties
+        that need all of them (MOPO's). Returns next_obs [B, obs_dim], reward [B, 1] and every
+        member's log-variance [n_ensemble, B, obs_dim + 1]."""
+        n = obs.shape[0]
+        pick = torch.randint(self.n_elites, (n,), device=obs.device, generator=generator)
+        noise = torch.randn(n, self.obs_dim + 1, device=obs.device, generator=generator)
+        mean, logvar = self(torch.cat([obs, act], dim=-1))
+        member, rows = self.elites[pick], torch.arange(n, device=obs.device)
+        out = mean[member, rows] + (0.5 * logvar[member, rows]).exp() * noise
+        return out[:, :-1] + obs, out[:, -1:], logvar
 
     # --- persistence -------------------------------------------------------------------------
     def meta(self) -> dict:
@@ -268,7 +284,6 @@ def fit_dynamics(
     # Each member trains on its own bootstrap resample; the order is reshuffled every epoch.
     boot = torch.randint(n_train, (n_members, n_train), device=device, generator=generator)
     best = torch.full((n_members,), float("inf"))
-    snapshot = [{k: v.clone() for k, v in model.state_dict().items()}]
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
     epochs_since_update, epoch = 0, 0
     train_curve, hold_curve = [], []
@@ -318,7 +333,6 @@ def fit_dynamics(
         ):
             break
     bar.close()
-    del snapshot
     # Restore each member's best weights; the shared log-variance bounds keep their last value.
     state = model.state_dict()
     for key, value in best_state.items():

@@ -1,4 +1,5 @@
-"""``eval.py``: clean score, physics sweeps (sim2real) and observation attacks of a policy."""
+"""``eval.py``: clean score, physics sweeps (sim2real) and observation attacks of one policy or
+several (e.g. MICRO and MOBILE seeds), drawn on one figure."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 from micro import MicroError
 from micro.envs import make_env, parse_task
 from micro.evaluation import run_episodes
+from micro.policy_file import LoadedPolicy, load_policy, read_policy_task
 from micro.robustness import (
     ATTACK_MODES,
     PUBLISHED_EPS,
@@ -22,9 +24,8 @@ from micro.robustness import (
     PUBLISHED_GRAVITY,
     Attack,
     Physics,
-    load_policy,
 )
-from micro.utils import atomic_path, resolve_device
+from micro.utils import ROBUSTNESS_SEED, atomic_path, resolve_device
 
 RESULT_COLUMNS = ["episodes", "return_mean", "return_std", "normalized_mean", "normalized_std"]
 
@@ -34,11 +35,26 @@ def build_parser():
 
     p = OneLineParser(
         prog="eval.py",
-        description="Evaluate a trained MICRO policy: clean score, "
-        "physics perturbations (sim2real) or observation attacks.",
+        description="Evaluate trained policies (MICRO, MOBILE, MOPO): clean score, "
+        "physics perturbations (sim2real) or observation attacks. Several --policy_path "
+        "files are swept alike and drawn on one figure.",
     )
-    p.add_argument("--task", required=True, help="the task the policy was trained on")
-    p.add_argument("--policy_path", required=True, help="policy.pt from a training run")
+    p.add_argument(
+        "--task", help="the task the policies were trained on (default: read from the policy)"
+    )
+    p.add_argument(
+        "--policy_path",
+        nargs="+",
+        help="policy.pt file(s) from training runs (default: the newest under --logdir)",
+    )
+    p.add_argument("--logdir", default="runs", help="where to look for the newest policy.pt")
+    p.add_argument(
+        "--group",
+        choices=["auto", "policy", "algo"],
+        default="auto",
+        help="several policies: one line/panel per policy, or per algorithm with mean ± std "
+        "over its seeds (auto: per algorithm when one has several policies)",
+    )
     p.add_argument("--choice", required=True, choices=["clean", "sim2real", "attack"])
     p.add_argument("--attack_mode", default="all", choices=[*ATTACK_MODES, "all"])
     p.add_argument(
@@ -54,10 +70,16 @@ def build_parser():
         "--mass", type=float, nargs="+", default=[1.0], help="body mass scales (default 1)"
     )
     p.add_argument("--eval_episodes", type=int, default=10, help="episodes per grid cell / budget")
-    p.add_argument("--seed", type=int, default=1000, help="episode i uses seed + i in every cell")
+    p.add_argument(
+        "--seed", type=int, default=ROBUSTNESS_SEED, help="episode i uses seed + i in every cell"
+    )
     p.add_argument("--n_envs", type=int, default=5, help="simulators stepped in lockstep")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", help="output folder (default: eval/ beside the policy)")
+    p.add_argument(
+        "--out",
+        help="output folder (default: eval/ beside a single policy; runs/compare-<time>/ "
+        "for several)",
+    )
     p.add_argument("--force", action="store_true", help="replace earlier results in --out")
     p.add_argument("--no_progress", action="store_true")
     p.add_argument("--debug", action="store_true")
@@ -148,14 +170,72 @@ def print_table(rows: list[dict], keys: list[str]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)))
 
 
+def newest_policy(logdir: str | Path) -> Path:
+    """The most recently written ``policy.pt`` below ``logdir``."""
+    found = sorted(Path(logdir).glob("**/policy.pt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise MicroError(
+            f"no --policy_path given and no policy.pt under {logdir}/; "
+            "train one with train.py or pass --policy_path FILE"
+        )
+    return found[-1]
+
+
+def load_policies(args, device: torch.device) -> tuple[str, list[LoadedPolicy]]:
+    """The task and the policies to sweep; all must be for one task."""
+    paths = args.policy_path
+    if not paths:
+        paths = [str(newest_policy(args.logdir))]
+        print(f"policy: {paths[0]} (the newest under {args.logdir}/)")
+    task = args.task or read_policy_task(paths[0])
+    parse_task(task)  # unknown task -> one-line error
+    if len(set(map(str, paths))) != len(paths):
+        raise MicroError("the same --policy_path is given twice")
+    return task, [load_policy(p, task, device) for p in paths]
+
+
+def group_names(policies: list[LoadedPolicy], mode: str) -> list[str]:
+    """The line/panel each policy belongs to: its algorithm (mean over seeds) or itself."""
+    algos = [p.algo for p in policies]
+    if mode == "auto":
+        mode = "algo" if len(set(algos)) < len(algos) else "policy"
+    if mode == "algo":
+        return algos
+    labels = [p.label for p in policies]
+    if len(set(labels)) < len(labels):  # same algorithm and seed: tell them apart by run
+        labels = [f"{p.label} ({p.path.parent.name})" for p in policies]
+    return labels
+
+
+def sweep(args, policy: LoadedPolicy, device, progress: bool) -> tuple[list[dict], list[str]]:
+    if args.choice == "clean":
+        res = run_episodes(
+            policy.actor,
+            policy.env,
+            args.eval_episodes,
+            args.seed,
+            n_envs=args.n_envs,
+            device=device,
+        )
+        return [res.row()], []
+    if args.choice == "sim2real":
+        return sim2real(args, policy, device, progress), ["friction", "gravity", "mass"]
+    return attack(args, policy, device, progress), ["attack_mode", "eps"]
+
+
 def _eval(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    parse_task(args.task)  # unknown task -> one-line error
     if args.eval_episodes < 1 or args.n_envs < 1:
         raise MicroError("--eval_episodes and --n_envs must be at least 1")
     device = resolve_device(args.device)
-    policy = load_policy(args.policy_path, args.task, device)
-    out = Path(args.out) if args.out else Path(args.policy_path).resolve().parent / "eval"
+    task, policies = load_policies(args, device)
+    several = len(policies) > 1
+    if args.out:
+        out = Path(args.out)
+    elif several:
+        out = Path(args.logdir) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    else:
+        out = policies[0].path.resolve().parent / "eval"
     files = output_files(args, out)
     existing = [str(p) for p in files.values() if p.exists()]
     if existing and not args.force:
@@ -168,31 +248,34 @@ def _eval(argv: list[str]) -> int:
         raise MicroError(f"cannot create output folder {out}: {exc.strerror}") from None
     progress = not args.no_progress
     start = time.time()
-    if args.choice == "clean":
-        res = run_episodes(
-            policy.actor,
-            policy.env,
-            args.eval_episodes,
-            args.seed,
-            n_envs=args.n_envs,
-            device=device,
-        )
-        rows, keys = [res.row()], []
-    elif args.choice == "sim2real":
-        rows, keys = sim2real(args, policy, device, progress), ["friction", "gravity", "mass"]
-    else:
-        rows, keys = attack(args, policy, device, progress), ["attack_mode", "eps"]
+    groups = group_names(policies, args.group)
+    rows: list[dict] = []
+    for policy, group in zip(policies, groups, strict=True):
+        if several:
+            print(f"{policy.label}: {policy.path}")
+        part, keys = sweep(args, policy, device, progress)
+        who = {"policy": str(policy.path), "algo": policy.algo, "seed": policy.seed}
+        rows += [{**who, "group": group, **r} if several else r for r in part]
     write_csv(files["csv"], rows)
     if "png" in files:
         from micro import plots
 
         if args.choice == "sim2real":
-            plots.sim2real_heatmap(rows, files["png"], title=f"{args.task}: normalized return")
+            title = f"{task}: normalized return"
+            if several:
+                plots.sim2real_comparison(rows, files["png"], title=title)
+            else:
+                plots.sim2real_heatmap(rows, files["png"], title=title)
+        elif several:
+            plots.attack_comparison(rows, files["png"], title=f"{task}: observation attacks")
         else:
-            plots.attack_curves(rows, files["png"], title=f"{args.task}: observation attacks")
-    print_table(rows, keys)
+            plots.attack_curves(rows, files["png"], title=f"{task}: observation attacks")
+    print_table(rows, (["group"] if several else []) + keys)
     took = time.time() - start
-    print(f"{args.choice}: {len(rows)} row(s), {args.eval_episodes} episodes each, {took:.0f}s")
+    print(
+        f"{args.choice}: {len(policies)} polic{'ies' if several else 'y'}, {len(rows)} row(s), "
+        f"{args.eval_episodes} episodes each, {took:.0f}s"
+    )
     for path in files.values():
         print(f"wrote {path}")
     return 0

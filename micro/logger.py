@@ -1,7 +1,9 @@
-"""Run logging: TensorBoard scalars and a CSV with one row per epoch.
+"""Run logging: TensorBoard scalars and a CSV with one row per epoch, of whatever metrics the
+learner and the rollouts return (the CSV's columns are its first row's, plus the evaluation's).
 
 On resume, CSV rows and TensorBoard events past the checkpoint are dropped (TensorBoard's
-``purge_step``), so a killed-and-resumed run has no duplicated or missing epochs.
+``purge_step``), so a killed-and-resumed run has no duplicated or missing epochs; the CSV keeps
+its header.
 """
 
 from __future__ import annotations
@@ -13,20 +15,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from micro.utils import atomic_path
 
-CSV_COLUMNS = (
-    "epoch",
-    "step",
-    "critic_loss",
-    "actor_loss",
-    "alpha_loss",
-    "alpha",
-    "uncertainty",
-    "q_mean",
-    "target_mean",
-    "log_prob",
-    "rollout_reward_mean",
-    "model_buffer_size",
-    "actor_lr",
+# Always in the CSV header, even when the first rows have no evaluation.
+EVAL_COLUMNS = (
     "eval_return",
     "eval_return_std",
     "eval_normalized_score",
@@ -42,6 +32,7 @@ class RunLogger:
         self._dynamics_writer: SummaryWriter | None = None
         self.writer: SummaryWriter | None = None
         self._csv_file = None
+        self._columns: list[str] | None = None
 
     def dynamics_scalars(self, values: dict[str, float], epoch: int) -> None:
         if self._dynamics_writer is None:
@@ -59,31 +50,26 @@ class RunLogger:
         )
         if self.resume and self.csv_path.exists():
             with open(self.csv_path, newline="") as fh:
-                kept = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= epoch]
+                reader = csv.DictReader(fh)
+                kept = [r for r in reader if int(r["epoch"]) <= epoch]
+                self._columns = list(reader.fieldnames or []) or None
             with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as out:
-                w = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
-                w.writeheader()
-                w.writerows(kept)
-        new = not self.csv_path.exists()
-        self._csv_file = open(self.csv_path, "a", newline="")  # noqa: SIM115 - open for the run
-        self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_COLUMNS)
-        if new:
-            self._csv.writeheader()
+                if self._columns is not None:
+                    w = csv.DictWriter(out, fieldnames=self._columns)
+                    w.writeheader()
+                    w.writerows(kept)
 
     def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
         for key, value in values.items():
             self.writer.add_scalar(f"{prefix}{key}", value, step)
 
     def epoch_scalars(self, means: dict[str, float], lr: float, rollout: dict, step: int) -> None:
-        self.scalars(
-            {k: means[k] for k in ("critic_loss", "actor_loss", "alpha_loss") if k in means},
-            step,
-            "loss/",
-        )
-        train = {k: means[k] for k in ("alpha", "uncertainty", "q_mean", "target_mean")}
+        """The epoch's mean learner metrics (losses under loss/, the rest under train/) and the
+        last rollout's numbers (under rollout/)."""
+        self.scalars({k: v for k, v in means.items() if k.endswith("_loss")}, step, "loss/")
+        train = {k: v for k, v in means.items() if not k.endswith("_loss")}
         self.scalars({**train, "actor_lr": lr}, step, "train/")
-        if rollout:
-            self.scalars({"reward_mean": rollout["reward_mean"]}, step, "rollout/")
+        self.scalars({k: v for k, v in rollout.items() if k != "transitions"}, step, "rollout/")
 
     def eval_scalars(self, raw_return: float, normalized: float, step: int) -> None:
         self.scalars({"return": raw_return, "normalized_score": normalized}, step, "eval/")
@@ -92,7 +78,17 @@ class RunLogger:
         self.scalars({"elapsed_s": seconds}, step, "time/")
 
     def csv_row(self, row: dict[str, float | int | str]) -> None:
-        self._csv.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
+        """Append one epoch's row. A new file takes this row's keys (and the evaluation columns)
+        as its header; a resumed one keeps its own."""
+        if self._csv_file is None:
+            new = self._columns is None
+            if new:
+                self._columns = [*row, *(c for c in EVAL_COLUMNS if c not in row)]
+            self._csv_file = open(self.csv_path, "w" if new else "a", newline="")  # noqa: SIM115
+            self._csv = csv.DictWriter(self._csv_file, fieldnames=self._columns)
+            if new:
+                self._csv.writeheader()
+        self._csv.writerow({k: row.get(k, "") for k in self._columns})
         self._csv_file.flush()
 
     def close(self) -> None:

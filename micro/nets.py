@@ -42,6 +42,9 @@ class EnsembleLinear(nn.Module):
         assert x.shape[-1] == self.in_dim, x.shape
         return ensemble_linear(x, self.weight, self.bias)
 
+    def extra_repr(self) -> str:
+        return f"members={self.n_members}, in={self.in_dim}, out={self.out_dim}"
+
 
 def ensemble_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """x [E, B, in], or [B, in] shared by every member, times weight [E, in, out] plus bias
@@ -50,9 +53,6 @@ def ensemble_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -
     if x.dim() == 2:
         x = x.expand(weight.shape[0], *x.shape)
     return torch.baddbmm(bias, x, weight)
-
-    def extra_repr(self) -> str:
-        return f"members={self.n_members}, in={self.in_dim}, out={self.out_dim}"
 
 
 class EnsembleMLP(nn.Module):

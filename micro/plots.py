@@ -69,3 +69,108 @@ def attack_curves(rows: list[dict], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)
+
+
+def _by_group(
+    rows: list[dict], keys: tuple[str, ...]
+) -> dict[str, dict[tuple, tuple[float, float]]]:
+    """Per group, per cell ``keys``: the normalized mean and its spread. A group of one policy
+    spreads over its episodes; a group of several (seeds of one algorithm) over their means."""
+    out: dict[str, dict[tuple, list[dict]]] = {}
+    for r in rows:
+        out.setdefault(r["group"], {}).setdefault(tuple(r[k] for k in keys), []).append(r)
+    result = {}
+    for group, cells in out.items():
+        result[group] = {}
+        for cell, part in cells.items():
+            means = np.array([r["normalized_mean"] for r in part])
+            spread = part[0]["normalized_std"] if len(part) == 1 else float(means.std())
+            result[group][cell] = (float(means.mean()), spread)
+    return result
+
+
+def attack_comparison(rows: list[dict], path: Path, title: str) -> None:
+    """One panel per attack mode; in each, normalized return against ε, one line per group
+    (a policy, or an algorithm's mean ± std over seeds)."""
+    modes = list(dict.fromkeys(r["attack_mode"] for r in rows))
+    groups = _by_group(rows, ("attack_mode", "eps"))
+    fig, axes = plt.subplots(1, len(modes), figsize=(4.2 * len(modes), 3.6), squeeze=False)
+    low, high = 0.0, 100.0
+    for ax, mode in zip(axes[0], modes, strict=True):
+        for group, cells in groups.items():
+            eps = np.array(sorted(e for m, e in cells if m == mode))
+            mean = np.array([cells[(mode, e)][0] for e in eps])
+            spread = np.array([cells[(mode, e)][1] for e in eps])
+            ax.plot(eps, mean, marker="o", markersize=3, label=group)
+            ax.fill_between(eps, mean - spread, mean + spread, alpha=0.2)
+            low, high = min(low, (mean - spread).min()), max(high, (mean + spread).max())
+        ax.set_title(mode, fontsize=10)
+        ax.set_xlabel("attack budget ε (× observation std)")
+        ax.grid(alpha=0.3)
+    for ax in axes[0]:
+        ax.set_ylim(low - 0.02 * (high - low), high + 0.02 * (high - low))
+    axes[0][0].set_ylabel("normalized return")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    _save(fig, path)
+
+
+def sim2real_comparison(rows: list[dict], path: Path, title: str) -> None:
+    """Friction × gravity heatmaps side by side, one column per group and one row per mass
+    scale, all on one colour scale."""
+    groups = _by_group(rows, ("mass", "friction", "gravity"))
+    masses = sorted({r["mass"] for r in rows})
+    frictions = sorted({r["friction"] for r in rows})
+    gravities = sorted({r["gravity"] for r in rows})
+    vmax = max(100.0, *(v[0] for cells in groups.values() for v in cells.values()))
+    fig, axes = plt.subplots(
+        len(masses),
+        len(groups),
+        figsize=(
+            1.0 + 0.7 * len(gravities) * len(groups),
+            (0.55 * len(frictions) + 1.2) * len(masses),
+        ),
+        squeeze=False,
+    )
+    for col, (group, cells) in enumerate(groups.items()):
+        for row, mass in enumerate(masses):
+            ax = axes[row][col]
+            grid = np.array([[cells[(mass, f, g)][0] for g in gravities] for f in frictions])
+            im = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+            for i in range(len(frictions)):
+                for j in range(len(gravities)):
+                    color = "white" if grid[i, j] < 0.6 * vmax else "black"
+                    ax.text(
+                        j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=6, color=color
+                    )
+            ax.set_xticks(range(len(gravities)), [f"{g:g}" for g in gravities], rotation=45)
+            ax.set_yticks(range(len(frictions)), [f"{f:g}" for f in frictions])
+            ax.set_xlabel("gravity scale")
+            if col == 0:
+                ax.set_ylabel("friction scale")
+            ax.set_title(group if len(masses) == 1 else f"{group}, mass × {mass:g}", fontsize=9)
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="normalized return")
+    fig.suptitle(title, fontsize=11)
+    _save(fig, path)
+
+
+def score_curves(
+    series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    path: Path,
+    title: str,
+    reference: tuple[str, float] | None = None,
+) -> None:
+    """Normalized score against gradient steps, one line per series (steps, mean, std over
+    seeds) with a ±1 std band; ``reference`` (label, score) is drawn as a dashed line."""
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for label, (steps, mean, std) in series.items():
+        ax.plot(steps, mean, label=label)
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    if reference is not None:
+        ax.axhline(reference[1], color="gray", linestyle="--", linewidth=1, label=reference[0])
+    ax.set_xlabel("gradient steps")
+    ax.set_ylabel("normalized score")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)

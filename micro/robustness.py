@@ -11,69 +11,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from micro import MicroError
-from micro.envs import parse_task
 from micro.nets import Actor, EnsembleCritic
-from micro.utils import safe_torch_load
 
 ATTACK_MODES = ("random", "action_diff", "min_Q")
 N_CANDIDATES = 50
 PUBLISHED_FRICTION = tuple(np.linspace(0.5, 1.5, 10).round(6).tolist())
 PUBLISHED_GRAVITY = tuple(np.linspace(0.5, 5.0, 10).round(6).tolist())
 PUBLISHED_EPS = tuple(np.linspace(0.0, 0.2, 10).round(6).tolist())
-
-
-# --- the policy file ----------------------------------------------------------------------------
-
-
-@dataclass
-class LoadedPolicy:
-    task: str
-    env: str
-    actor: Actor
-    critics: EnsembleCritic
-    obs_mean: np.ndarray
-    obs_std: np.ndarray
-
-
-def load_policy(path: str | Path, task: str, device: torch.device) -> LoadedPolicy:
-    """Load a ``policy.pt`` written by train.py, refusing one made for another task."""
-    from micro.trainer import POLICY_FORMAT
-
-    blob = safe_torch_load(path, "policy file")
-    if blob.get("format") != POLICY_FORMAT:
-        raise MicroError(f"{path} is not a micro policy file (format {blob.get('format')!r})")
-    if blob["task"] != task:
-        raise MicroError(
-            f"policy {path} was trained on {blob['task']}, not {task}; pass --task {blob['task']}"
-        )
-    t = parse_task(task)
-    if (blob["obs_dim"], blob["act_dim"]) != (t.obs_dim, t.act_dim):
-        raise MicroError(
-            f"policy {path} has observation/action sizes {blob['obs_dim']}/{blob['act_dim']}"
-        )
-    actor = Actor(t.obs_dim, t.act_dim, blob["hidden_dims"])
-    critics = EnsembleCritic(t.obs_dim, t.act_dim, blob["hidden_dims"], blob["num_q_ensemble"])
-    try:
-        actor.load_state_dict(blob["actor"])
-        critics.load_state_dict(blob["critics"])
-    except RuntimeError as exc:
-        raise MicroError(
-            f"policy {path} does not match its recorded network sizes: {str(exc).splitlines()[0]}"
-        ) from None
-    return LoadedPolicy(
-        task,
-        t.env,
-        actor.to(device).eval(),
-        critics.to(device).eval(),
-        blob["obs_mean"].numpy().astype(np.float64),
-        blob["obs_std"].numpy().astype(np.float64),
-    )
 
 
 # --- physics ----------------------------------------------------------------------------------

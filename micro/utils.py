@@ -129,6 +129,15 @@ def adam(params, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
+# Seed streams. Every simulator episode is seeded; these offsets keep the streams apart, so no
+# two purposes ever replay the same episodes. One place for all of them.
+EVAL_SEED_OFFSET = 100_000  # training-time evaluation: episode i of a run seeds seed + this + i
+ROBUSTNESS_SEED = 1000  # eval.py's default --seed (every grid cell replays the same episodes)
+BEHAVIOR_EVAL_SEED_BASE = 10_000_000  # behavior SAC snapshots: this + step
+BEHAVIOR_EXPORT_SEED = 20_000_000  # re-evaluation of behavior snapshots (export, pick)
+EPISODE_SEED_STRIDE = 1_000_003  # collected datasets, behavior SAC: seed * this + episode
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -1,4 +1,5 @@
-"""The MICRO target and losses against plain loop re-derivations with the same weights and noise."""
+"""The MICRO, MOBILE and MOPO targets and the SAC losses against plain loop re-derivations with
+the same weights and noise."""
 
 import dataclasses
 
@@ -6,16 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from micro.agent import (
-    MICRO,
-    Batch,
-    TargetNoise,
-    actor_loss,
-    alpha_loss,
+from micro.agent import Learner, TargetNoise, actor_loss, alpha_loss, critic_loss
+from micro.algos import (
+    bellman_inconsistency,
     conservative_target,
-    critic_loss,
+    mobile_target,
+    reward_penalty,
     state_uncertainty,
 )
+from micro.buffer import Batch
 from micro.config import Config
 from micro.dynamics import EnsembleDynamics
 
@@ -64,7 +64,7 @@ def make_agent(**overrides):
         dyn.input_mean.normal_()
         dyn.input_std.uniform_(0.5, 2.0)
         dyn.min_logvar.fill_(-3.0)
-    agent = MICRO(cfg, OBS, ACT, dyn.requires_grad_(False))
+    agent = Learner(cfg, OBS, ACT, dyn.requires_grad_(False))
     with torch.no_grad():  # targets differ from the online critics, and log α is not 0
         for p in agent.target_critics.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -115,7 +115,7 @@ def target_ref(agent, batch, noise, n_real):
             if not cfg.deterministic_backup:
                 v = v - alpha * logp
         u = torch.tensor(0.0)
-        if i >= n_real:
+        if i >= n_real and cfg.algo != "mopo":
             m = i - n_real
             v_bar = []
             for ei, e in enumerate(elites):
@@ -132,29 +132,54 @@ def target_ref(agent, batch, noise, n_real):
                         )
                     )
                 v_bar.append(sum(vals) / K)
-            u = sum(v_bar) / len(v_bar) - min(v_bar)
-        y = batch.rewards[i, 0] + cfg.gamma * (1 - batch.terminals[i, 0]) * (
-            v - cfg.penalty_coef * u
-        )
+            mean_v = sum(v_bar) / len(v_bar)
+            if cfg.algo == "micro":  # mean minus worst member
+                u = mean_v - min(v_bar)
+            else:  # MOBILE: sample std over the elites, n - 1 in the denominator
+                u = (sum((x - mean_v) ** 2 for x in v_bar) / (len(v_bar) - 1)).sqrt()
+        r, not_done = batch.rewards[i, 0], 1 - batch.terminals[i, 0]
+        if cfg.algo == "micro":  # the penalty inside the discount
+            y = r + cfg.gamma * not_done * (v - cfg.penalty_coef * u)
+        else:  # MOBILE: outside it; MOPO: u = 0 (its penalty is in the model rewards)
+            y = r - cfg.penalty_coef * u + cfg.gamma * not_done * v
         ys.append(torch.clamp(y, min=0.0))
         us.append(u)
     return torch.stack(ys), torch.stack(us)
 
 
+@pytest.mark.parametrize("algo", ["micro", "mobile", "mopo"])
 @pytest.mark.parametrize(
     "overrides",
     [{}, {"deterministic_backup": True}, {"max_q_backup": True}, {"auto_alpha": False}],
     ids=["entropy", "deterministic_backup", "max_q_backup", "fixed_alpha"],
 )
-def test_target_equals_loop_re_derivation(overrides):
-    agent = make_agent(**overrides)
+def test_target_equals_loop_re_derivation(overrides, algo):
+    agent = make_agent(algo=algo, **overrides)
     batch, noise = make_batch(), make_noise(max_q=overrides.get("max_q_backup", False))
+    batch.rewards[N_REAL:] += 3.0  # keep MOBILE's r - beta P mostly above the clamp
     y, u = agent.target(batch, N_REAL, noise)
     y_ref, u_ref = target_ref(agent, batch, noise, N_REAL)
     torch.testing.assert_close(u, u_ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
-    assert (u[N_REAL:] > 0).all()  # the uncertainty set really spreads
     assert (u[:N_REAL] == 0).all()  # real rows get the plain backup
+    if algo == "mopo":
+        assert (u == 0).all()  # no value penalty: MOPO's is in the rollouts' rewards
+    else:
+        assert (u[N_REAL:] > 0).all()  # the uncertainty set really spreads
+        assert (y > 0).sum() > N_REAL  # not a test of the clamp alone
+
+
+def test_mobile_and_micro_differ_only_in_the_penalty():
+    """Same weights, batch and noise: MICRO and MOBILE see the same per-elite values."""
+    batch, noise = make_batch(), make_noise()
+    micro, mobile = make_agent(algo="micro"), make_agent(algo="mobile")
+    values = micro.elite_values(
+        batch.observations[N_REAL:], batch.actions[N_REAL:], noise.model_state, noise.model_action
+    )
+    _, u = micro.target(batch, N_REAL, noise)
+    _, p = mobile.target(batch, N_REAL, noise)
+    torch.testing.assert_close(u[N_REAL:], state_uncertainty(values))
+    torch.testing.assert_close(p[N_REAL:], bellman_inconsistency(values))
 
 
 def test_deterministic_backup_drops_exactly_the_entropy_term():
@@ -179,6 +204,26 @@ def test_state_uncertainty_known_values():
     # K=2 samples, E=3 elites, B=1 row: member means 1, 3, 8 -> U = 4 - 1 = 3
     values = torch.tensor([[[0.0], [2.0], [8.0]], [[2.0], [4.0], [8.0]]])
     assert state_uncertainty(values).tolist() == [3.0]
+
+
+def test_bellman_inconsistency_known_values():
+    # member means 1, 3, 8: mean 4, squared deviations 9 + 1 + 16 = 26, / (3 - 1) -> std √13
+    values = torch.tensor([[[0.0], [2.0], [8.0]], [[2.0], [4.0], [8.0]]])
+    assert bellman_inconsistency(values).item() == pytest.approx(13**0.5)
+
+
+def test_mobile_target_known_values():
+    # y = r - beta P + gamma (1 - d) V, clamped: the penalty is not discounted
+    r, d = torch.tensor([1.0, 1.0, 0.1]), torch.tensor([0.0, 1.0, 0.0])
+    v, p = torch.tensor([10.0, 10.0, 0.0]), torch.tensor([2.0, 2.0, 1.0])
+    y = mobile_target(r, d, v, p, 0.5, 0.25)
+    torch.testing.assert_close(y, torch.tensor([1.0 - 0.5 + 5.0, 0.5, 0.0]))
+
+
+def test_reward_penalty_is_the_largest_member_std_norm():
+    # 2 members, 1 row, 2 dims: stds (3, 4) -> 5 and (1, 1) -> √2; max = 5
+    logvar = torch.log(torch.tensor([[[9.0, 16.0]], [[1.0, 1.0]]]))
+    torch.testing.assert_close(reward_penalty(logvar), torch.tensor([5.0]))
 
 
 def test_all_real_batch_skips_the_model():
@@ -224,14 +269,14 @@ def test_update_moves_networks_and_targets():
 
 def test_fixed_alpha_stays_fixed():
     cfg = Config(hidden_dims=(8,), auto_alpha=False)
-    agent = MICRO(cfg, OBS, ACT, None)
+    agent = Learner(cfg, OBS, ACT, None)
     assert agent.alpha.item() == pytest.approx(0.1)
     agent.update(make_batch(), B)
     assert agent.alpha.item() == pytest.approx(0.1) and agent.alpha_optim is None
 
 
 def test_auto_alpha_starts_at_one_and_is_clamped():
-    agent = MICRO(Config(hidden_dims=(8,)), OBS, ACT, None)
+    agent = Learner(Config(hidden_dims=(8,)), OBS, ACT, None)
     assert agent.alpha.item() == 1.0
     with torch.no_grad():
         agent.log_alpha.fill_(2.0)

@@ -1,7 +1,6 @@
 import torch
 
-from micro.agent import Batch
-from micro.buffer import ReplayBuffer
+from micro.buffer import Batch, ReplayBuffer
 
 
 def rows(start, n):

@@ -3,6 +3,7 @@
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -84,9 +85,14 @@ def test_tensorboard_has_the_scalars(smoke_run):
 def test_policy_file_carries_what_evaluation_needs(smoke_run, hopper_file):
     run_dir, _ = smoke_run
     blob = torch.load(run_dir / "policy.pt", weights_only=True)
-    assert blob["format"] == "micro-policy-v1" and blob["task"] == "hopper-medium-v2"
+    assert blob["format"] == "micro-policy-v2" and blob["task"] == "hopper-medium-v2"
+    assert blob["algo"] == "micro" and blob["config"]["algo"] == "micro"
     assert (blob["obs_dim"], blob["act_dim"], blob["hidden_dims"]) == (11, 3, [32, 32])
-    assert blob["obs_mean"].shape == (11,) and blob["obs_std"].shape == (11,)
+    from micro.data.d4rl import load_transitions
+
+    data = load_transitions(hopper_file, None)
+    np.testing.assert_allclose(blob["obs_std"].numpy(), data.observations.std(0), rtol=1e-5)
+    assert "obs_mean" not in blob  # never read: no longer written
     from micro.nets import Actor, EnsembleCritic
 
     actor = Actor(11, 3, blob["hidden_dims"])

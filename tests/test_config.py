@@ -2,9 +2,9 @@ import pytest
 import yaml
 
 from micro import MicroError
-from micro.cli import parse_train_args
 from micro.config import CONFIG_DIR, Config, read_overrides, resolve_config
 from micro.envs import TASKS
+from micro.train_cli import parse_train_args
 
 
 def test_defaults_are_spec():
@@ -19,10 +19,50 @@ def test_defaults_are_spec():
     assert c.matmul_precision == "highest"  # exact float32 unless a user opts in
 
 
+@pytest.mark.parametrize("algo", ["micro", "mobile", "mopo"])
 @pytest.mark.parametrize("task", TASKS)
-def test_every_task_has_a_config_that_loads(task):
-    assert (CONFIG_DIR / f"{task}.yaml").exists()
-    assert resolve_config(task).task == task
+def test_every_task_has_a_config_that_loads(task, algo):
+    assert (CONFIG_DIR / algo / f"{task}.yaml").exists()
+    cfg = resolve_config(task, overrides={"algo": algo})
+    assert (cfg.task, cfg.algo) == (task, algo)
+
+
+def test_published_baseline_values():
+    # MOBILE: defaults over MICRO's, then the task's (SPEC section 6)
+    c = resolve_config("walker2d-expert-v2", overrides={"algo": "mobile"})
+    assert (c.alpha, c.deterministic_backup, c.rollout_length, c.penalty_coef) == (
+        0.2,
+        True,
+        1,
+        1.0,
+    )
+    c = resolve_config("hopper-medium-v2", overrides={"algo": "mobile"})
+    assert (c.rollout_length, c.penalty_coef, c.auto_alpha, c.max_epochs_since_update) == (
+        5,
+        1.5,
+        False,
+        5,  # MICRO's hopper-medium stops after 10; MOBILE keeps the default
+    )
+    c = resolve_config("halfcheetah-medium-expert-v2", overrides={"algo": "mobile"})
+    assert (c.penalty_coef, c.real_ratio, c.deterministic_backup) == (1.0, 0.5, True)
+    # MOPO: OfflineRL-Kit's defaults, the authors' (h, lambda) per task
+    c = resolve_config("hopper-expert-v2", overrides={"algo": "mopo"})
+    assert (c.rollout_length, c.penalty_coef, c.auto_alpha) == (1, 2.5, True)
+    c = resolve_config("halfcheetah-medium-v2", overrides={"algo": "mopo"})
+    assert (c.rollout_length, c.penalty_coef, c.deterministic_backup) == (1, 1.0, False)
+    c = resolve_config("walker2d-medium-expert-v2", overrides={"algo": "mopo"})
+    assert (c.rollout_length, c.penalty_coef) == (1, 2.0)
+
+
+def test_algo_from_a_preset_and_flags_over_it(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("algo: mobile\npenalty_coef: 0.25\n")
+    c = resolve_config("hopper-medium-v2", presets=[str(preset)])
+    assert (c.algo, c.penalty_coef, c.rollout_length) == ("mobile", 0.25, 5)
+    c = resolve_config("hopper-medium-v2", presets=[str(preset)], overrides={"algo": "mopo"})
+    assert (c.algo, c.penalty_coef) == ("mopo", 0.25)  # the preset's value still applies
+    with pytest.raises(MicroError, match="unknown algo 'cql'"):
+        resolve_config("hopper-medium-v2", overrides={"algo": "cql"})
 
 
 def test_published_task_overrides():
@@ -148,6 +188,9 @@ def test_help_explains_every_commented_key(capsys):
         parse_train_args(["--help"])
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
-    assert "--penalty_coef V beta: weight of the state-uncertainty penalty U(s, a)" in text
+    assert "--penalty_coef V beta (MICRO U, MOBILE std) or lambda (MOPO): penalty weight" in text
+    assert "--algo V micro | mobile | mopo" in text
     assert "no 1% improvement (default 5, int)" in text
-    assert "--gamma V default 0.99, float" in text  # a key without a comment
+    assert "--gamma V discount factor (default 0.99, float)" in text
+    undocumented = [line for line in text.split("--")[1:] if " V default " in line]
+    assert not undocumented, undocumented  # every config key says what it is

@@ -234,3 +234,17 @@ def test_elite_forward_inside_autograd_reaches_the_elite_weights():
     (mean.sum() + std.sum()).backward()
     grad = model.layers[0].weight.grad.abs().sum(dim=(1, 2))
     assert grad[1] > 0 and grad[3] > 0 and grad[0] == 0 and grad[2] == 0
+
+
+def test_all_member_step_draws_the_same_sample_as_the_elite_step():
+    """MOPO's rollouts evaluate every member; with the same draws they sample what the fast
+    elite-only step samples, and return every member's log-variance."""
+    torch.manual_seed(5)
+    model = EnsembleDynamics(3, 1, [8], n_ensemble=4, n_elites=3, weight_decay=[0, 0])
+    model.elites.copy_(torch.tensor([0, 2, 3]))
+    obs, act = torch.randn(40, 3), torch.randn(40, 1)
+    fast = model.sample_step(obs, act, generator=torch.Generator().manual_seed(7))
+    full = model.sample_step_all_members(obs, act, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(full[0], fast[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(full[1], fast[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(full[2], model(torch.cat([obs, act], -1))[1])

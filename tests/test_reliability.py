@@ -124,9 +124,9 @@ def test_non_finite_loss_stops_at_its_step_keeping_the_checkpoint(
     hopper_file, tmp_path, monkeypatch
 ):
     from micro import agent as agent_module
-    from micro.trainer import run
+    from micro.pipeline import run
 
-    real_update = agent_module.MICRO.update
+    real_update = agent_module.Learner.update
     calls = {"n": 0}
 
     def update(self, batch, n_real):
@@ -136,7 +136,7 @@ def test_non_finite_loss_stops_at_its_step_keeping_the_checkpoint(
             metrics["critic_loss"] = torch.tensor(float("nan"))
         return metrics
 
-    monkeypatch.setattr(agent_module.MICRO, "update", update)
+    monkeypatch.setattr(agent_module.Learner, "update", update)
     cfg = resolve_config(
         "hopper-medium-v2",
         overrides={

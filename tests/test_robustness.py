@@ -14,13 +14,13 @@ from micro import MicroError
 from micro.envs import make_env
 from micro.evaluation import run_episodes
 from micro.nets import Actor, EnsembleCritic
+from micro.policy_file import load_policy
 from micro.robustness import (
     Attack,
     Physics,
     attack_delta,
     choose_perturbation,
     gaussian_symmetric_kl,
-    load_policy,
     scaled_physics,
 )
 

@@ -26,25 +26,27 @@ import torch
 from tqdm.auto import tqdm
 
 from micro import MicroError
-from micro.agent import MICRO, Batch
+from micro.agent import Learner
+from micro.buffer import Batch
 from micro.config import Config
+from micro.data.behavior_files import (
+    load_snapshot,
+    read_replay,
+    save_snapshot,
+    write_replay_chunk,
+)
 from micro.data.collect import uniform_policy
-from micro.envs import ENV_IDS, OBS_ACT_DIMS, make_env, normalized_score
+from micro.envs import ENV_IDS, OBS_ACT_DIMS, make_env
 from micro.evaluation import EvalResult, run_episodes
 from micro.nets import Actor
-from micro.utils import atomic_path, atomic_torch_save, safe_torch_load, set_seed
-
-SNAPSHOT_FORMAT = "micro-behavior-v1"
-REPLAY_KEYS = (
-    "observations",
-    "actions",
-    "rewards",
-    "next_observations",
-    "terminals",
-    "timeouts",
-    "action_log_probs",
-    "qpos",
-    "qvel",
+from micro.utils import (
+    BEHAVIOR_EVAL_SEED_BASE,
+    BEHAVIOR_EXPORT_SEED,
+    EPISODE_SEED_STRIDE,
+    atomic_path,
+    atomic_torch_save,
+    safe_torch_load,
+    set_seed,
 )
 
 
@@ -116,71 +118,13 @@ class ReplayLog:
         )
 
     def save_chunk(self, folder: Path, start: int) -> None:
-        path = folder / f"{start:09d}-{self.size:09d}.npz"
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **{k: v[start : self.size] for k, v in self.arrays.items()})
+        write_replay_chunk(folder, start, self.size, self.arrays)
 
     def load_chunks(self, folder: Path, upto: int) -> None:
         if upto > 0:
             for key, values in read_replay(folder, upto).items():
                 self.arrays[key][:upto] = values
         self.size = upto
-
-
-def read_replay(folder: Path, upto: int) -> dict[str, np.ndarray]:
-    """The first ``upto`` transitions of a behavior run, in order."""
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in REPLAY_KEYS}
-    covered = 0
-    for chunk in sorted(Path(folder).glob("*.npz")):
-        start, end = (int(x) for x in chunk.stem.split("-"))
-        if start >= upto:
-            break
-        if start != covered:
-            raise MicroError(f"replay chunks in {folder} have a gap at row {covered}")
-        with np.load(chunk) as z:
-            for key in REPLAY_KEYS:
-                parts[key].append(z[key][: min(end, upto) - start])
-        covered = min(end, upto)
-    if covered < upto:
-        raise MicroError(f"{folder} holds {covered} transitions, {upto} were asked for")
-    return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-def save_snapshot(
-    path: Path, actor: Actor, s: BehaviorSettings, step: int, ret: np.ndarray, wall: float
-) -> None:
-    atomic_torch_save(
-        {
-            "format": SNAPSHOT_FORMAT,
-            "env": s.env,
-            "obs_dim": actor.obs_dim,
-            "act_dim": actor.act_dim,
-            "hidden_dims": list(s.hidden_dims),
-            "actor": {k: v.cpu() for k, v in actor.state_dict().items()},
-            "step": step,
-            "seed": s.seed,
-            "return_mean": float(ret.mean()),
-            "return_std": float(ret.std()),
-            "normalized_score": normalized_score(s.env, float(ret.mean())),
-            "eval_episodes": len(ret),
-            "wall_time_s": round(wall, 1),
-        },
-        path,
-    )
-
-
-def load_snapshot(path: str | Path) -> tuple[Actor, dict]:
-    """A behavior policy (snapshot or shipped file): its actor and metadata."""
-    blob = safe_torch_load(path, "behavior policy")
-    if blob.get("format") != SNAPSHOT_FORMAT:
-        raise MicroError(f"{path} is not a micro behavior policy (format {blob.get('format')!r})")
-    actor = Actor(blob["obs_dim"], blob["act_dim"], blob["hidden_dims"])
-    actor.load_state_dict(blob["actor"])
-    actor.eval()
-    return actor, {k: v for k, v in blob.items() if k != "actor"}
-
-
-EXPORT_EVAL_SEED = 20_000_000
 
 
 def snapshot_name(step: int) -> str:
@@ -191,7 +135,7 @@ def reevaluate(snapshot: Path, episodes: int) -> tuple[Actor, dict, EvalResult]:
     """A snapshot's actor, metadata, and its score over ``episodes`` episodes of its stochastic
     policy (the actions datasets are collected with), seeded as ``export`` and ``pick`` do."""
     actor, meta = load_snapshot(snapshot)
-    res = run_episodes(actor, meta["env"], episodes, EXPORT_EVAL_SEED, deterministic=False)
+    res = run_episodes(actor, meta["env"], episodes, BEHAVIOR_EXPORT_SEED, deterministic=False)
     return actor, meta, res
 
 
@@ -233,7 +177,7 @@ def train_behavior(s: BehaviorSettings, out: Path, progress: bool = True) -> Pat
         tmp.write_text(json.dumps(settings, indent=2))
 
     set_seed(s.seed)
-    agent = MICRO(sac_config(s), obs_dim, act_dim, None)
+    agent = Learner(sac_config(s), obs_dim, act_dim, None)
     env = make_env(s.env)
     model = env.unwrapped.model
     replay = ReplayLog(s.steps, obs_dim, act_dim, model.nq, model.nv)
@@ -259,7 +203,7 @@ def train_behavior(s: BehaviorSettings, out: Path, progress: bool = True) -> Pat
 
     random_policy = uniform_policy(act_dim, s.seed + step)
     episode += 1
-    obs, _ = env.reset(seed=s.seed * 1_000_003 + episode)
+    obs, _ = env.reset(seed=s.seed * EPISODE_SEED_STRIDE + episode)
     last_saved = step
     log_path = out / "evals.csv"
     new_log = not log_path.exists()
@@ -301,19 +245,25 @@ def train_behavior(s: BehaviorSettings, out: Path, progress: bool = True) -> Pat
                 metrics = agent.update(replay.sample(s.batch_size), s.batch_size)
             if terminated or truncated:
                 episode += 1
-                obs, _ = env.reset(seed=s.seed * 1_000_003 + episode)
+                obs, _ = env.reset(seed=s.seed * EPISODE_SEED_STRIDE + episode)
             else:
                 obs = next_obs
             bar.update(1)
             if step % s.snapshot_every == 0 or step == s.steps:
                 res = run_episodes(
-                    agent.actor, s.env, s.eval_episodes, 10_000_000 + step, deterministic=False
+                    agent.actor,
+                    s.env,
+                    s.eval_episodes,
+                    BEHAVIOR_EVAL_SEED_BASE + step,
+                    deterministic=False,
                 )
                 wall = time.time() - t0
                 save_snapshot(
                     out / "snapshots" / snapshot_name(step),
                     agent.actor,
-                    s,
+                    s.env,
+                    s.hidden_dims,
+                    s.seed,
                     step,
                     res.returns,
                     wall,

@@ -26,13 +26,14 @@ import torch
 from tqdm.auto import tqdm
 
 from micro import MicroError, __version__
+from micro.data.behavior_files import load_snapshot, read_replay
 from micro.data.d4rl import write_hdf5
-from micro.envs import ENV_IDS, OBS_ACT_DIMS, make_env, normalized_score
+from micro.envs import DATASET_KINDS, ENV_IDS, OBS_ACT_DIMS, make_env, normalized_score
 from micro.nets import Actor, squash
+from micro.utils import EPISODE_SEED_STRIDE
 
 # policy(obs [n, obs_dim]) -> (actions [n, act_dim], log_probs [n])
 Policy = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-KINDS = ("random", "medium", "expert", "medium-replay", "medium-expert")
 BEHAVIOR_DIR = Path(__file__).resolve().parents[2] / "data" / "behavior"
 STEP_KEYS = (
     "observations",
@@ -79,7 +80,7 @@ def collect(
     episodes are appended in the order they finish, so the result depends only on ``seed``
     and ``n_envs``. Also returns ``episode_returns`` of the whole episodes."""
     envs = [make_env(env_name) for _ in range(n_envs)]
-    next_seed = seed * 1_000_003
+    next_seed = seed * EPISODE_SEED_STRIDE
     obs = np.zeros((n_envs, OBS_ACT_DIMS[env_name][0]))
     for i, env in enumerate(envs):
         obs[i], _ = env.reset(seed=next_seed)
@@ -177,8 +178,6 @@ def default_policy_path(env_name: str, level: str) -> Path:
 
 
 def load_policy(path: str | Path, env_name: str) -> tuple[Actor, dict]:
-    from micro.data.behavior import load_snapshot
-
     path = Path(path)
     if not path.is_file():
         raise MicroError(
@@ -201,8 +200,6 @@ def _policy_rollouts(
 
 def replay_dataset(run: Path, upto: int) -> dict[str, np.ndarray]:
     """A behavior run's first ``upto`` transitions, in D4RL's layout (D4RL's medium-replay)."""
-    from micro.data.behavior import read_replay
-
     r = read_replay(Path(run) / "replay", upto)
     out = {
         "observations": r["observations"],
@@ -260,7 +257,7 @@ def build(
             medium_path = Path(policy) if policy else default_policy_path(env_name, "medium")
             upto = int(load_policy(medium_path, env_name)[1]["step"])
         return replay_dataset(Path(run), upto), f"replay buffer of {run} up to step {upto}"
-    raise MicroError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    raise MicroError(f"unknown kind {kind!r}; choose one of {', '.join(DATASET_KINDS)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = OneLineParser(prog="python -m micro.data.collect", description=__doc__.split("\n")[0])
     parser.add_argument("--env", required=True, choices=list(ENV_IDS))
-    parser.add_argument("--kind", required=True, choices=list(KINDS))
+    parser.add_argument("--kind", required=True, choices=list(DATASET_KINDS))
     parser.add_argument(
         "--steps", type=int, default=1_000_000, help="rows (per part for medium-expert)"
     )

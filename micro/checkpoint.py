@@ -1,0 +1,105 @@
+"""The training checkpoint (``checkpoints/last.pt``): everything a killed run needs to continue
+exactly as an uninterrupted one would. Written and read here only.
+
+It holds the learner's networks, optimizers, scheduler and temperature, the model buffer, every
+RNG state (torch, CUDA, numpy, Python) and the counters. The frozen dynamics model is not in it:
+it lives in the run's ``dynamics/`` folder (``micro.dynamics``). The format is unchanged since
+``micro-checkpoint-v1``; runs of every algorithm use it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from micro import MicroError
+from micro.agent import Learner
+from micro.buffer import ReplayBuffer
+from micro.utils import atomic_torch_save, safe_torch_load
+
+CHECKPOINT_FORMAT = "micro-checkpoint-v1"
+
+
+@dataclass
+class Progress:
+    """The counters and small state a checkpoint carries besides networks and buffers."""
+
+    epoch: int = 0
+    step: int = 0
+    last_eval: dict[str, list] | None = None  # {"returns": [...], "lengths": [...]}
+    rollout_info: dict[str, float] | None = None
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # numpy's state as tensors and primitives, so the file loads with weights_only
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"]:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    n = rng["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in rng["python"]))
+
+
+def save_checkpoint(
+    path: Path, task: str, agent: Learner, model_buffer: ReplayBuffer, progress: Progress
+) -> None:
+    buf = model_buffer
+    blob = {
+        "format": CHECKPOINT_FORMAT,
+        "task": task,
+        "epoch": progress.epoch,
+        "step": progress.step,
+        "agent": {k: v.cpu() for k, v in agent.state_dict().items()},
+        "actor_optim": agent.actor_optim.state_dict(),
+        "critic_optim": agent.critic_optim.state_dict(),
+        "alpha_optim": None if agent.alpha_optim is None else agent.alpha_optim.state_dict(),
+        "actor_scheduler": None
+        if agent.actor_scheduler is None
+        else agent.actor_scheduler.state_dict(),
+        "model_buffer": {
+            "ptr": buf.ptr,
+            "size": buf.size,
+            **{k: v[: buf.size].cpu() for k, v in buf.named_tensors().items()},
+        },
+        "rng": rng_state(),
+        "last_eval": progress.last_eval,
+        "rollout_info": dict(progress.rollout_info or {}),
+    }
+    atomic_torch_save(blob, path)
+
+
+def load_checkpoint(path: Path, task: str, agent: Learner, model_buffer: ReplayBuffer) -> Progress:
+    """Restore ``agent``, ``model_buffer`` and the RNGs in place; return the counters."""
+    blob = safe_torch_load(path, "checkpoint")
+    if blob.get("format") != CHECKPOINT_FORMAT or blob.get("task") != task:
+        raise MicroError(f"{path} is not a checkpoint of this {task} run")
+    missing, unexpected = agent.load_state_dict(blob["agent"], strict=False)
+    if unexpected or any(not k.startswith("dynamics.") for k in missing):
+        raise MicroError(f"{path} does not match this run's networks")
+    agent.actor_optim.load_state_dict(blob["actor_optim"])
+    agent.critic_optim.load_state_dict(blob["critic_optim"])
+    if agent.alpha_optim is not None:
+        agent.alpha_optim.load_state_dict(blob["alpha_optim"])
+    if agent.actor_scheduler is not None:
+        agent.actor_scheduler.load_state_dict(blob["actor_scheduler"])
+    saved = blob["model_buffer"]
+    for key, store in model_buffer.named_tensors().items():
+        store[: saved["size"]] = saved[key].to(store.device)
+    model_buffer.ptr, model_buffer.size = saved["ptr"], saved["size"]
+    restore_rng(blob["rng"])
+    return Progress(blob["epoch"], blob["step"], blob["last_eval"], blob["rollout_info"])

@@ -1,0 +1,99 @@
+"""The files of a behavior SAC run (``micro.data.behavior``), written and read here only:
+
+- the behavior policy (snapshot ``snapshots/step_<N>.pt``, or a shipped ``data/behavior/*.pt``):
+  the actor and its evaluated return, format ``micro-behavior-v1``;
+- the replay log (``replay/<start>-<end>.npz`` chunks): every transition in order, with the
+  simulator state, the source of medium-replay datasets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from micro import MicroError
+from micro.envs import normalized_score
+from micro.nets import Actor
+from micro.utils import atomic_path, atomic_torch_save, safe_torch_load
+
+SNAPSHOT_FORMAT = "micro-behavior-v1"
+REPLAY_KEYS = (
+    "observations",
+    "actions",
+    "rewards",
+    "next_observations",
+    "terminals",
+    "timeouts",
+    "action_log_probs",
+    "qpos",
+    "qvel",
+)
+
+
+def save_snapshot(
+    path: Path,
+    actor: Actor,
+    env: str,
+    hidden_dims: tuple[int, ...],
+    seed: int,
+    step: int,
+    ret: np.ndarray,
+    wall: float,
+) -> None:
+    """A behavior policy: the actor of a SAC run at ``step`` with its evaluated returns."""
+    atomic_torch_save(
+        {
+            "format": SNAPSHOT_FORMAT,
+            "env": env,
+            "obs_dim": actor.obs_dim,
+            "act_dim": actor.act_dim,
+            "hidden_dims": list(hidden_dims),
+            "actor": {k: v.cpu() for k, v in actor.state_dict().items()},
+            "step": step,
+            "seed": seed,
+            "return_mean": float(ret.mean()),
+            "return_std": float(ret.std()),
+            "normalized_score": normalized_score(env, float(ret.mean())),
+            "eval_episodes": len(ret),
+            "wall_time_s": round(wall, 1),
+        },
+        path,
+    )
+
+
+def load_snapshot(path: str | Path) -> tuple[Actor, dict]:
+    """A behavior policy (snapshot or shipped file): its actor and metadata."""
+    blob = safe_torch_load(path, "behavior policy")
+    if blob.get("format") != SNAPSHOT_FORMAT:
+        raise MicroError(f"{path} is not a micro behavior policy (format {blob.get('format')!r})")
+    actor = Actor(blob["obs_dim"], blob["act_dim"], blob["hidden_dims"])
+    actor.load_state_dict(blob["actor"])
+    actor.eval()
+    return actor, {k: v for k, v in blob.items() if k != "actor"}
+
+
+def write_replay_chunk(folder: Path, start: int, end: int, arrays: dict[str, np.ndarray]) -> None:
+    """Rows ``start:end`` of the replay log's arrays as one chunk."""
+    path = folder / f"{start:09d}-{end:09d}.npz"
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **{k: v[start:end] for k, v in arrays.items()})
+
+
+def read_replay(folder: Path, upto: int) -> dict[str, np.ndarray]:
+    """The first ``upto`` transitions of a behavior run, in order."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in REPLAY_KEYS}
+    covered = 0
+    for chunk in sorted(Path(folder).glob("*.npz")):
+        start, end = (int(x) for x in chunk.stem.split("-"))
+        if start >= upto:
+            break
+        if start != covered:
+            raise MicroError(f"replay chunks in {folder} have a gap at row {covered}")
+        with np.load(chunk) as z:
+            for key in REPLAY_KEYS:
+                parts[key].append(z[key][: min(end, upto) - start])
+        covered = min(end, upto)
+    if covered < upto:
+        raise MicroError(f"{folder} holds {covered} transitions, {upto} were asked for")
+    return {k: np.concatenate(v) for k, v in parts.items()}

@@ -1,0 +1,240 @@
+"""A training run as a chain of stages, each usable alone:
+
+    load data → fit or load the dynamics → build the learner → train (``micro.trainer``) → files
+
+``run`` starts a new run directory, ``resume`` continues one, ``fit_dynamics_only`` stops after
+the dynamics stage so that one fitted model serves every algorithm and seed on a dataset
+(``--load_dynamics_path``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from micro import MicroError
+from micro.agent import Learner
+from micro.buffer import Batch, ReplayBuffer
+from micro.config import Config, config_from_dict, save_config
+from micro.data.d4rl import Transitions, load_transitions, task_dataset_path
+from micro.dynamics import EnsembleDynamics, fit_dynamics
+from micro.envs import Task, parse_task
+from micro.logger import RunLogger
+from micro.trainer import Trainer, TrainResult
+from micro.utils import resolve_device, set_seed, sha256_file
+
+# --- stage 1: data -------------------------------------------------------------------------------
+
+
+def transitions_to_buffer(data: Transitions, device: torch.device) -> ReplayBuffer:
+    arrays = (data.observations, data.actions, data.next_observations, data.rewards, data.terminals)
+    buf = ReplayBuffer(len(data), data.observations.shape[1], data.actions.shape[1], device)
+    buf.add(Batch(*(torch.as_tensor(x, device=device) for x in arrays)))
+    return buf
+
+
+def dataset_record(path: Path, data: Transitions) -> dict:
+    """What config.yaml records about the data a run learned from."""
+    return {
+        "dataset_file": str(path.resolve()),
+        "dataset_sha256": sha256_file(path),
+        "dataset_transitions": len(data),
+    }
+
+
+# --- stage 2: dynamics ------------------------------------------------------------------------
+
+
+def fit_or_load_dynamics(
+    cfg: Config,
+    task: Task,
+    real: ReplayBuffer,
+    folder: Path,
+    source: str | Path | None = None,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+    progress: bool = True,
+) -> EnsembleDynamics:
+    """Load the model saved in ``source`` if given, else fit one on ``real`` and save it to
+    ``folder`` (``model.pt`` and ``dynamics.json``). Returned frozen, on ``real``'s device."""
+    if source is not None:
+        model = EnsembleDynamics.load(source, task.obs_dim, task.act_dim)
+        model.to(real.device).requires_grad_(False)
+        print(f"dynamics: loaded from {source} (elites {model.elites.tolist()})")
+        return model
+    model = EnsembleDynamics(
+        task.obs_dim,
+        task.act_dim,
+        cfg.dynamics_hidden_dims,
+        cfg.n_ensemble,
+        cfg.n_elites,
+        cfg.dynamics_weight_decay,
+    ).to(real.device)
+    d = real.all()
+    start = time.time()
+    result = fit_dynamics(
+        model,
+        d.observations,
+        d.actions,
+        d.next_observations,
+        d.rewards,
+        lr=cfg.dynamics_lr,
+        batch_size=cfg.dynamics_batch_size,
+        holdout_ratio=cfg.dynamics_holdout_ratio,
+        max_holdout=cfg.dynamics_max_holdout,
+        max_epochs_since_update=cfg.max_epochs_since_update,
+        max_epochs=cfg.dynamics_max_epochs,
+        on_epoch=on_epoch,
+        progress=progress,
+    )
+    model.requires_grad_(False)
+    seconds = time.time() - start
+    model.save(
+        folder,
+        extra={
+            "epochs": result.epochs,
+            "holdout_losses": result.holdout_losses,
+            "fit_seconds": round(seconds, 1),
+            "task": cfg.task,
+        },
+    )
+    elite_mse = np.mean([result.holdout_losses[e] for e in result.elites])
+    print(
+        f"dynamics: {result.epochs} epochs in {seconds:.0f}s, elites {result.elites}, "
+        f"holdout MSE {elite_mse:.4f}"
+    )
+    return model
+
+
+# --- the run directory -------------------------------------------------------------------------
+
+
+def make_run_dir(cfg: Config) -> Path:
+    """A new, unique ``<logdir>/<task>/<algo>/seed<seed>-<timestamp>`` folder."""
+    parent = Path(cfg.logdir).expanduser() / cfg.task / cfg.algo
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1000):
+            name = f"seed{cfg.seed}-{stamp}" + (f"-{attempt}" if attempt else "")
+            try:
+                (parent / name).mkdir()
+                return parent / name
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise MicroError(
+            f"cannot create the run directory under {parent} ({reason}); pass --logdir DIR"
+        ) from None
+    raise MicroError(f"could not create a new run directory under {parent}")
+
+
+def _trainer(
+    cfg: Config, run_dir: Path, data: Transitions, progress: bool, resume: bool
+) -> Trainer:
+    """Stages 2 and 3 into a ready trainer. The RNG order is fixed (dynamics fit, then network
+    initialisation) so that runs with the same seed are identical."""
+    task = parse_task(cfg.task)
+    device = resolve_device(cfg.device)
+    torch.set_float32_matmul_precision(cfg.matmul_precision)  # process-wide, like the CLI
+    real = transitions_to_buffer(data, device)
+    logger = RunLogger(run_dir, resume=resume)
+    saved = run_dir / "dynamics"
+    source = cfg.load_dynamics_path or (saved if resume and (saved / "model.pt").exists() else None)
+    start = time.time()
+
+    def log_fit(epoch: int, train_loss: float, holdout_loss: float) -> None:
+        logger.dynamics_scalars({"train_loss": train_loss, "holdout_loss": holdout_loss}, epoch)
+
+    dynamics = fit_or_load_dynamics(cfg, task, real, saved, source, log_fit, progress)
+    seconds = time.time() - start
+    agent = Learner(cfg, task.obs_dim, task.act_dim, dynamics).to(device)
+    trainer = Trainer(cfg, run_dir, real, dynamics, agent, logger, progress)
+    trainer.timings["dynamics"] = seconds
+    if resume and trainer.checkpoint_path.exists():
+        trainer.restore()
+    return trainer
+
+
+def _report(result: TrainResult) -> None:
+    if result.final_eval is not None:
+        e = result.final_eval
+        print(
+            f"final: return {e.mean:.1f} ± {e.std:.1f}, normalized score "
+            f"{e.normalized_mean:.1f} ± {e.normalized_std:.1f}"
+        )
+    print(f"policy: {result.run_dir / 'policy.pt'}\ntensorboard --logdir {result.run_dir / 'tb'}")
+
+
+def run(cfg: Config, progress: bool = True, extra_config: dict | None = None) -> TrainResult:
+    """Everything ``train.py`` does, in order, validating input before writing any file."""
+    task = parse_task(cfg.task)
+    device = resolve_device(cfg.device)
+    data_path = task_dataset_path(task, cfg.dataset)
+    data = load_transitions(data_path, task)
+    set_seed(cfg.seed)
+    run_dir = make_run_dir(cfg)
+    save_config(
+        cfg, run_dir / "config.yaml", {**dataset_record(data_path, data), **(extra_config or {})}
+    )
+    print(
+        f"run directory: {run_dir}\nalgorithm: {cfg.algo}\n"
+        f"data: {data_path} ({len(data)} transitions), device: {device}"
+    )
+    result = _trainer(cfg, run_dir, data, progress, resume=False).train()
+    _report(result)
+    return result
+
+
+def resume(
+    run_dir: str | Path, device_name: str | None = None, progress: bool = True
+) -> TrainResult:
+    """Continue a killed run from its last checkpoint (or from its start if it has none)."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise MicroError(f"{run_dir} is not a run directory (no config.yaml)")
+    saved = yaml.safe_load(config_file.read_text())
+    cfg = config_from_dict(saved)  # runs from before `algo` existed are MICRO runs
+    if device_name:
+        cfg = config_from_dict({**cfg.to_dict(), "device": device_name})
+    if (run_dir / "policy.pt").exists():
+        raise MicroError(f"{run_dir} already finished (policy.pt exists); start a new run instead")
+    data_path = Path(saved["dataset_file"])
+    if not data_path.is_file():
+        raise MicroError(f"the run's dataset {data_path} is missing; restore it to resume")
+    if sha256_file(data_path) != saved["dataset_sha256"]:
+        raise MicroError(
+            f"the run's dataset {data_path} has changed since the run started; cannot resume"
+        )
+    data = load_transitions(data_path, parse_task(cfg.task))
+    set_seed(cfg.seed)
+    result = _trainer(cfg, run_dir, data, progress, resume=True).train()
+    _report(result)
+    return result
+
+
+def fit_dynamics_only(cfg: Config, out: str | Path, progress: bool = True) -> Path:
+    """Stage 2 alone: fit the dynamics on the task's data and save it to ``out`` (a new folder),
+    for ``--load_dynamics_path out`` in any number of runs."""
+    out = Path(out)
+    if out.exists():
+        raise MicroError(f"{out} exists; choose a new --out folder for the dynamics model")
+    task = parse_task(cfg.task)
+    device = resolve_device(cfg.device)
+    data_path = task_dataset_path(task, cfg.dataset)
+    data = load_transitions(data_path, task)
+    set_seed(cfg.seed)
+    torch.set_float32_matmul_precision(cfg.matmul_precision)
+    real = transitions_to_buffer(data, device)
+    print(f"data: {data_path} ({len(data)} transitions), device: {device}")
+    fit_or_load_dynamics(cfg, task, real, out, progress=progress)
+    save_config(cfg, out / "config.yaml", dataset_record(data_path, data))
+    print(f"dynamics model: {out}  (use it with --load_dynamics_path {out})")
+    return out

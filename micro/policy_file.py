@@ -1,0 +1,123 @@
+"""The policy file (``policy.pt``): what a training run hands to ``eval.py``. Written and read
+here only.
+
+Plain tensors and primitives (loaded with ``weights_only``): the actor and critics, the
+observation std the attacks scale their budget by, the task, the algorithm and the resolved
+config. Format ``micro-policy-v2`` added ``algo`` and dropped the never-read ``obs_mean``;
+``micro-policy-v1`` files (all MICRO) still load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from micro import MicroError
+from micro.envs import parse_task
+from micro.nets import Actor, EnsembleCritic
+from micro.utils import atomic_torch_save, safe_torch_load
+
+POLICY_FORMAT = "micro-policy-v2"
+READABLE_FORMATS = ("micro-policy-v1", POLICY_FORMAT)
+
+
+@dataclass
+class LoadedPolicy:
+    path: Path
+    task: str
+    algo: str
+    env: str
+    actor: Actor
+    critics: EnsembleCritic
+    obs_std: np.ndarray
+    step: int | None
+    normalized_score: float | None
+    seed: int | None
+
+    @property
+    def label(self) -> str:
+        """A short name for tables and legends: algorithm and seed."""
+        return self.algo if self.seed is None else f"{self.algo} seed {self.seed}"
+
+
+def save_policy(
+    path: Path,
+    *,
+    config: dict,
+    actor: Actor,
+    critics: EnsembleCritic,
+    obs_std: torch.Tensor,
+    step: int,
+    normalized_score: float | None,
+) -> None:
+    task = parse_task(config["task"])
+    atomic_torch_save(
+        {
+            "format": POLICY_FORMAT,
+            "task": task.name,
+            "algo": config["algo"],
+            "env": task.env,
+            "obs_dim": task.obs_dim,
+            "act_dim": task.act_dim,
+            "hidden_dims": list(config["hidden_dims"]),
+            "num_q_ensemble": config["num_q_ensemble"],
+            "actor": {k: v.cpu() for k, v in actor.state_dict().items()},
+            "critics": {k: v.cpu() for k, v in critics.state_dict().items()},
+            "obs_std": obs_std.detach().cpu().clone(),
+            "config": config,
+            "step": step,
+            "normalized_score": normalized_score,
+        },
+        path,
+    )
+
+
+def read_policy_task(path: str | Path) -> str:
+    """The task a policy file was trained on (for ``eval.py`` without ``--task``)."""
+    return _read(path)["task"]
+
+
+def _read(path: str | Path) -> dict:
+    blob = safe_torch_load(path, "policy file")
+    if blob.get("format") not in READABLE_FORMATS:
+        raise MicroError(f"{path} is not a micro policy file (format {blob.get('format')!r})")
+    return blob
+
+
+def load_policy(path: str | Path, task: str | None, device: torch.device) -> LoadedPolicy:
+    """Load a ``policy.pt``, refusing one made for another task than ``task`` (when given)."""
+    blob = _read(path)
+    if task is not None and blob["task"] != task:
+        raise MicroError(
+            f"policy {path} was trained on {blob['task']}, not {task}; pass --task {blob['task']}"
+        )
+    t = parse_task(blob["task"])
+    if (blob["obs_dim"], blob["act_dim"]) != (t.obs_dim, t.act_dim):
+        raise MicroError(
+            f"policy {path} has observation/action sizes {blob['obs_dim']}/{blob['act_dim']}"
+        )
+    actor = Actor(t.obs_dim, t.act_dim, blob["hidden_dims"])
+    critics = EnsembleCritic(t.obs_dim, t.act_dim, blob["hidden_dims"], blob["num_q_ensemble"])
+    try:
+        actor.load_state_dict(blob["actor"])
+        critics.load_state_dict(blob["critics"])
+    except RuntimeError as exc:
+        raise MicroError(
+            f"policy {path} does not match its recorded network sizes: {str(exc).splitlines()[0]}"
+        ) from None
+    config = blob.get("config") or {}
+    return LoadedPolicy(
+        path=Path(path),
+        task=t.name,
+        algo=blob.get("algo", "micro"),  # v1 files were all MICRO
+        env=t.env,
+        actor=actor.to(device).eval(),
+        critics=critics.to(device).eval(),
+        obs_std=blob["obs_std"].numpy().astype(np.float64),
+        step=blob.get("step"),
+        normalized_score=blob.get("normalized_score"),
+        seed=config.get("seed"),
+    )

@@ -1,0 +1,285 @@
+"""``report.py``: compare training runs — a table per (task, algorithm) over seeds, and curves.
+
+    python report.py runs/ [more run dirs or logdirs] [--out DIR]
+
+Every folder below the given paths holding ``config.yaml`` and ``progress.csv`` is a run. Runs are
+grouped by task, algorithm, the rest of their config (seed, paths and device aside; the dataset's
+SHA-256 included) and their step count; only runs in one group are averaged. A (task, algorithm)
+with several groups gets one row per group, told apart by ``variant``, and the summary names the
+config keys that differ. Writes ``summary.md``, ``summary.csv`` and ``curves-<task>.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from micro import MicroError
+from micro.utils import atomic_path, atomic_write_text
+
+# Not part of what a run computes: runs differing only in these are seeds of one experiment.
+NOT_EXPERIMENT_KEYS = frozenset(
+    {"seed", "logdir", "device", "dataset", "dataset_file", "load_dynamics_path"}
+)
+# The logged penalty of each algorithm (before its coefficient), in the order looked for.
+PENALTY_COLUMNS = ("uncertainty", "penalty", "rollout_reward_penalty")
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    rows: list[dict]
+    finished: bool
+
+    @property
+    def task(self) -> str:
+        return self.config["task"]
+
+    @property
+    def algo(self) -> str:
+        return self.config.get("algo", "micro")  # runs from before `algo` existed
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["seed"])
+
+    @property
+    def steps(self) -> int:
+        return int(self.rows[-1]["step"]) if self.rows else 0
+
+    @property
+    def evals(self) -> list[dict]:
+        return [r for r in self.rows if r.get("eval_normalized_score", "") != ""]
+
+    @property
+    def experiment(self) -> dict:
+        return {k: v for k, v in self.config.items() if k not in NOT_EXPERIMENT_KEYS}
+
+    @property
+    def experiment_hash(self) -> str:
+        text = json.dumps(self.experiment, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def read_run(path: Path) -> Run:
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text())
+        with open(path / "progress.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, yaml.YAMLError, csv.Error) as exc:
+        raise MicroError(f"cannot read run {path}: {exc}".splitlines()[0]) from None
+    if not isinstance(config, dict) or "task" not in config or "seed" not in config:
+        raise MicroError(f"{path / 'config.yaml'} is not a run's config")
+    return Run(path, config, rows, (path / "policy.pt").exists())
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[Run]:
+    found: dict[Path, None] = {}
+    for p in map(Path, paths):
+        if not p.exists():
+            raise MicroError(f"{p} does not exist")
+        candidates = [p] if (p / "config.yaml").is_file() else []
+        candidates += [c.parent for c in sorted(p.glob("**/progress.csv"))]
+        for c in candidates:
+            if (c / "config.yaml").is_file() and (c / "progress.csv").is_file():
+                found[c.resolve()] = None
+    runs = [read_run(p) for p in found]
+    if not runs:
+        raise MicroError(
+            "no runs (folders with config.yaml and progress.csv) under "
+            + ", ".join(map(str, paths))
+        )
+    return runs
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population std (ddof 0) over seeds; NaN for none."""
+    if not values:
+        return float("nan"), float("nan")
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std())
+
+
+def _float(row: dict, key: str) -> float | None:
+    value = row.get(key, "")
+    return None if value in ("", None) else float(value)
+
+
+@dataclass
+class Group:
+    task: str
+    algo: str
+    experiment_hash: str
+    steps: int
+    runs: list[Run] = field(default_factory=list)
+    variant: str = ""  # set when a (task, algo) has several groups
+
+    @property
+    def label(self) -> str:
+        return self.algo + (f" [{self.variant}]" if self.variant else "")
+
+    def summary(self) -> dict:
+        finals = [float(r.evals[-1]["eval_normalized_score"]) for r in self.runs if r.evals]
+        bests = [
+            max(float(e["eval_normalized_score"]) for e in r.evals) for r in self.runs if r.evals
+        ]
+        last = [r.evals[-1] for r in self.runs if r.evals]
+        q = [v for e in last if (v := _float(e, "q_mean")) is not None]
+        name = next((c for c in PENALTY_COLUMNS if any(c in e for e in last)), "")
+        pen = [v for e in last if (v := _float(e, name)) is not None] if name else []
+        final, best = _mean_std(finals), _mean_std(bests)
+        return {
+            "task": self.task,
+            "algo": self.algo,
+            "variant": self.variant,
+            "seeds": " ".join(str(r.seed) for r in self.runs),
+            "runs": len(self.runs),
+            "finished": sum(r.finished for r in self.runs),
+            "steps": self.steps,
+            "final_mean": final[0],
+            "final_std": final[1],
+            "best_mean": best[0],
+            "best_std": best[1],
+            "q_mean": _mean_std(q)[0],
+            "penalty_name": name,
+            "penalty": _mean_std(pen)[0],
+            "run_dirs": " ".join(str(r.path) for r in self.runs),
+        }
+
+    def curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Steps evaluated in every run of the group, and the mean and std over seeds."""
+        per_run = [
+            {int(e["step"]): float(e["eval_normalized_score"]) for e in r.evals} for r in self.runs
+        ]
+        steps = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []
+        scores = np.array([[p[s] for s in steps] for p in per_run]).reshape(len(per_run), -1)
+        return np.array(steps), scores.mean(0), scores.std(0)
+
+
+def group_runs(runs: list[Run]) -> tuple[list[Group], list[str]]:
+    """Groups of runs that may be averaged, and notes on (task, algo) pairs that split."""
+    groups: dict[tuple, Group] = {}
+    for r in sorted(runs, key=lambda r: (r.task, r.algo, r.seed, str(r.path))):
+        key = (r.task, r.algo, r.experiment_hash, r.steps)
+        groups.setdefault(key, Group(*key)).runs.append(r)
+    notes = []
+    by_pair: dict[tuple, list[Group]] = {}
+    for g in groups.values():
+        by_pair.setdefault((g.task, g.algo), []).append(g)
+    for (task, algo), part in by_pair.items():
+        if len(part) == 1:
+            continue
+        configs = [g.runs[0].experiment for g in part]
+        differing = sorted(
+            k for k in set().union(*configs) if len({str(c.get(k)) for c in configs}) > 1
+        )
+        for g in part:
+            g.variant = f"{g.experiment_hash}, {g.steps} steps"
+        what = f"config keys {', '.join(differing)}" if differing else "step counts"
+        notes.append(
+            f"{task} / {algo}: {len(part)} groups that differ in {what}; "
+            "listed separately, not averaged"
+        )
+    return list(groups.values()), notes
+
+
+def behavior_score(runs: list[Run]) -> float | None:
+    """The dataset's behavior policy score when every run used one file that records it
+    (datasets made here carry metadata/return_mean)."""
+    files = {r.config.get("dataset_file") for r in runs}
+    if len(files) != 1 or None in files:
+        return None
+    path = Path(files.pop())
+    if not path.is_file():
+        return None
+    import h5py
+
+    from micro.envs import normalized_score
+
+    with h5py.File(path, "r") as f:
+        if "metadata/return_mean" not in f:
+            return None
+        raw = float(f["metadata/return_mean"][()])
+    return normalized_score(runs[0].task.split("-", 1)[0], raw)
+
+
+def _fmt(mean: float, std: float) -> str:
+    return "–" if np.isnan(mean) else f"{mean:.1f} ± {std:.1f}"
+
+
+def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
+    from micro import plots
+
+    groups, notes = group_runs(runs)
+    rows = [g.summary() for g in groups]
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"csv": out / "summary.csv", "md": out / "summary.md"}
+    with atomic_path(written["csv"]) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    lines = [
+        "| task | algo | seeds | steps | final score | best score | Q mean | penalty |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r, g in zip(rows, groups, strict=True):
+        running = "" if r["finished"] == r["runs"] else f" ({r['runs'] - r['finished']} running)"
+        pen = "–" if not r["penalty_name"] else f"{r['penalty']:.3g} ({r['penalty_name']})"
+        lines.append(
+            f"| {r['task']} | {g.label} | {r['seeds']}{running} | {r['steps']} | "
+            f"{_fmt(r['final_mean'], r['final_std'])} | {_fmt(r['best_mean'], r['best_std'])} | "
+            f"{r['q_mean']:.1f} | {pen} |"
+        )
+    lines += [
+        "",
+        "Scores are D4RL-normalized returns of the deterministic policy at the run's last "
+        "evaluation (final) and its best one (best), mean ± std (ddof 0) over seeds. Q mean and "
+        "the penalty (before its coefficient: MICRO's U, MOBILE's std, MOPO's max‖σ‖) are the "
+        "epoch means at the last evaluation, averaged over seeds.",
+    ]
+    if notes:
+        lines += ["", "Not averaged:", *(f"- {n}" for n in notes)]
+    for task in sorted({g.task for g in groups}):
+        part = [g for g in groups if g.task == task]
+        series = {g.label: g.curve() for g in part}
+        behavior = behavior_score([r for g in part for r in g.runs])
+        path = out / f"curves-{task}.png"
+        plots.score_curves(
+            series,
+            path,
+            title=f"{task}: normalized score (mean ± std over seeds)",
+            reference=None if behavior is None else ("behavior policy (dataset)", behavior),
+        )
+        written[f"curves-{task}"] = path
+        lines += ["", f"![{task}]({path.name})"]
+    atomic_write_text(written["md"], "\n".join(lines) + "\n")
+    return written
+
+
+def report_main(argv: Sequence[str] | None = None) -> int:
+    from micro.cli import OneLineParser, guarded
+
+    parser = OneLineParser(prog="report.py", description=__doc__.split("\n")[0])
+    parser.add_argument("paths", nargs="+", help="run directories or logdirs to search")
+    parser.add_argument("--out", default="report", help="output folder (default: report/)")
+    parser.add_argument("--debug", action="store_true")
+
+    def main(args: list[str]) -> int:
+        a = parser.parse_args(args)
+        runs = find_runs(a.paths)
+        written = write_report(runs, Path(a.out))
+        print(Path(written["md"]).read_text())
+        for path in written.values():
+            print(f"wrote {path}")
+        return 0
+
+    return guarded(main, list(sys.argv[1:] if argv is None else argv))
