@@ -15,10 +15,10 @@ import statistics
 import time
 
 import torch
+from speed import random_batch
 
 from micro.agent import Learner
 from micro.algos import ALGORITHMS
-from micro.buffer import Batch
 from micro.config import Config
 from micro.dynamics import EnsembleDynamics
 from micro.utils import keep_freed_memory
@@ -36,13 +36,7 @@ def main() -> int:
         torch.manual_seed(0)
         cfg = Config(task="walker2d-medium-v2", algo=algo)
         agents[algo] = Learner(cfg, obs, act, EnsembleDynamics(obs, act).requires_grad_(False))
-    batch = Batch(
-        torch.randn(b, obs),
-        torch.rand(b, act) * 2 - 1,
-        torch.randn(b, obs),
-        torch.randn(b, 1),
-        torch.zeros(b, 1),
-    )
+    batch = random_batch(b, obs, act)
     n_real = int(b * 0.05)
     for agent in agents.values():  # warm-up
         for _ in range(20):

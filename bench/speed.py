@@ -114,6 +114,17 @@ def step_gflop(cfg: Config, obs: int, act: int) -> float:
     return (uncertainty + next_value + critic_step + actor_step) / 1e9
 
 
+def random_batch(b: int, obs: int, act: int) -> Batch:
+    """A batch of ``b`` random transitions (none terminal) for timing updates."""
+    return Batch(
+        torch.randn(b, obs),
+        torch.rand(b, act) * 2 - 1,
+        torch.randn(b, obs),
+        torch.randn(b, 1),
+        torch.zeros(b, 1),
+    )
+
+
 def bench_step(
     env: str, real_ratio: float, repeats: int, warmup_s: float = 0.0, algo: str = "micro"
 ) -> dict:
@@ -123,13 +134,7 @@ def bench_step(
     torch.manual_seed(0)
     agent = Learner(cfg, obs, act, EnsembleDynamics(obs, act).requires_grad_(False))
     b = cfg.batch_size
-    batch = Batch(
-        torch.randn(b, obs),
-        torch.rand(b, act) * 2 - 1,
-        torch.randn(b, obs),
-        torch.randn(b, 1),
-        torch.zeros(b, 1),
-    )
+    batch = random_batch(b, obs, act)
     n_real = int(b * real_ratio)
     steps = 10
     start = time.perf_counter()

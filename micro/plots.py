@@ -19,6 +19,21 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def _heatmap(ax, grid: np.ndarray, frictions, gravities, vmax: float, fontsize: int):
+    """One friction × gravity panel with each cell's value written in it."""
+    im = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+    for i in range(len(frictions)):
+        for j in range(len(gravities)):
+            color = "white" if grid[i, j] < 0.6 * vmax else "black"
+            ax.text(
+                j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=fontsize, color=color
+            )
+    ax.set_xticks(range(len(gravities)), [f"{g:g}" for g in gravities], rotation=45)
+    ax.set_yticks(range(len(frictions)), [f"{f:g}" for f in frictions])
+    ax.set_xlabel("gravity scale")
+    return im
+
+
 def sim2real_heatmap(rows: list[dict], path: Path, title: str) -> None:
     """Friction × gravity heatmap of the normalized mean, one panel per mass scale."""
     masses = sorted({r["mass"] for r in rows})
@@ -34,16 +49,7 @@ def sim2real_heatmap(rows: list[dict], path: Path, title: str) -> None:
     vmax = max(100.0, max(values.values()))
     for ax, mass in zip(axes[0], masses, strict=True):
         grid = np.array([[values[(mass, f, g)] for g in gravities] for f in frictions])
-        im = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
-        for i in range(len(frictions)):
-            for j in range(len(gravities)):
-                color = "white" if grid[i, j] < 0.6 * vmax else "black"
-                ax.text(
-                    j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7, color=color
-                )
-        ax.set_xticks(range(len(gravities)), [f"{g:g}" for g in gravities], rotation=45)
-        ax.set_yticks(range(len(frictions)), [f"{f:g}" for f in frictions])
-        ax.set_xlabel("gravity scale")
+        im = _heatmap(ax, grid, frictions, gravities, vmax, fontsize=7)
         ax.set_ylabel("friction scale")
         ax.set_title(title if len(masses) == 1 else f"{title}\nmass × {mass:g}", fontsize=9)
     fig.colorbar(im, ax=axes[0].tolist(), label="normalized return")
@@ -136,16 +142,7 @@ def sim2real_comparison(rows: list[dict], path: Path, title: str) -> None:
         for row, mass in enumerate(masses):
             ax = axes[row][col]
             grid = np.array([[cells[(mass, f, g)][0] for g in gravities] for f in frictions])
-            im = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
-            for i in range(len(frictions)):
-                for j in range(len(gravities)):
-                    color = "white" if grid[i, j] < 0.6 * vmax else "black"
-                    ax.text(
-                        j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=6, color=color
-                    )
-            ax.set_xticks(range(len(gravities)), [f"{g:g}" for g in gravities], rotation=45)
-            ax.set_yticks(range(len(frictions)), [f"{f:g}" for f in frictions])
-            ax.set_xlabel("gravity scale")
+            im = _heatmap(ax, grid, frictions, gravities, vmax, fontsize=6)
             if col == 0:
                 ax.set_ylabel("friction scale")
             ax.set_title(group if len(masses) == 1 else f"{group}, mass × {mass:g}", fontsize=9)

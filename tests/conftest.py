@@ -67,6 +67,20 @@ def run_train(args, env, check=True):
     return proc
 
 
+def run_eval(args, check=True, cwd=ROOT):
+    """Run eval.py as a user does (from ``cwd``)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "eval.py"), "--no_progress", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def only_run_dir(logdir: Path) -> Path:
     runs = list(logdir.glob("*/micro/*"))
     assert len(runs) == 1, runs

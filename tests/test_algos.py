@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT, run_train
+from conftest import ROOT, run_eval, run_train
 
 from micro.algos import reward_penalty
 from micro.buffer import ReplayBuffer
@@ -211,19 +211,6 @@ def test_report_table_equals_the_progress_files(baseline_runs, tmp_path):
         timeout=120,
     )
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
-
-
-def run_eval(args, check=True, cwd=ROOT):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "eval.py"), "--no_progress", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 def test_eval_with_two_policies_draws_one_figure(baseline_runs, tmp_path):

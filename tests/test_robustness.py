@@ -1,14 +1,11 @@
 """Physics perturbation, observation attacks and eval.py."""
 
 import csv
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import run_eval
 
 from micro import MicroError
 from micro.envs import make_env
@@ -187,20 +184,6 @@ def test_eps_zero_is_the_clean_evaluation_and_reruns_are_identical(nets):
 
 
 # --- eval.py ---
-
-
-def run_eval(args, check=True):
-    proc = subprocess.run(
-        [sys.executable, "eval.py", "--no_progress", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ),
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 def read_csv(path):
