@@ -117,7 +117,8 @@ def attack_comparison(rows: list[dict], path: Path, title: str) -> None:
         ax.set_ylim(low - 0.02 * (high - low), high + 0.02 * (high - low))
     axes[0][0].set_ylabel("normalized return")
     axes[0][-1].legend(fontsize=8)
-    fig.suptitle(title, fontsize=11)
+    # above the panel titles, a fixed 0.35 inch up whatever the height (saved with a tight box)
+    fig.suptitle(title, fontsize=11, y=1 + 0.35 / fig.get_figheight())
     _save(fig, path)
 
 
@@ -147,7 +148,8 @@ def sim2real_comparison(rows: list[dict], path: Path, title: str) -> None:
                 ax.set_ylabel("friction scale")
             ax.set_title(group if len(masses) == 1 else f"{group}, mass × {mass:g}", fontsize=9)
     fig.colorbar(im, ax=axes.ravel().tolist(), label="normalized return")
-    fig.suptitle(title, fontsize=11)
+    # above the panel titles, a fixed 0.35 inch up whatever the height (saved with a tight box)
+    fig.suptitle(title, fontsize=11, y=1 + 0.35 / fig.get_figheight())
     _save(fig, path)
 
 
