@@ -34,11 +34,11 @@ ALGOS = tuple(ALGORITHMS)
 @dataclass(frozen=True)
 class Config:
     # --- run -------------------------------------------------------------------------------
-    task: str = "hopper-medium-v2"  # D4RL v2 locomotion task: picks env, config and data
+    task: str = "hopper-medium-v2"  # D4RL task or Minari dataset id: picks data, env and config
     algo: str = "micro"  # micro | mobile | mopo: the conservatism (see micro/algos.py)
     seed: int = 0  # seeds torch, numpy and the environments
     device: str = "auto"  # auto | cpu | cuda | cuda:N  (auto = cuda when available)
-    dataset: str | None = None  # a D4RL-format HDF5 file to use instead of D4RL's
+    dataset: str | None = None  # a D4RL-format HDF5 file (Minari: a dataset folder) to use
     logdir: str = "runs"  # runs go to <logdir>/<task>/<algo>/seed<seed>-<timestamp>/
     matmul_precision: str = "highest"  # highest (exact) | high (TF32) | medium (also bfloat16)
 
@@ -251,9 +251,30 @@ def read_overrides(path: Path) -> dict[str, Any]:
 
 
 def algo_config_paths(algo: str, task: str) -> list[Path]:
-    """The algorithm's defaults and its per-task overrides, in the order they apply."""
+    """The algorithm's defaults and its per-task overrides, in the order they apply. A Minari
+    task uses the files of its D4RL counterpart (``Task.config_task``: mujoco/hopper/medium-v0
+    -> hopper-medium-v2, `simple` -> medium), or the defaults alone when it has none."""
+    from micro.envs import parse_task
+
     folder = CONFIG_DIR / algo
-    return [folder / "defaults.yaml", folder / f"{task}.yaml"]
+    config_task = parse_task(task).config_task
+    return [folder / "defaults.yaml"] + ([folder / f"{config_task}.yaml"] if config_task else [])
+
+
+def config_files_note(cfg: Config) -> str:
+    """One line naming the config files a run's values came from (before presets and flags)."""
+    from micro.envs import parse_task
+
+    task = parse_task(cfg.task)
+    used = [p for p in algo_config_paths(cfg.algo, cfg.task) if p.exists()]
+    names = ", ".join(str(p.relative_to(CONFIG_DIR.parent)) for p in used) or "none"
+    note = f"config files: {names}"
+    if task.source == "minari":
+        if task.config_task:
+            note += f" ({task.config_task}'s values, the D4RL counterpart of {task.name})"
+        else:
+            note += f" ({task.name} names no robot and kind: the {cfg.algo} defaults)"
+    return note
 
 
 def resolve_config(

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from micro import MicroError
-from micro.envs import make_env, parse_task
+from micro.envs import parse_task
 from micro.evaluation import run_episodes
 from micro.policy_file import LoadedPolicy, load_policy, read_policy_task
 from micro.robustness import (
@@ -107,13 +107,13 @@ def sim2real(args, policy, device, progress: bool) -> list[dict]:
     _check_positive("friction", friction)
     _check_positive("gravity", gravity, allow_zero=True)
     _check_positive("mass", args.mass)
-    envs = [make_env(policy.env) for _ in range(args.n_envs)]
+    envs = [policy.sim.make() for _ in range(args.n_envs)]
     cells = [(m, f, g) for m in args.mass for f in friction for g in gravity]
     rows = []
     for m, f, g in tqdm(cells, desc="sim2real", unit="cell", disable=not progress):
         res = run_episodes(
             policy.actor,
-            policy.env,
+            policy.sim,
             args.eval_episodes,
             args.seed,
             physics=Physics(f, g, m),
@@ -128,13 +128,13 @@ def attack(args, policy, device, progress: bool) -> list[dict]:
     eps = args.eps or list(PUBLISHED_EPS)
     _check_positive("eps", eps, allow_zero=True)
     modes = list(ATTACK_MODES) if args.attack_mode == "all" else [args.attack_mode]
-    envs = [make_env(policy.env) for _ in range(args.n_envs)]
+    envs = [policy.sim.make() for _ in range(args.n_envs)]
     cells = [(mode, e) for mode in modes for e in eps]
     rows = []
     for mode, e in tqdm(cells, desc="attack", unit="budget", disable=not progress):
         res = run_episodes(
             policy.actor,
-            policy.env,
+            policy.sim,
             args.eval_episodes,
             args.seed,
             attack=Attack(mode, e),
@@ -191,7 +191,20 @@ def load_policies(args, device: torch.device) -> tuple[str, list[LoadedPolicy]]:
     parse_task(task)  # unknown task -> one-line error
     if len(set(map(str, paths))) != len(paths):
         raise MicroError("the same --policy_path is given twice")
-    return task, [load_policy(p, task, device) for p in paths]
+    policies = [load_policy(p, task, device) for p in paths]
+    sims = {p.sim for p in policies}
+    if len(sims) > 1:
+        raise MicroError(
+            f"the policies were trained for {task} on different simulators or score references "
+            f"({', '.join(sorted(s.env_id + ' / ' + s.ref_source for s in sims))}); "
+            "compare them in separate runs of eval.py"
+        )
+    sim = policies[0].sim
+    print(
+        f"simulator: {sim.env_id}; scores normalized by {sim.ref_source}'s references "
+        f"({sim.ref_min:g} / {sim.ref_max:g})"
+    )
+    return task, policies
 
 
 def group_names(policies: list[LoadedPolicy], mode: str) -> list[str]:
@@ -211,7 +224,7 @@ def sweep(args, policy: LoadedPolicy, device, progress: bool) -> tuple[list[dict
     if args.choice == "clean":
         res = run_episodes(
             policy.actor,
-            policy.env,
+            policy.sim,
             args.eval_episodes,
             args.seed,
             n_envs=args.n_envs,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from micro.envs import make_env, normalized_scale, normalized_score
+from micro.envs import SimSpec, as_sim
 from micro.nets import Actor, EnsembleCritic
 from micro.robustness import N_CANDIDATES, Attack, Physics, attack_delta, scaled_physics
 
@@ -18,7 +18,7 @@ from micro.robustness import N_CANDIDATES, Attack, Physics, attack_delta, scaled
 class EvalResult:
     returns: np.ndarray
     lengths: np.ndarray
-    env: str
+    sim: SimSpec
 
     @property
     def mean(self) -> float:
@@ -30,12 +30,12 @@ class EvalResult:
 
     @property
     def normalized_mean(self) -> float:
-        return normalized_score(self.env, self.mean)
+        return self.sim.normalized_score(self.mean)
 
     @property
     def normalized_std(self) -> float:
         """The std of returns scaled by the normalization's slope (no offset)."""
-        return self.std * normalized_scale(self.env)
+        return self.std * self.sim.normalized_scale()
 
     def row(self) -> dict[str, float]:
         return {
@@ -50,7 +50,7 @@ class EvalResult:
 @torch.no_grad()
 def run_episodes(
     actor: Actor,
-    env_name: str,
+    env: str | SimSpec,
     episodes: int,
     seed: int,
     *,
@@ -73,7 +73,8 @@ def run_episodes(
     simulators' models for the duration of the call.
     """
     device = device or torch.device("cpu")
-    envs = envs if envs is not None else [make_env(env_name) for _ in range(n_envs)]
+    sim = as_sim(env)  # a robot name means D4RL's simulator and references
+    envs = envs if envs is not None else [sim.make() for _ in range(n_envs)]
     attacking = attack is not None and attack.mode != "none" and attack.eps > 0
     std = None if obs_std is None else torch.as_tensor(obs_std, dtype=torch.float32, device=device)
     if attacking and std is None:
@@ -120,4 +121,4 @@ def run_episodes(
                     active = still
     finally:
         actor.train(was_training)
-    return EvalResult(returns, lengths, env_name)
+    return EvalResult(returns, lengths, sim)

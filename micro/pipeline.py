@@ -21,13 +21,13 @@ import yaml
 from micro import MicroError
 from micro.agent import Learner
 from micro.buffer import Batch, ReplayBuffer
-from micro.config import Config, config_from_dict, save_config
-from micro.data.d4rl import Transitions, load_transitions, task_dataset_path
+from micro.config import Config, config_files_note, config_from_dict, save_config
+from micro.data.sources import TaskData, Transitions, load_task_data, reload_task_data
 from micro.dynamics import EnsembleDynamics, fit_dynamics
-from micro.envs import Task, parse_task
+from micro.envs import SimSpec, parse_task
 from micro.logger import RunLogger
 from micro.trainer import Trainer, TrainResult
-from micro.utils import resolve_device, set_seed, sha256_file
+from micro.utils import resolve_device, set_seed
 
 # --- stage 1: data -------------------------------------------------------------------------------
 
@@ -39,13 +39,20 @@ def transitions_to_buffer(data: Transitions, device: torch.device) -> ReplayBuff
     return buf
 
 
-def dataset_record(path: Path, data: Transitions) -> dict:
-    """What config.yaml records about the data a run learned from."""
-    return {
-        "dataset_file": str(path.resolve()),
-        "dataset_sha256": sha256_file(path),
-        "dataset_transitions": len(data),
-    }
+def data_record(data: TaskData) -> dict:
+    """What config.yaml records about the data a run learned from and where it is evaluated."""
+    return {**data.record, "sim": data.sim.to_dict()}
+
+
+def describe(data: TaskData) -> str:
+    r, sim = data.record, data.sim
+    name = r.get("dataset_id", r["dataset_file"])
+    version = f", minari {r['minari_version']}" if "minari_version" in r else ""
+    return (
+        f"data: {name} ({len(data.transitions)} transitions{version}), evaluated on "
+        f"{sim.env_id}, scores normalized by {sim.ref_source}'s references "
+        f"({sim.ref_min:g} / {sim.ref_max:g})"
+    )
 
 
 # --- stage 2: dynamics ------------------------------------------------------------------------
@@ -53,7 +60,7 @@ def dataset_record(path: Path, data: Transitions) -> dict:
 
 def fit_or_load_dynamics(
     cfg: Config,
-    task: Task,
+    sim: SimSpec,
     real: ReplayBuffer,
     folder: Path,
     source: str | Path | None = None,
@@ -63,13 +70,13 @@ def fit_or_load_dynamics(
     """Load the model saved in ``source`` if given, else fit one on ``real`` and save it to
     ``folder`` (``model.pt`` and ``dynamics.json``). Returned frozen, on ``real``'s device."""
     if source is not None:
-        model = EnsembleDynamics.load(source, task.obs_dim, task.act_dim)
+        model = EnsembleDynamics.load(source, sim.obs_dim, sim.act_dim)
         model.to(real.device).requires_grad_(False)
         print(f"dynamics: loaded from {source} (elites {model.elites.tolist()})")
         return model
     model = EnsembleDynamics(
-        task.obs_dim,
-        task.act_dim,
+        sim.obs_dim,
+        sim.act_dim,
         cfg.dynamics_hidden_dims,
         cfg.n_ensemble,
         cfg.n_elites,
@@ -116,7 +123,7 @@ def fit_or_load_dynamics(
 
 def make_run_dir(cfg: Config) -> Path:
     """A new, unique ``<logdir>/<task>/<algo>/seed<seed>-<timestamp>`` folder."""
-    parent = Path(cfg.logdir).expanduser() / cfg.task / cfg.algo
+    parent = Path(cfg.logdir).expanduser() / cfg.task / cfg.algo  # Minari ids nest folders
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -135,15 +142,13 @@ def make_run_dir(cfg: Config) -> Path:
     raise MicroError(f"could not create a new run directory under {parent}")
 
 
-def _trainer(
-    cfg: Config, run_dir: Path, data: Transitions, progress: bool, resume: bool
-) -> Trainer:
+def _trainer(cfg: Config, run_dir: Path, data: TaskData, progress: bool, resume: bool) -> Trainer:
     """Stages 2 and 3 into a ready trainer. The RNG order is fixed (dynamics fit, then network
     initialisation) so that runs with the same seed are identical."""
-    task = parse_task(cfg.task)
+    sim = data.sim
     device = resolve_device(cfg.device)
     torch.set_float32_matmul_precision(cfg.matmul_precision)  # process-wide, like the CLI
-    real = transitions_to_buffer(data, device)
+    real = transitions_to_buffer(data.transitions, device)
     logger = RunLogger(run_dir, resume=resume)
     saved = run_dir / "dynamics"
     source = cfg.load_dynamics_path or (saved if resume and (saved / "model.pt").exists() else None)
@@ -152,10 +157,10 @@ def _trainer(
     def log_fit(epoch: int, train_loss: float, holdout_loss: float) -> None:
         logger.dynamics_scalars({"train_loss": train_loss, "holdout_loss": holdout_loss}, epoch)
 
-    dynamics = fit_or_load_dynamics(cfg, task, real, saved, source, log_fit, progress)
+    dynamics = fit_or_load_dynamics(cfg, sim, real, saved, source, log_fit, progress)
     seconds = time.time() - start
-    agent = Learner(cfg, task.obs_dim, task.act_dim, dynamics).to(device)
-    trainer = Trainer(cfg, run_dir, real, dynamics, agent, logger, progress)
+    agent = Learner(cfg, sim.obs_dim, sim.act_dim, dynamics).to(device)
+    trainer = Trainer(cfg, run_dir, real, dynamics, agent, logger, sim, progress)
     trainer.timings["dynamics"] = seconds
     if resume and trainer.checkpoint_path.exists():
         trainer.restore()
@@ -176,16 +181,13 @@ def run(cfg: Config, progress: bool = True, extra_config: dict | None = None) ->
     """Everything ``train.py`` does, in order, validating input before writing any file."""
     task = parse_task(cfg.task)
     device = resolve_device(cfg.device)
-    data_path = task_dataset_path(task, cfg.dataset)
-    data = load_transitions(data_path, task)
+    data = load_task_data(task, cfg.dataset)
     set_seed(cfg.seed)
     run_dir = make_run_dir(cfg)
-    save_config(
-        cfg, run_dir / "config.yaml", {**dataset_record(data_path, data), **(extra_config or {})}
-    )
+    save_config(cfg, run_dir / "config.yaml", {**data_record(data), **(extra_config or {})})
     print(
-        f"run directory: {run_dir}\nalgorithm: {cfg.algo}\n"
-        f"data: {data_path} ({len(data)} transitions), device: {device}"
+        f"run directory: {run_dir}\nalgorithm: {cfg.algo}; {config_files_note(cfg)}\n"
+        f"{describe(data)}\ndevice: {device}"
     )
     result = _trainer(cfg, run_dir, data, progress, resume=False).train()
     _report(result)
@@ -206,14 +208,7 @@ def resume(
         cfg = config_from_dict({**cfg.to_dict(), "device": device_name})
     if (run_dir / "policy.pt").exists():
         raise MicroError(f"{run_dir} already finished (policy.pt exists); start a new run instead")
-    data_path = Path(saved["dataset_file"])
-    if not data_path.is_file():
-        raise MicroError(f"the run's dataset {data_path} is missing; restore it to resume")
-    if sha256_file(data_path) != saved["dataset_sha256"]:
-        raise MicroError(
-            f"the run's dataset {data_path} has changed since the run started; cannot resume"
-        )
-    data = load_transitions(data_path, parse_task(cfg.task))
+    data = reload_task_data(parse_task(cfg.task), saved)
     set_seed(cfg.seed)
     result = _trainer(cfg, run_dir, data, progress, resume=True).train()
     _report(result)
@@ -226,15 +221,13 @@ def fit_dynamics_only(cfg: Config, out: str | Path, progress: bool = True) -> Pa
     out = Path(out)
     if out.exists():
         raise MicroError(f"{out} exists; choose a new --out folder for the dynamics model")
-    task = parse_task(cfg.task)
     device = resolve_device(cfg.device)
-    data_path = task_dataset_path(task, cfg.dataset)
-    data = load_transitions(data_path, task)
+    data = load_task_data(parse_task(cfg.task), cfg.dataset)
     set_seed(cfg.seed)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
-    real = transitions_to_buffer(data, device)
-    print(f"data: {data_path} ({len(data)} transitions), device: {device}")
-    fit_or_load_dynamics(cfg, task, real, out, progress=progress)
-    save_config(cfg, out / "config.yaml", dataset_record(data_path, data))
+    real = transitions_to_buffer(data.transitions, device)
+    print(f"{describe(data)}\ndevice: {device}")
+    fit_or_load_dynamics(cfg, data.sim, real, out, progress=progress)
+    save_config(cfg, out / "config.yaml", data_record(data))
     print(f"dynamics model: {out}  (use it with --load_dynamics_path {out})")
     return out

@@ -2,9 +2,11 @@
 here only.
 
 Plain tensors and primitives (loaded with ``weights_only``): the actor and critics, the
-observation std the attacks scale their budget by, the task, the algorithm and the resolved
-config. Format ``micro-policy-v2`` added ``algo`` and dropped the never-read ``obs_mean``;
-``micro-policy-v1`` files (all MICRO) still load.
+observation std the attacks scale their budget by, the task, the algorithm, the simulator to
+evaluate on with its score references (``sim``) and the resolved config. Format
+``micro-policy-v3`` added ``sim`` (Minari tasks run on the environment their dataset records);
+``micro-policy-v2`` added ``algo`` and dropped the never-read ``obs_mean``. Older files (D4RL
+tasks only; v1 all MICRO) still load, with D4RL's simulator.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import numpy as np
 import torch
 
 from micro import MicroError
-from micro.envs import parse_task
+from micro.envs import SimSpec, d4rl_sim, parse_task
 from micro.nets import Actor, EnsembleCritic
 from micro.utils import atomic_torch_save, safe_torch_load
 
-POLICY_FORMAT = "micro-policy-v2"
-READABLE_FORMATS = ("micro-policy-v1", POLICY_FORMAT)
+POLICY_FORMAT = "micro-policy-v3"
+READABLE_FORMATS = ("micro-policy-v1", "micro-policy-v2", POLICY_FORMAT)
 
 
 @dataclass
@@ -29,7 +31,7 @@ class LoadedPolicy:
     path: Path
     task: str
     algo: str
-    env: str
+    sim: SimSpec
     actor: Actor
     critics: EnsembleCritic
     obs_std: np.ndarray
@@ -50,18 +52,19 @@ def save_policy(
     actor: Actor,
     critics: EnsembleCritic,
     obs_std: torch.Tensor,
+    sim: SimSpec,
     step: int,
     normalized_score: float | None,
 ) -> None:
-    task = parse_task(config["task"])
     atomic_torch_save(
         {
             "format": POLICY_FORMAT,
-            "task": task.name,
+            "task": config["task"],
             "algo": config["algo"],
-            "env": task.env,
-            "obs_dim": task.obs_dim,
-            "act_dim": task.act_dim,
+            "env": sim.robot,
+            "sim": sim.to_dict(),
+            "obs_dim": sim.obs_dim,
+            "act_dim": sim.act_dim,
             "hidden_dims": list(config["hidden_dims"]),
             "num_q_ensemble": config["num_q_ensemble"],
             "actor": {k: v.cpu() for k, v in actor.state_dict().items()},
@@ -95,12 +98,13 @@ def load_policy(path: str | Path, task: str | None, device: torch.device) -> Loa
             f"policy {path} was trained on {blob['task']}, not {task}; pass --task {blob['task']}"
         )
     t = parse_task(blob["task"])
-    if (blob["obs_dim"], blob["act_dim"]) != (t.obs_dim, t.act_dim):
+    sim = SimSpec.from_dict(blob["sim"]) if "sim" in blob else d4rl_sim(t.env)
+    if (blob["obs_dim"], blob["act_dim"]) != (sim.obs_dim, sim.act_dim):
         raise MicroError(
             f"policy {path} has observation/action sizes {blob['obs_dim']}/{blob['act_dim']}"
         )
-    actor = Actor(t.obs_dim, t.act_dim, blob["hidden_dims"])
-    critics = EnsembleCritic(t.obs_dim, t.act_dim, blob["hidden_dims"], blob["num_q_ensemble"])
+    actor = Actor(sim.obs_dim, sim.act_dim, blob["hidden_dims"])
+    critics = EnsembleCritic(sim.obs_dim, sim.act_dim, blob["hidden_dims"], blob["num_q_ensemble"])
     try:
         actor.load_state_dict(blob["actor"])
         critics.load_state_dict(blob["critics"])
@@ -113,7 +117,7 @@ def load_policy(path: str | Path, task: str | None, device: torch.device) -> Loa
         path=Path(path),
         task=t.name,
         algo=blob.get("algo", "micro"),  # v1 files were all MICRO
-        env=t.env,
+        sim=sim,
         actor=actor.to(device).eval(),
         critics=critics.to(device).eval(),
         obs_std=blob["obs_std"].numpy().astype(np.float64),

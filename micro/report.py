@@ -23,11 +23,15 @@ import numpy as np
 import yaml
 
 from micro import MicroError
+from micro.envs import parse_task
 from micro.utils import atomic_path, atomic_write_text
 
 # Not part of what a run computes: runs differing only in these are seeds of one experiment.
+# (What the data determines — its source, version, episodes, simulator — follows from
+# dataset_sha256, which stays; runs from before those keys were recorded group with later ones.)
 NOT_EXPERIMENT_KEYS = frozenset(
     {"seed", "logdir", "device", "dataset", "dataset_file", "load_dynamics_path"}
+    | {"dataset_source", "dataset_id", "minari_version", "dataset_episodes", "sim"}
 )
 # The logged penalty of each algorithm (before its coefficient), in the order looked for.
 PENALTY_COLUMNS = ("uncertainty", "penalty", "rollout_reward_penalty")
@@ -192,24 +196,39 @@ def group_runs(runs: list[Run]) -> tuple[list[Group], list[str]]:
     return list(groups.values()), notes
 
 
+def run_sim(run: Run):
+    """The simulator and score references a run was evaluated with (D4RL's before runs
+    recorded them)."""
+    from micro.envs import SimSpec, d4rl_sim
+
+    saved = run.config.get("sim")
+    return SimSpec.from_dict(saved) if saved else d4rl_sim(parse_task(run.task).env)
+
+
 def behavior_score(runs: list[Run]) -> float | None:
-    """The dataset's behavior policy score when every run used one file that records it
-    (datasets made here carry metadata/return_mean)."""
+    """The dataset's own score when every run used one dataset: the behavior policy's mean
+    return recorded in a file made here (metadata/return_mean), or the mean return of a Minari
+    dataset's episodes."""
     files = {r.config.get("dataset_file") for r in runs}
     if len(files) != 1 or None in files:
         return None
     path = Path(files.pop())
-    if not path.is_file():
-        return None
-    import h5py
+    if runs[0].config.get("dataset_source") == "minari":
+        from micro.data.minari_data import mean_episode_return
 
-    from micro.envs import normalized_score
+        raw = mean_episode_return(path) if path.is_dir() else None
+    else:
+        raw = recorded_return(path) if path.is_file() else None
+    return None if raw is None else run_sim(runs[0]).normalized_score(raw)
+
+
+def recorded_return(path: Path) -> float | None:
+    import h5py
 
     with h5py.File(path, "r") as f:
         if "metadata/return_mean" not in f:
             return None
-        raw = float(f["metadata/return_mean"][()])
-    return normalized_score(runs[0].task.split("-", 1)[0], raw)
+        return float(f["metadata/return_mean"][()])
 
 
 def _fmt(mean: float, std: float) -> str:
@@ -241,7 +260,8 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
         )
     lines += [
         "",
-        "Scores are D4RL-normalized returns of the deterministic policy at the run's last "
+        "Scores are normalized returns (100 · (R − min) / (max − min), by each task's references: "
+        "D4RL's, or a Minari dataset's own) of the deterministic policy at the run's last "
         "evaluation (final) and its best one (best), mean ± std (ddof 0) over seeds. Q mean and "
         "the penalty (before its coefficient: MICRO's U, MOBILE's std, MOPO's max‖σ‖) are the "
         "epoch means at the last evaluation, averaged over seeds.",
@@ -252,14 +272,14 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
         part = [g for g in groups if g.task == task]
         series = {g.label: g.curve() for g in part}
         behavior = behavior_score([r for g in part for r in g.runs])
-        path = out / f"curves-{task}.png"
+        path = out / f"curves-{parse_task(task).slug}.png"
         plots.score_curves(
             series,
             path,
             title=f"{task}: normalized score (mean ± std over seeds)",
             reference=None if behavior is None else ("behavior policy (dataset)", behavior),
         )
-        written[f"curves-{task}"] = path
+        written[f"curves-{parse_task(task).slug}"] = path
         lines += ["", f"![{task}]({path.name})"]
     atomic_write_text(written["md"], "\n".join(lines) + "\n")
     return written

@@ -14,9 +14,10 @@ from micro.config import Config
 def build_train_parser() -> OneLineParser:
     parser = OneLineParser(
         prog="train.py",
-        description="Train MICRO (or the MOBILE / MOPO baselines, --algo) on a D4RL-format "
-        "dataset. Every config key is a flag; values come from SPEC defaults < "
-        "configs/<algo>/defaults.yaml < configs/<algo>/<task>.yaml < --config files < flags.",
+        description="Train MICRO (or the MOBILE / MOPO baselines, --algo) on a D4RL task or a "
+        "Minari dataset id (--task mujoco/hopper/medium-v0). Every config key is a flag; values "
+        "come from SPEC defaults < configs/<algo>/defaults.yaml < configs/<algo>/<task>.yaml "
+        "< --config files < flags.",
     )
     parser.add_argument(
         "--resume",

@@ -24,7 +24,7 @@ from micro.buffer import Batch, ReplayBuffer
 from micro.checkpoint import Progress, load_checkpoint, save_checkpoint
 from micro.config import Config
 from micro.dynamics import EnsembleDynamics
-from micro.envs import parse_task, termination_fn
+from micro.envs import SimSpec, termination_fn
 from micro.evaluation import EvalResult, run_episodes
 from micro.logger import RunLogger
 from micro.policy_file import save_policy
@@ -48,20 +48,21 @@ class Trainer:
         dynamics: EnsembleDynamics,
         agent: Learner,
         logger: RunLogger,
+        sim: SimSpec,
         progress: bool = True,
     ) -> None:
         self.cfg, self.run_dir, self.progress = cfg, run_dir, progress
         self.real, self.dynamics, self.agent, self.logger = real, dynamics, agent, logger
         self.device = real.device
-        self.task = parse_task(cfg.task)
+        self.sim = sim  # where evaluation runs, and the score references
         # the attacks in eval.py scale their budget by the data's observation std
         self.obs_std = real.all().observations.std(0, unbiased=False).cpu()
-        self.done_fn = termination_fn(self.task.env)
+        self.done_fn = termination_fn(sim.robot)
         self.n_real = int(cfg.batch_size * cfg.real_ratio)
         self.model_buffer = ReplayBuffer(
             cfg.rollout_batch_size * cfg.rollout_length * cfg.model_retain_epochs,
-            self.task.obs_dim,
-            self.task.act_dim,
+            sim.obs_dim,
+            sim.act_dim,
             self.device,
         )
         self.timings = {"dynamics": 0.0, "rollouts": 0.0, "updates": 0.0, "evaluation": 0.0}
@@ -98,7 +99,7 @@ class Trainer:
         start = time.time()
         result = run_episodes(
             self.agent.actor,
-            self.task.env,
+            self.sim,
             self.cfg.eval_episodes,
             self.cfg.seed + EVAL_SEED_OFFSET,
             device=self.device,
@@ -194,6 +195,7 @@ class Trainer:
             actor=self.agent.actor,
             critics=self.agent.critics,
             obs_std=self.obs_std,
+            sim=self.sim,
             step=state.step,
             normalized_score=None if self.last_eval is None else self.last_eval.normalized_mean,
         )
@@ -214,6 +216,6 @@ class Trainer:
         if self.state.last_eval is not None:
             le = self.state.last_eval
             self.last_eval = EvalResult(
-                np.asarray(le["returns"]), np.asarray(le["lengths"]), self.task.env
+                np.asarray(le["returns"]), np.asarray(le["lengths"]), self.sim
             )
         print(f"resuming at epoch {self.state.epoch} (step {self.state.step})")

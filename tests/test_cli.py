@@ -85,8 +85,17 @@ def test_tensorboard_has_the_scalars(smoke_run):
 def test_policy_file_carries_what_evaluation_needs(smoke_run, hopper_file):
     run_dir, _ = smoke_run
     blob = torch.load(run_dir / "policy.pt", weights_only=True)
-    assert blob["format"] == "micro-policy-v2" and blob["task"] == "hopper-medium-v2"
+    assert blob["format"] == "micro-policy-v3" and blob["task"] == "hopper-medium-v2"
     assert blob["algo"] == "micro" and blob["config"]["algo"] == "micro"
+    assert blob["sim"] == {
+        "robot": "hopper",
+        "env_id": "Hopper-v4",
+        "ref_min": -20.272305,
+        "ref_max": 3234.3,
+        "ref_source": "D4RL",
+        "kwargs": "{}",
+        "max_episode_steps": 1000,
+    }
     assert (blob["obs_dim"], blob["act_dim"], blob["hidden_dims"]) == (11, 3, [32, 32])
     from micro.data.d4rl import load_transitions
 

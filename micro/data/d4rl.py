@@ -8,7 +8,6 @@ import os
 import shutil
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,27 +15,14 @@ import h5py
 import numpy as np
 
 from micro import MicroError
-from micro.envs import Task
-from micro.utils import atomic_path
+from micro.data.sources import TaskData, Transitions
+from micro.envs import Task, d4rl_sim
+from micro.utils import atomic_path, sha256_file
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 DEFAULT_BASE_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2"
 BASE_URL_ENV = "MICRO_D4RL_BASE_URL"
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-@dataclass
-class Transitions:
-    """Transitions ready for learning (float32; ``terminals`` is 0/1 with shape [N, 1])."""
-
-    observations: np.ndarray
-    actions: np.ndarray
-    next_observations: np.ndarray
-    rewards: np.ndarray
-    terminals: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.observations)
 
 
 def cache_dir() -> Path:
@@ -220,7 +206,23 @@ def find_or_download(task: Task) -> Path:
 def task_dataset_path(task: Task, dataset: str | None) -> Path:
     if dataset is not None:
         path = Path(dataset).expanduser()
+        if (path / "data" / "metadata.json").is_file() or (path / "metadata.json").is_file():
+            raise MicroError(
+                f"{path} is a Minari dataset; pass its id as --task (e.g. mujoco/"
+                f"{task.env}/{task.kind}-v0) so that it is evaluated on the environment it records"
+            )
         if not path.is_file():
             raise MicroError(f"dataset file not found: {path}")
         return path
     return find_or_download(task)
+
+
+def load(path: Path, task: Task) -> TaskData:
+    data = load_transitions(path, task)
+    record = {
+        "dataset_source": "d4rl",
+        "dataset_file": str(path.resolve()),
+        "dataset_sha256": sha256_file(path),
+        "dataset_transitions": len(data),
+    }
+    return TaskData(data, d4rl_sim(task.env), record)
