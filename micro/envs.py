@@ -157,6 +157,15 @@ def d4rl_sim(env: str) -> SimSpec:
     return SimSpec(robot=env, env_id=ENV_IDS[env], ref_min=low, ref_max=high, ref_source="D4RL")
 
 
+def versioned_sim(env: str, version: int) -> SimSpec:
+    """The robot's Gymnasium ``-v<version>`` environment, with D4RL's references (``-v4`` is
+    D4RL's simulator; Minari's MuJoCo datasets were collected on ``-v5``)."""
+    sim = d4rl_sim(env)
+    if version not in (4, 5):
+        raise MicroError(f"environment version must be 4 or 5, not {version}")
+    return SimSpec(**{**sim.to_dict(), "env_id": sim.env_id.replace("-v4", f"-v{version}")})
+
+
 def robot_of(env_id: str) -> str | None:
     """Our robot behind a Gymnasium id ("Hopper-v5" -> "hopper"), or None."""
     return ROBOT_OF_ENV_NAME.get(env_id.split(":")[-1].rsplit("-v", 1)[0])

@@ -35,6 +35,73 @@ def hopper_file(tmp_path_factory) -> Path:
     return path
 
 
+def make_minari_dataset(
+    store: Path,
+    dataset_id: str,
+    env_id: str = "Hopper-v5",
+    steps: int = 300,
+    max_len: int = 60,
+    refs: tuple[float, float] | None = (-15.0, 3000.0),
+    seed: int = 0,
+):
+    """A real Minari dataset, written by minari's ``create_dataset_from_buffers``: uniform
+    random actions in the real simulator, episodes cut (truncated) at ``max_len`` steps."""
+    import warnings
+
+    import gymnasium as gym
+    import minari
+    import numpy as np
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    os.environ["MINARI_DATASETS_PATH"] = str(store)  # minari reads it at call time
+    env = gym.make(env_id)
+    rng = np.random.default_rng(seed)
+    buffers, total = [], 0
+    while total < steps:
+        obs, _ = env.reset(seed=seed * 1000 + len(buffers))
+        ep = {
+            "observations": [obs],
+            "actions": [],
+            "rewards": [],
+            "terminations": [],
+            "truncations": [],
+        }
+        for t in range(max_len):
+            action = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            ep["observations"].append(obs)
+            ep["actions"].append(action)
+            ep["rewards"].append(reward)
+            ep["terminations"].append(terminated)
+            ep["truncations"].append(truncated or (t == max_len - 1 and not terminated))
+            if terminated or ep["truncations"][-1]:
+                break
+        total += len(ep["actions"])
+        buffers.append(EpisodeBuffer(id=len(buffers), **{k: np.asarray(v) for k, v in ep.items()}))
+    kwargs = {} if refs is None else {"ref_min_score": refs[0], "ref_max_score": refs[1]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return minari.create_dataset_from_buffers(
+            dataset_id, buffers, env=env, num_episodes_average_score=1, **kwargs
+        )
+
+
+@pytest.fixture(scope="session")
+def minari_store(tmp_path_factory) -> Path:
+    """A Minari store holding test/hopper/random-v0: ~300 steps on Hopper-v5 with its own
+    references."""
+    store = tmp_path_factory.mktemp("minari-store")
+    saved = os.environ.get("MINARI_DATASETS_PATH")
+    try:
+        make_minari_dataset(store, "test/hopper/random-v0")
+    finally:
+        if saved is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = saved
+    return store
+
+
 @pytest.fixture(scope="session")
 def tiny_config(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
@@ -44,10 +111,14 @@ def tiny_config(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def cli_env(tmp_path) -> dict[str, str]:
-    """Environment for CLI subprocesses: no real D4RL cache, no network."""
+    """Environment for CLI subprocesses: no real D4RL cache or Minari store, no network."""
     env = dict(os.environ)
     env["D4RL_DATASET_DIR"] = str(tmp_path / "d4rl-cache")
     env["MICRO_D4RL_BASE_URL"] = "http://127.0.0.1:9/none"  # discard port: refused at once
+    env["MINARI_DATASETS_PATH"] = str(tmp_path / "minari-store")
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"
+    env["HF_HOME"] = str(tmp_path / "hf-home")
+    env.pop("MINARI_REMOTE", None)
     env.pop("MICRO_DEBUG", None)
     return env
 

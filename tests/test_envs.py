@@ -13,6 +13,7 @@ from micro.envs import (
     make_env,
     normalized_score,
     parse_task,
+    versioned_sim,
     walker2d_done,
 )
 
@@ -111,10 +112,79 @@ def test_halfcheetah_reward():
 
 
 def test_walker2d_is_d4rls_model():
-    """gym v3 / Gymnasium v4 walker2d has a left foot of friction 1.9 (v5 changed it to 0.9)."""
+    """gym v3 / Gymnasium v4 walker2d has a left foot of friction 1.9 (and a right one of 0.9;
+    v5 gives both 1.9)."""
     model = make_env("walker2d").unwrapped.model
     foot = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, "foot_left_geom")
     assert model.geom_friction[foot, 0] == pytest.approx(1.9)
+
+
+def _random_steps(env, steps, seed=0):
+    env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    data, out = env.unwrapped.data, []
+    for _ in range(steps):
+        a = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+        x_before = data.qpos[0]
+        obs, r, term, _, _ = env.step(a)
+        out.append((a, x_before, data.qpos[0], obs, r, term))
+        if term:
+            break
+    return out
+
+
+@pytest.mark.parametrize("env_name", ["hopper", "walker2d"])
+def test_v5_withholds_the_healthy_reward_on_the_terminating_step(env_name):
+    """Minari's robots (-v5): r = Δx/dt + 1·healthy − 1e-3·|a|², so the step that terminates
+    pays no +1 (D4RL's -v4 pays it; test_d4rl_reward_and_termination)."""
+    env = versioned_sim(env_name, 5).make()
+    assert env.spec.id == f"{env_name.capitalize() if env_name == 'hopper' else 'Walker2d'}-v5"
+    steps = _random_steps(env, 300)
+    dt = env.unwrapped.dt
+    for a, x0, x1, _, r, term in steps:
+        healthy = 0.0 if term else 1.0
+        assert r == pytest.approx((x1 - x0) / dt + healthy - 1e-3 * float(np.sum(a**2)), abs=1e-6)
+    assert steps[-1][-1], "a random policy falls within 300 steps"
+
+
+def test_v5_halfcheetah_reward_is_v4s():
+    env = versioned_sim("halfcheetah", 5).make()
+    for a, x0, x1, _, r, term in _random_steps(env, 50):
+        assert r == pytest.approx(
+            (x1 - x0) / env.unwrapped.dt - 0.1 * float(np.sum(a**2)), abs=1e-6
+        )
+        assert not term
+
+
+def test_v5_walker2d_feet_have_equal_friction():
+    """Walker2d-v5 loads walker2d_v5.xml: both feet have friction 1.9; D4RL's -v4 model has a
+    right foot of 0.9 and a left foot of 1.9."""
+
+    def feet(model):
+        ids = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, g) for g in FEET]
+        return [float(model.geom_friction[i, 0]) for i in ids]
+
+    assert feet(versioned_sim("walker2d", 5).make().unwrapped.model) == [1.9, 1.9]
+    assert feet(make_env("walker2d").unwrapped.model) == [0.9, 1.9]
+
+
+FEET = ("foot_geom", "foot_left_geom")
+
+
+@pytest.mark.parametrize("env_name", ["hopper", "halfcheetah", "walker2d"])
+def test_v5_observation_layout_matches_v4(env_name):
+    """Same observation (qpos[1:], clipped qvel) and sizes, so one robot's termination function
+    and network sizes serve both versions."""
+    v4, v5 = make_env(env_name), versioned_sim(env_name, 5).make()
+    assert v4.observation_space.shape == v5.observation_space.shape
+    o4, _ = v4.reset(seed=3)
+    o5, _ = v5.reset(seed=3)
+    np.testing.assert_array_equal(o4, o5)  # same start-state noise from the same seed
+    d = v5.unwrapped.data
+    clip = 10.0 if env_name != "halfcheetah" else np.inf
+    np.testing.assert_allclose(
+        o5, np.concatenate([d.qpos[1:], np.clip(d.qvel, -clip, clip)]), atol=1e-12
+    )
 
 
 def test_observation_layout_and_clipping():

@@ -1,6 +1,12 @@
-"""Collect D4RL-format datasets in the real simulator, D4RL's way.
+"""Collect datasets in the real simulator, D4RL's way: D4RL-format HDF5 files, or Minari datasets.
 
     python -m micro.data.collect --env hopper --kind medium --steps 1000000 --out FILE.hdf5
+    python -m micro.data.collect --env hopper --kind medium --steps 1000000 \
+        --format minari --dataset_id local/hopper/medium-v0
+
+A D4RL-format file is collected on the robot's ``-v4`` environment (D4RL's dynamics). A Minari
+dataset is written with minari's own API into the Minari store (``$MINARI_DATASETS_PATH`` or
+``~/.minari/datasets``), collected on ``-v5`` (Minari's robots) unless ``--env_version 4``.
 
 Kinds: ``random`` (uniform actions), ``medium`` / ``expert`` (rollouts of a behavior policy's
 stochastic actions; by default the policy shipped in data/behavior/), ``medium-replay`` (a
@@ -28,7 +34,15 @@ from tqdm.auto import tqdm
 from micro import MicroError, __version__
 from micro.data.behavior_files import load_snapshot, read_replay
 from micro.data.d4rl import write_hdf5
-from micro.envs import DATASET_KINDS, ENV_IDS, OBS_ACT_DIMS, make_env, normalized_score
+from micro.envs import (
+    DATASET_KINDS,
+    ENV_IDS,
+    SimSpec,
+    as_sim,
+    make_env,
+    normalized_score,
+    versioned_sim,
+)
 from micro.nets import Actor, squash
 from micro.utils import EPISODE_SEED_STRIDE
 
@@ -73,17 +87,25 @@ def actor_policy(actor: Actor, seed: int) -> Policy:
 
 
 def collect(
-    env_name: str, policy: Policy, steps: int, seed: int, n_envs: int = 8, progress: bool = True
+    env: str | SimSpec,
+    policy: Policy,
+    steps: int,
+    seed: int,
+    n_envs: int = 8,
+    progress: bool = True,
 ) -> dict[str, np.ndarray]:
     """Run ``policy`` until ``steps`` rows of whole episodes are gathered (the last one cut to
-    fit). ``n_envs`` simulators step in lockstep so the policy runs on a batch; finished
-    episodes are appended in the order they finish, so the result depends only on ``seed``
-    and ``n_envs``. Also returns ``episode_returns`` of the whole episodes."""
-    envs = [make_env(env_name) for _ in range(n_envs)]
+    fit) on ``env`` (a robot name: its D4RL simulator). ``n_envs`` simulators step in lockstep
+    so the policy runs on a batch; finished episodes are appended in the order they finish, so
+    the result depends only on ``seed`` and ``n_envs``. Also returns ``episode_returns`` of the
+    whole episodes."""
+    sim = as_sim(env)
+    env_name = sim.robot
+    envs = [make_env(sim) for _ in range(n_envs)]
     next_seed = seed * EPISODE_SEED_STRIDE
-    obs = np.zeros((n_envs, OBS_ACT_DIMS[env_name][0]))
-    for i, env in enumerate(envs):
-        obs[i], _ = env.reset(seed=next_seed)
+    obs = np.zeros((n_envs, sim.obs_dim))
+    for i, one in enumerate(envs):
+        obs[i], _ = one.reset(seed=next_seed)
         next_seed += 1
     current: list[dict[str, list]] = [{k: [] for k in STEP_KEYS} for _ in envs]
     returns = np.zeros(n_envs)
@@ -93,11 +115,11 @@ def collect(
     bar = tqdm(total=steps, desc=f"collect {env_name}", unit="step", disable=not progress)
     while rows < steps:
         actions, log_probs = policy(obs.astype(np.float32))
-        for i, env in enumerate(envs):
+        for i, one in enumerate(envs):
             ep = current[i]
-            ep["infos/qpos"].append(env.unwrapped.data.qpos.copy())
-            ep["infos/qvel"].append(env.unwrapped.data.qvel.copy())
-            next_obs, reward, terminated, truncated, _ = env.step(actions[i])
+            ep["infos/qpos"].append(one.unwrapped.data.qpos.copy())
+            ep["infos/qvel"].append(one.unwrapped.data.qvel.copy())
+            next_obs, reward, terminated, truncated, _ = one.step(actions[i])
             ep["observations"].append(obs[i].copy())
             ep["next_observations"].append(next_obs)
             ep["actions"].append(actions[i])
@@ -113,13 +135,13 @@ def collect(
                 bar.update(min(len(ep["rewards"]), steps - bar.n))
                 current[i] = {k: [] for k in STEP_KEYS}
                 returns[i] = 0.0
-                obs[i], _ = env.reset(seed=next_seed)
+                obs[i], _ = one.reset(seed=next_seed)
                 next_seed += 1
             else:
                 obs[i] = next_obs
     bar.close()
-    for env in envs:
-        env.close()
+    for one in envs:
+        one.close()
     out = {k: np.concatenate([ep[k] for ep in finished])[:steps] for k in STEP_KEYS}
     whole = np.cumsum([len(ep["rewards"]) for ep in finished]) <= steps
     episode_returns = [r for r, keep in zip(episode_returns, whole, strict=True) if keep]
@@ -191,11 +213,11 @@ def load_policy(path: str | Path, env_name: str) -> tuple[Actor, dict]:
 
 
 def _policy_rollouts(
-    env_name: str, path: Path, steps: int, seed: int, n_envs: int, progress: bool
+    sim: SimSpec, path: Path, steps: int, seed: int, n_envs: int, progress: bool
 ) -> tuple[dict, str]:
-    actor, meta = load_policy(path, env_name)
+    actor, meta = load_policy(path, sim.robot)
     name = f"SAC snapshot {path.name} (step {meta['step']}, seed {meta['seed']})"
-    return collect(env_name, actor_policy(actor, seed), steps, seed, n_envs, progress), name
+    return collect(sim, actor_policy(actor, seed), steps, seed, n_envs, progress), name
 
 
 def replay_dataset(run: Path, upto: int) -> dict[str, np.ndarray]:
@@ -219,7 +241,7 @@ def replay_dataset(run: Path, upto: int) -> dict[str, np.ndarray]:
 
 def build(
     kind: str,
-    env_name: str,
+    env: str | SimSpec,
     steps: int,
     seed: int,
     n_envs: int,
@@ -229,23 +251,23 @@ def build(
     upto: int | None,
     progress: bool = True,
 ) -> tuple[dict, str]:
-    """The arrays of one dataset kind and a description of its source."""
-    act_dim = OBS_ACT_DIMS[env_name][1]
+    """The arrays of one dataset kind, collected on ``env`` (a robot name: its D4RL simulator),
+    and a description of its source."""
+    sim = as_sim(env)
+    env_name = sim.robot
     if kind == "random":
-        policy_fn = uniform_policy(act_dim, seed)
-        return collect(env_name, policy_fn, steps, seed, n_envs, progress), "uniform random actions"
+        policy_fn = uniform_policy(sim.act_dim, seed)
+        return collect(sim, policy_fn, steps, seed, n_envs, progress), "uniform random actions"
     if kind in ("medium", "expert"):
         path = Path(policy) if policy else default_policy_path(env_name, kind)
-        return _policy_rollouts(env_name, path, steps, seed, n_envs, progress)
+        return _policy_rollouts(sim, path, steps, seed, n_envs, progress)
     if kind == "medium-expert":
         medium_path = Path(policy) if policy else default_policy_path(env_name, "medium")
         expert_path = (
             Path(expert_policy) if expert_policy else default_policy_path(env_name, "expert")
         )
-        medium, medium_name = _policy_rollouts(env_name, medium_path, steps, seed, n_envs, progress)
-        expert, expert_name = _policy_rollouts(
-            env_name, expert_path, steps, seed + 1, n_envs, progress
-        )
+        medium, medium_name = _policy_rollouts(sim, medium_path, steps, seed, n_envs, progress)
+        expert, expert_name = _policy_rollouts(sim, expert_path, steps, seed + 1, n_envs, progress)
         out = {k: np.concatenate([medium[k], expert[k]]) for k in medium}
         out.update(metadata(env_name, medium_name, seed, medium["episode_returns"], "medium_"))
         out.update(metadata(env_name, expert_name, seed + 1, expert["episode_returns"], "expert_"))
@@ -253,6 +275,11 @@ def build(
     if kind == "medium-replay":
         if run is None:
             raise MicroError("--kind medium-replay needs --run DIR, a behavior training run folder")
+        if sim.env_id != ENV_IDS[env_name]:
+            raise MicroError(
+                f"--kind medium-replay replays a behavior run made on {ENV_IDS[env_name]}, not "
+                f"{sim.env_id}; pass --env_version 4"
+            )
         if upto is None:
             medium_path = Path(policy) if policy else default_policy_path(env_name, "medium")
             upto = int(load_policy(medium_path, env_name)[1]["step"])
@@ -270,7 +297,17 @@ def main(argv: list[str] | None = None) -> int:
         "--steps", type=int, default=1_000_000, help="rows (per part for medium-expert)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="HDF5 file to write (must not exist)")
+    parser.add_argument("--format", choices=("hdf5", "minari"), default="hdf5")
+    parser.add_argument("--out", help="hdf5: the file to write (must not exist)")
+    parser.add_argument(
+        "--dataset_id", help="minari: the new dataset's id, e.g. local/hopper/medium-v0"
+    )
+    parser.add_argument(
+        "--env_version",
+        type=int,
+        choices=(4, 5),
+        help="the robot's Gymnasium version: hdf5 4 only (D4RL's dynamics); minari 5 (default), 4",
+    )
     parser.add_argument("--policy", help="behavior policy .pt (medium/expert; the medium part)")
     parser.add_argument("--expert_policy", help="expert part of medium-expert")
     parser.add_argument("--run", help="behavior run folder, for medium-replay")
@@ -284,17 +321,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_progress", action="store_true")
     parser.add_argument("--debug", action="store_true")
 
-    def run(argv: list[str]) -> int:
-        a = parser.parse_args(argv)
-        out = Path(a.out)
-        if out.exists() and not a.force:
-            raise MicroError(f"{out} exists; choose another --out or pass --force to replace it")
+    def check_target(a) -> tuple[SimSpec, str]:
+        """The simulator to collect on and where the dataset goes, checked before collecting."""
         if a.steps < 2 or a.n_envs < 1:
             raise MicroError("--steps must be at least 2 and --n_envs at least 1")
+        if a.format == "hdf5":
+            if a.out is None or a.dataset_id is not None:
+                raise MicroError("--format hdf5 writes --out FILE.hdf5 (--dataset_id is minari's)")
+            if a.env_version not in (None, 4):
+                raise MicroError("a D4RL-format file holds D4RL's dynamics: -v4 only")
+            if Path(a.out).exists() and not a.force:
+                raise MicroError(
+                    f"{a.out} exists; choose another --out or pass --force to replace it"
+                )
+            return versioned_sim(a.env, 4), a.out
+        from micro.data import minari_data
+        from micro.envs import MINARI_ID
+
+        if a.dataset_id is None or a.out is not None:
+            raise MicroError("--format minari writes --dataset_id NAMESPACE/NAME-vN (not --out)")
+        if "/" not in a.dataset_id or not MINARI_ID.match(a.dataset_id):
+            raise MicroError(
+                f"bad --dataset_id {a.dataset_id!r}; use namespace/robot/kind-vN, e.g. "
+                f"local/{a.env}/{a.kind}-v0"
+            )
+        path = minari_data.local_path(a.dataset_id)
+        if path.exists():
+            raise MicroError(
+                f"Minari dataset {a.dataset_id} exists at {path}; choose another --dataset_id "
+                "(bump its -vN) or delete that folder"
+            )
+        return versioned_sim(a.env, a.env_version or 5), a.dataset_id
+
+    def run(argv: list[str]) -> int:
+        a = parser.parse_args(argv)
+        sim, target = check_target(a)
         start = time.time()
         arrays, name = build(
             a.kind,
-            a.env,
+            sim,
             a.steps,
             a.seed,
             a.n_envs,
@@ -305,11 +370,24 @@ def main(argv: list[str] | None = None) -> int:
             not a.no_progress,
         )
         returns = arrays["episode_returns"]
-        write_dataset(out, arrays, a.env, name, a.seed)
         mean = float(returns.mean()) if len(returns) else float("nan")
+        score = normalized_score(a.env, mean)
+        if a.format == "hdf5":
+            write_dataset(target, arrays, a.env, name, a.seed)
+        else:
+            from micro.data import minari_data
+
+            description = (
+                f"{a.kind} data for {sim.env_id} made by micro's collector: {name}, seed "
+                f"{a.seed}, {len(arrays['rewards'])} steps; whole episodes' return {mean:.1f} "
+                f"(D4RL-normalized {score:.1f})"
+            )
+            target = minari_data.write(
+                a.dataset_id, minari_data.split_episodes(arrays), sim.env_id, description, name
+            )
         print(
-            f"wrote {out}: {len(arrays['rewards'])} steps, {len(returns)} whole episodes, "
-            f"return {mean:.1f} (normalized {normalized_score(a.env, mean):.1f}) "
+            f"wrote {target}: {len(arrays['rewards'])} steps on {sim.env_id}, {len(returns)} "
+            f"whole episodes, return {mean:.1f} (D4RL-normalized {score:.1f}) "
             f"in {time.time() - start:.0f}s"
         )
         return 0

@@ -13,11 +13,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +71,31 @@ def _remote() -> str:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    first = first if len(first) <= 160 else first[:157] + "..."
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    """``Type: first line`` of an exception, with its root cause's when it has one (the
+    connection error behind a hub error)."""
+
+    def line(e: BaseException) -> str:
+        text = str(e).strip().splitlines()
+        first = text[0] if text else ""
+        first = first if len(first) <= 120 else first[:117] + "..."
+        return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+    root = exc
+    while (root.__cause__ or root.__context__) is not None and root is not root.__cause__:
+        root = root.__cause__ or root.__context__
+    return line(exc) if root is exc else f"{line(exc)} <- {line(root)}"
+
+
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """Hide huggingface_hub's retry warnings: the failure is reported once, by us."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _with_deadline(fn: Callable[[], Any], seconds: float, what: str) -> Any:
@@ -106,9 +128,14 @@ def download(dataset_id: str) -> Path:
 
     timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
     remote = _remote()
-    _with_deadline(lambda: get_cloud_storage().get_dataset_metadata(dataset_id), timeout, remote)
     path = local_path(dataset_id)
     existed = path.exists()
+    try:
+        storage = get_cloud_storage()  # imports the remote's client (no network yet)
+    except Exception as exc:
+        raise MicroError(f"cannot use the remote {remote}: {_one_line(exc)}") from None
+    with _quiet_hub():
+        _with_deadline(lambda: storage.get_dataset_metadata(dataset_id), timeout, remote)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
