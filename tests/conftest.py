@@ -138,6 +138,18 @@ def run_train(args, env, check=True):
     return proc
 
 
+def run_collect(args, env=None):
+    """Run ``python -m micro.data.collect`` as a user does; the caller checks the outcome."""
+    return subprocess.run(
+        [sys.executable, "-m", "micro.data.collect", "--no_progress", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def run_eval(args, check=True, cwd=ROOT):
     """Run eval.py as a user does (from ``cwd``)."""
     proc = subprocess.run(

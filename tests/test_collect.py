@@ -1,13 +1,11 @@
 """Dataset collection in the real simulator, and behavior-policy snapshots."""
 
 import dataclasses
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import run_collect
 
 from micro import MicroError
 from micro.data.behavior import (
@@ -195,23 +193,10 @@ def test_behavior_run_resumes(behavior_run, tmp_path):
 def test_collect_cli_refuses_to_overwrite(tmp_path):
     out = tmp_path / "d.hdf5"
     out.write_bytes(b"precious")
-    cmd = [
-        sys.executable,
-        "-m",
-        "micro.data.collect",
-        "--env",
-        "hopper",
-        "--kind",
-        "random",
-        "--steps",
-        "50",
-        "--out",
-        str(out),
-        "--no_progress",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    cmd = ["--env", "hopper", "--kind", "random", "--steps", "50", "--out", str(out)]
+    proc = run_collect(cmd)
     assert proc.returncode == 1 and "exists" in proc.stderr and out.read_bytes() == b"precious"
-    proc = subprocess.run([*cmd, "--force"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = run_collect([*cmd, "--force"])
     assert proc.returncode == 0, proc.stderr
     assert len(read_hdf5(out)["observations"]) == 50
 

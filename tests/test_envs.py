@@ -67,18 +67,7 @@ def test_halfcheetah_only_ends_diverged_states():
 
 def _random_run(env_name, steps, seed=0):
     env = make_env(env_name)
-    env.reset(seed=seed)
-    rng = np.random.default_rng(seed)
-    data = env.unwrapped.data
-    out = []
-    for _ in range(steps):
-        a = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
-        x_before = data.qpos[0]
-        obs, r, term, _, _ = env.step(a)
-        out.append((a, x_before, data.qpos[0], obs, r, term))
-        if term:
-            break
-    return env, out
+    return env, _random_steps(env, steps, seed)
 
 
 @pytest.mark.parametrize(

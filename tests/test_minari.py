@@ -8,8 +8,6 @@ import dataclasses
 import json
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT, make_minari_dataset, run_eval, run_train
+from conftest import make_minari_dataset, run_collect, run_eval, run_train
 from minari.storage.remotes.cloud_storage import CloudStorage
 
 from micro import MicroError
@@ -492,39 +490,15 @@ def test_train_resume_and_evaluate_on_a_minari_dataset(
 def test_collect_writes_a_real_minari_dataset(cli_env, tmp_path):
     store = tmp_path / "made"
     env = {**cli_env, "MINARI_DATASETS_PATH": str(store)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "micro.data.collect",
-        "--env",
-        "hopper",
-        "--kind",
-        "random",
-        "--steps",
-        "200",
-        "--no_progress",
-    ]
+    cmd = ["--env", "hopper", "--kind", "random", "--steps", "200"]
     made = "local/hopper/random-v0"
-    proc = subprocess.run(
-        [*cmd, "--format", "minari", "--dataset_id", made],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_collect([*cmd, "--format", "minari", "--dataset_id", made], env)
     assert proc.returncode == 0, proc.stderr
     assert "200 steps on Hopper-v5" in proc.stdout
 
-    import os
-
-    os.environ["MINARI_DATASETS_PATH"] = str(store)
-    try:
-        dataset = minari.load_dataset(made)  # minari's own reader
-        assert dataset.total_steps == 200 and dataset.env_spec.id == "Hopper-v5"
-        episodes = list(dataset.iterate_episodes())
-    finally:
-        os.environ.pop("MINARI_DATASETS_PATH")
+    dataset = minari.MinariDataset(store / made / "data")  # minari's own reader
+    assert dataset.total_steps == 200 and dataset.env_spec.id == "Hopper-v5"
+    episodes = list(dataset.iterate_episodes())
     same = collect(
         versioned_sim("hopper", 5), uniform_policy(3, 0), steps=200, seed=0, progress=False
     )
@@ -534,23 +508,9 @@ def test_collect_writes_a_real_minari_dataset(cli_env, tmp_path):
     )
     assert episodes[-1].truncations[-1] or episodes[-1].terminations[-1]
 
-    again = subprocess.run(
-        [*cmd, "--format", "minari", "--dataset_id", made],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = run_collect([*cmd, "--format", "minari", "--dataset_id", made], env)
     assert again.returncode == 1 and "exists" in again.stderr and "bump its -vN" in again.stderr
-    v5_hdf5 = subprocess.run(
-        [*cmd, "--out", str(tmp_path / "x.hdf5"), "--env_version", "5"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    v5_hdf5 = run_collect([*cmd, "--out", str(tmp_path / "x.hdf5"), "--env_version", "5"], env)
     assert v5_hdf5.returncode == 1 and "-v4 only" in v5_hdf5.stderr
     assert not (tmp_path / "x.hdf5").exists()
 
