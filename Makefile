@@ -12,7 +12,7 @@ $(BIN)/activate:
 
 install: $(BIN)/activate
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,sweep]"
 
 lint:
 	$(BIN)/ruff check .

@@ -50,9 +50,9 @@ def guarded(main: Callable[[list[str]], int], argv: list[str]) -> int:
         return 130
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """``--config FILE`` presets and one ``--<key> V`` flag per config key, each documented by
-    its comment in ``micro/config.py``."""
+def add_config_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """``--config FILE`` presets and one ``--<key> V`` flag per config key (but ``exclude``),
+    each documented by its comment in ``micro/config.py``."""
     parser.add_argument(
         "--config",
         action="append",
@@ -63,6 +63,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("config keys")
     comments = field_comments()
     for name in FIELDS:
+        if name in exclude:
+            continue
         tp = field_type(name)
         is_seq = "tuple" in str(tp)
         is_bool = tp is bool
@@ -76,12 +78,17 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def config_from_args(args: dict) -> Config:
-    """The resolved config from parsed ``add_config_flags`` arguments (consumed from ``args``)."""
-    presets = args.pop("config")
-    task = args.pop("task", FIELDS["task"].default)
+def typed_overrides(args: dict) -> dict:
+    """Parsed config flags (strings) as typed config values."""
     overrides = {}
     for key, raw in args.items():
         tokens = raw if isinstance(raw, list) else [raw]
         overrides[key] = parse_cli_value(key, [str(t) for t in tokens])
-    return resolve_config(task, presets, overrides)
+    return overrides
+
+
+def config_from_args(args: dict) -> Config:
+    """The resolved config from parsed ``add_config_flags`` arguments (consumed from ``args``)."""
+    presets = args.pop("config")
+    task = args.pop("task", FIELDS["task"].default)
+    return resolve_config(task, presets, typed_overrides(args))

@@ -177,25 +177,49 @@ def _report(result: TrainResult) -> None:
     print(f"policy: {result.run_dir / 'policy.pt'}\ntensorboard --logdir {result.run_dir / 'tb'}")
 
 
-def run(cfg: Config, progress: bool = True, extra_config: dict | None = None) -> TrainResult:
-    """Everything ``train.py`` does, in order, validating input before writing any file."""
+def claim_run_dir(path: Path) -> Path:
+    """``path`` as a new run directory: created, or taken over only if it is empty."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MicroError(f"cannot create the run directory {path} ({exc.strerror})") from None
+    if any(path.iterdir()):
+        raise MicroError(f"{path} is not empty; a new run needs a new folder")
+    return path
+
+
+def run(
+    cfg: Config,
+    progress: bool = True,
+    extra_config: dict | None = None,
+    run_dir: Path | None = None,
+    on_start: Callable[[Path], None] | None = None,
+) -> TrainResult:
+    """Everything ``train.py`` does, in order, validating input before writing any file. The run
+    goes to ``run_dir`` when given (a sweep's fixed place), else to a new timestamped folder;
+    ``on_start(run_dir)`` is called once it holds its config.yaml."""
     task = parse_task(cfg.task)
     device = resolve_device(cfg.device)
     data = load_task_data(task, cfg.dataset)
     set_seed(cfg.seed)
-    run_dir = make_run_dir(cfg)
+    run_dir = make_run_dir(cfg) if run_dir is None else claim_run_dir(Path(run_dir))
     save_config(cfg, run_dir / "config.yaml", {**data_record(data), **(extra_config or {})})
     print(
         f"run directory: {run_dir}\nalgorithm: {cfg.algo}; {config_files_note(cfg)}\n"
         f"{describe(data)}\ndevice: {device}"
     )
+    if on_start is not None:
+        on_start(run_dir)
     result = _trainer(cfg, run_dir, data, progress, resume=False).train()
     _report(result)
     return result
 
 
 def resume(
-    run_dir: str | Path, device_name: str | None = None, progress: bool = True
+    run_dir: str | Path,
+    device_name: str | None = None,
+    progress: bool = True,
+    on_start: Callable[[Path], None] | None = None,
 ) -> TrainResult:
     """Continue a killed run from its last checkpoint (or from its start if it has none)."""
     run_dir = Path(run_dir)
@@ -209,6 +233,8 @@ def resume(
     if (run_dir / "policy.pt").exists():
         raise MicroError(f"{run_dir} already finished (policy.pt exists); start a new run instead")
     data = reload_task_data(parse_task(cfg.task), saved)
+    if on_start is not None:
+        on_start(run_dir)
     set_seed(cfg.seed)
     result = _trainer(cfg, run_dir, data, progress, resume=True).train()
     _report(result)

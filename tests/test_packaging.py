@@ -10,7 +10,8 @@ from conftest import ROOT
 def test_conda_environment_matches_pyproject():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    extras = project["optional-dependencies"]
+    wanted = set(project["dependencies"]) | set(extras["dev"]) | set(extras["sweep"])
     conda = yaml.safe_load((ROOT / "MICRO.yml").read_text())
     pip = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
     # torch is pinned to the build the install command uses; the package accepts any >= 2.2

@@ -1,0 +1,456 @@
+"""``sweep.py``: train every (task, algorithm, seed) of a grid on Ray — this machine, one GPU box
+shared by several runs, or a cluster — resumably, then compare them with ``report.py``'s table.
+
+Each run is an ordinary run directory at a fixed place,
+``<logdir>/<task>/<algo>/seed<seed>-<config hash>``, the hash covering the whole resolved config
+but the seed, logdir and device. So rerunning a sweep skips finished runs (``policy.pt``),
+continues killed ones exactly as ``train.py --resume`` does, and starts a changed config in a
+new folder, never mixed with the old one. A failing run is recorded with its one-line error and
+does not stop the others. ``<logdir>/sweep.json`` records the grid and every run's state, path
+and error, rewritten atomically as runs change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from micro import MicroError
+from micro.config import Config, resolve_config
+from micro.utils import atomic_write_text
+
+SWEEP_FILE = "sweep.json"
+SWEEP_FORMAT = "micro-sweep-v1"
+WORKER_FILE = "worker.json"  # in a run directory: the process (pid, host) that trains it
+LOG_FILE = "train.log"  # in a run directory: what the run printed under the sweep
+NOT_HASHED = ("seed", "logdir", "device")
+
+
+# --- the grid ------------------------------------------------------------------------------------
+
+
+def config_hash(cfg: Config) -> str:
+    """8 hex digits over the resolved config, seed, logdir and device aside."""
+    body = {k: v for k, v in cfg.to_dict().items() if k not in NOT_HASHED}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
+
+
+@dataclass
+class RunEntry:
+    task: str
+    algo: str
+    seed: int
+    run_dir: str
+    config_hash: str
+    state: str = "pending"  # pending | running | finished | failed
+    error: str | None = None
+    final_score: float | None = None
+    seconds: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}/{self.algo}/seed{self.seed}"
+
+
+def plan(
+    tasks: Sequence[str],
+    algos: Sequence[str],
+    seeds: Sequence[int],
+    presets: Sequence[str],
+    overrides: dict[str, Any],
+    datasets: dict[str, str],
+    logdir: Path,
+) -> tuple[list[RunEntry], dict[str, Config]]:
+    """Every (task, algo, seed) with its resolved config and fixed run directory."""
+    entries, configs = [], {}
+    for task in tasks:
+        for algo in algos:
+            for seed in seeds:
+                values = {**overrides, "algo": algo, "seed": seed, "logdir": str(logdir)}
+                if task in datasets:
+                    values["dataset"] = datasets[task]
+                cfg = resolve_config(task, presets, values)
+                digest = config_hash(cfg)
+                run_dir = logdir / task / algo / f"seed{seed}-{digest}"
+                entry = RunEntry(task, algo, seed, str(run_dir), digest)
+                entries.append(entry)
+                configs[entry.run_dir] = cfg
+    return entries, configs
+
+
+def run_state(run_dir: Path) -> str:
+    """finished (policy.pt) | partial (a run was started there) | new (absent or empty)."""
+    if (run_dir / "policy.pt").exists():
+        return "finished"
+    if (run_dir / "config.yaml").exists():
+        return "partial"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise MicroError(f"{run_dir} holds files but no config.yaml; move it away to rerun")
+    return "new"
+
+
+def epochs_done(run_dir: Path) -> int:
+    """Epochs a run has logged (rows of its progress.csv)."""
+    try:
+        with open(run_dir / "progress.csv", newline="") as fh:
+            return sum(1 for _ in csv.DictReader(fh))
+    except OSError:
+        return 0
+
+
+# --- one run, on a Ray worker --------------------------------------------------------------------
+
+
+class _RunLog(io.TextIOBase):
+    """What a run prints, appended to ``<run_dir>/train.log`` once the folder exists (until then
+    held in memory)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir, self.held, self.file = run_dir, [], None
+
+    def write(self, text: str) -> int:
+        if self.file is None and self.run_dir.is_dir():
+            self.file = open(self.run_dir / LOG_FILE, "a", encoding="utf-8")  # noqa: SIM115
+            self.file.write("".join(self.held))
+            self.held = []
+        if self.file is None:
+            self.held.append(text)
+        else:
+            self.file.write(text)
+            self.file.flush()
+        return len(text)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        super().close()
+
+
+def train_one(config: dict, run_dir: str, threads: int) -> dict:
+    """Train, resume or skip one run; never raises for a run's own failure (the error is
+    returned, one line, and the traceback goes to the run's train.log when it has one)."""
+    import torch
+
+    from micro.config import config_from_dict
+    from micro.pipeline import resume, run
+
+    torch.set_num_threads(max(1, threads))
+    path = Path(run_dir)
+    start = time.time()
+
+    def started(folder: Path) -> None:
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        atomic_write_text(folder / WORKER_FILE, json.dumps(info))
+
+    log = _RunLog(path)
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            state = run_state(path)
+            if state == "finished":
+                return {"state": "finished", "seconds": 0.0, "final_score": None}
+            if state == "partial":
+                result = resume(path, progress=False, on_start=started)
+            else:
+                result = run(
+                    config_from_dict(config), progress=False, run_dir=path, on_start=started
+                )
+        score = None if result.final_eval is None else result.final_eval.normalized_mean
+        return {"state": "finished", "seconds": time.time() - start, "final_score": score}
+    except MicroError as exc:
+        return {"state": "failed", "error": str(exc), "seconds": time.time() - start}
+    except Exception as exc:  # a bug or a crash inside the run: keep the others going
+        if path.is_dir():
+            log.write(traceback.format_exc())
+        first = (str(exc).splitlines() or [""])[0]
+        return {"state": "failed", "error": f"{type(exc).__name__}: {first}".rstrip(": ")}
+    finally:
+        log.close()
+
+
+# --- the driver ----------------------------------------------------------------------------------
+
+
+class Record:
+    """``sweep.json``: the grid and each run's state, rewritten atomically on every change."""
+
+    def __init__(self, path: Path, grid: dict, entries: list[RunEntry]) -> None:
+        self.path, self.grid, self.entries = path, grid, entries
+        self.started = datetime.now().isoformat(timespec="seconds")
+
+    def counts(self) -> dict[str, int]:
+        out = {"finished": 0, "running": 0, "failed": 0, "pending": 0}
+        for e in self.entries:
+            out[e.state] += 1
+        return out
+
+    def save(self) -> None:
+        body = {
+            "format": SWEEP_FORMAT,
+            "grid": self.grid,
+            "started": self.started,
+            "updated": datetime.now().isoformat(timespec="seconds"),
+            "counts": self.counts(),
+            "runs": [asdict(e) for e in self.entries],
+        }
+        atomic_write_text(self.path, json.dumps(body, indent=1) + "\n")
+
+
+def _status(record: Record) -> str:
+    c = record.counts()
+    return (
+        f"[{c['finished']} done | {c['running']} running | {c['failed']} failed | "
+        f"{c['pending']} pending]"
+    )
+
+
+def _running_line(record: Record, configs: dict[str, Config]) -> str:
+    parts = [
+        f"{e.name} epoch {epochs_done(Path(e.run_dir))}/{configs[e.run_dir].epoch}"
+        for e in record.entries
+        if e.state == "running"
+    ]
+    return f"{_status(record)} " + "; ".join(parts)
+
+
+def _check_resources(ray, cpus: float, gpus: float) -> None:
+    total = ray.cluster_resources()
+    if gpus > total.get("GPU", 0):
+        raise MicroError(
+            f"--gpus_per_run {gpus:g} but the Ray cluster has {total.get('GPU', 0):g} GPU(s)"
+        )
+    if cpus > total.get("CPU", 0):
+        raise MicroError(
+            f"--cpus_per_run {cpus:g} but the Ray cluster has {total.get('CPU', 0):g} CPU(s)"
+        )
+
+
+def start_ray(address: str | None, num_cpus: int | None):
+    try:
+        import ray
+    except ImportError:
+        raise MicroError(
+            "sweeps need Ray: pip install -e '.[sweep]' (make install does it)"
+        ) from None
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,  # each run prints to its own train.log
+        "logging_level": logging.WARNING,
+    }
+    if address:
+        kwargs["address"] = address
+    elif num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    try:
+        ray.init(**kwargs)
+    except Exception as exc:  # ConnectionError, RuntimeError, ...
+        where = address or "a local Ray instance"
+        first = (str(exc).splitlines() or [""])[0]
+        raise MicroError(f"cannot start or reach {where}: {type(exc).__name__}: {first}") from None
+    return ray
+
+
+def execute(
+    record: Record,
+    configs: dict[str, Config],
+    ray,
+    cpus_per_run: float,
+    gpus_per_run: float,
+    max_retries: int,
+    status_every: float = 30.0,
+) -> None:
+    """Submit every unfinished run to Ray and follow them to the end."""
+    remote = ray.remote(train_one).options(
+        num_cpus=cpus_per_run,
+        num_gpus=gpus_per_run,
+        max_retries=max_retries,
+        retry_exceptions=False,
+        name="micro-train",
+    )
+    pending: dict[Any, RunEntry] = {}
+    submitted = time.time()
+    for entry in record.entries:
+        state = run_state(Path(entry.run_dir))
+        if state == "finished":
+            entry.state, entry.error = "finished", None
+            continue
+        threads = max(1, int(cpus_per_run))
+        config = configs[entry.run_dir].to_dict()
+        pending[remote.remote(config, entry.run_dir, threads)] = entry
+        entry.state, entry.error = "pending", None
+        verb = "resumes" if state == "partial" else "starts"
+        print(f"{entry.name}: {verb} in {entry.run_dir}")
+    record.save()
+    print(_status(record), flush=True)
+    last_status = time.time()
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
+        for ref in ready:
+            entry = pending.pop(ref)
+            try:
+                result = ray.get(ref)
+            except Exception as exc:  # the worker died (killed, pre-empted, out of memory)
+                first = (str(exc).strip().splitlines() or [""])[0]
+                result = {"state": "failed", "error": f"{type(exc).__name__}: {first}"[:300]}
+            entry.state = result["state"]
+            entry.error = result.get("error")
+            entry.final_score = result.get("final_score")
+            entry.seconds = result.get("seconds")
+            record.save()
+            if entry.state == "finished":
+                score = "" if entry.final_score is None else f", score {entry.final_score:.1f}"
+                print(f"{_status(record)} {entry.name}: finished{score}", flush=True)
+            else:
+                print(f"{_status(record)} {entry.name}: FAILED: {entry.error}", flush=True)
+        for entry in pending.values():  # queued runs that a worker has picked up
+            worker = _worker(Path(entry.run_dir))
+            if entry.state == "pending" and worker and worker["started"] >= submitted:
+                entry.state = "running"
+                record.save()
+                print(
+                    f"{_status(record)} {entry.name}: running (pid {worker['pid']} on "
+                    f"{worker['host']})",
+                    flush=True,
+                )
+        if time.time() - last_status >= status_every:
+            if any(e.state == "running" for e in pending.values()):
+                print(_running_line(record, configs), flush=True)
+            last_status = time.time()
+
+
+def _worker(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / WORKER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def report(entries: list[RunEntry], out: Path) -> dict[str, Path]:
+    from micro.report import find_runs, write_report
+
+    dirs = [e.run_dir for e in entries if (Path(e.run_dir) / "progress.csv").is_file()]
+    if not dirs:
+        raise MicroError("no run of the sweep has logged an epoch yet; nothing to report")
+    return write_report(find_runs(dirs), out)
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def _parse_datasets(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        task, sep, file = item.partition("=")
+        if not sep or not task or not file:
+            raise MicroError(f"bad --dataset {item!r}; use TASK=FILE")
+        out[task] = str(Path(file).expanduser().resolve())
+    return out
+
+
+def build_parser():
+    from micro.cli import OneLineParser, add_config_flags
+
+    parser = OneLineParser(
+        prog="sweep.py",
+        description="Train every (task, algorithm, seed) of a grid on Ray, resumably, and "
+        "compare them (report.py's table and curves). Config flags apply to every run.",
+    )
+    parser.add_argument("--tasks", nargs="+", required=True, metavar="T")
+    parser.add_argument("--algos", nargs="+", default=["micro"], metavar="A")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="S")
+    parser.add_argument(
+        "--dataset", action="append", default=[], metavar="TASK=FILE", help="a task's local data"
+    )
+    parser.add_argument("--logdir", default="sweeps/default", help="the sweep's folder")
+    parser.add_argument(
+        "--address", help="an existing Ray cluster: auto, or ray://host:10001 (default: local)"
+    )
+    parser.add_argument("--num_cpus", type=int, help="CPUs of the local Ray instance")
+    parser.add_argument("--cpus_per_run", type=float, default=1.0)
+    parser.add_argument("--gpus_per_run", type=float, default=0.0, help="fractions share a GPU")
+    parser.add_argument(
+        "--max_retries",
+        type=int,
+        default=3,
+        help="reruns of a run whose worker died (each resumes from its checkpoint)",
+    )
+    parser.add_argument("--status_every", type=float, default=30.0, help="seconds between status")
+    parser.add_argument("--report_only", action="store_true", help="only write the report")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    add_config_flags(parser, exclude=("task", "algo", "seed", "dataset", "logdir"))
+    return parser
+
+
+def _sweep(argv: list[str]) -> int:
+    from micro.cli import typed_overrides
+
+    args = vars(build_parser().parse_args(argv))
+    tasks, algos, seeds = args.pop("tasks"), args.pop("algos"), args.pop("seeds")
+    datasets = _parse_datasets(args.pop("dataset"))
+    logdir = Path(args.pop("logdir")).expanduser().resolve()
+    address, num_cpus = args.pop("address"), args.pop("num_cpus")
+    cpus, gpus = args.pop("cpus_per_run"), args.pop("gpus_per_run")
+    max_retries, status_every = args.pop("max_retries"), args.pop("status_every")
+    report_only = args.pop("report_only")
+    args.pop("debug")
+    presets = args.pop("config")
+    unknown = sorted(set(datasets) - set(tasks))
+    if unknown:
+        raise MicroError(f"--dataset names {', '.join(unknown)}, not in --tasks")
+    if len(set(seeds)) != len(seeds) or len(set(tasks)) != len(tasks):
+        raise MicroError("--tasks and --seeds must not repeat")
+    if cpus <= 0 or gpus < 0 or max_retries < 0:
+        raise MicroError("--cpus_per_run must be positive, --gpus_per_run and --max_retries >= 0")
+    overrides = typed_overrides(args)
+    entries, configs = plan(tasks, algos, seeds, presets, overrides, datasets, logdir)
+    grid = {
+        "tasks": tasks,
+        "algos": algos,
+        "seeds": seeds,
+        "datasets": datasets,
+        "presets": [str(Path(p).resolve()) for p in presets],
+        "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
+    }
+    logdir.mkdir(parents=True, exist_ok=True)
+    record = Record(logdir / SWEEP_FILE, grid, entries)
+    for entry in entries:  # what is on disk already
+        if run_state(Path(entry.run_dir)) == "finished":
+            entry.state = "finished"
+    todo = [e for e in entries if e.state != "finished"]
+    print(f"sweep: {len(entries)} runs in {logdir}, {len(entries) - len(todo)} finished before")
+    if todo and not report_only:
+        ray = start_ray(address, num_cpus)
+        try:
+            _check_resources(ray, cpus, gpus)
+            execute(record, configs, ray, cpus, gpus, max_retries, status_every)
+        finally:
+            ray.shutdown()
+    else:
+        record.save()
+    written = report(entries, logdir / "report")
+    for path in written.values():
+        print(f"wrote {path}")
+    failed = [e for e in record.entries if e.state == "failed"]
+    for e in failed:
+        print(f"failed: {e.name}: {e.error}", file=sys.stderr)
+    print(f"record: {record.path}")
+    return 1 if failed else 0
+
+
+def sweep_main(argv: Sequence[str] | None = None) -> int:
+    from micro.cli import guarded
+
+    return guarded(_sweep, list(sys.argv[1:] if argv is None else argv))

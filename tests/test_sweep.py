@@ -1,0 +1,194 @@
+"""sweep.py on Ray: a 2 × 2 grid of tiny runs, rerun as a no-op, a killed worker resumed exactly,
+a run with broken data failing alone. One Ray head (2 CPUs, this machine's) serves the module,
+reached with --address as on a cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+from conftest import ROOT
+
+from micro.sweep import config_hash, plan
+
+pytest.importorskip("ray")
+RAY = Path(sys.executable).parent / "ray"
+# The module's own head on localhost; token authentication would need a token file shared by
+# the head and every sweep, which a test's HOME may not hold.
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_address(tmp_path_factory):
+    port = _free_port()
+    temp = Path(f"/tmp/ray-micro-{os.getpid()}")  # short: Ray's socket paths have a length limit
+    cmd = [str(RAY), "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0"]
+    cmd += ["--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    yield f"127.0.0.1:{port}"
+    subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120, env=ENV)
+
+
+def sweep(args, address, check=True, wait=True):
+    cmd = [sys.executable, "sweep.py", "--address", address, "--status_every", "1", *args]
+    if not wait:
+        return subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc
+
+
+def grid_args(hopper_file, tiny_config, logdir, *extra):
+    return [
+        "--tasks", "hopper-medium-v2", "hopper-random-v2",
+        "--seeds", "0", "1",
+        "--dataset", f"hopper-medium-v2={hopper_file}",
+        "--dataset", f"hopper-random-v2={hopper_file}",
+        "--config", str(tiny_config),
+        "--logdir", str(logdir),
+        *extra,
+    ]  # fmt: skip
+
+
+def test_run_places_follow_the_config(hopper_file, tiny_config, tmp_path):
+    entries, configs = plan(
+        ["hopper-medium-v2"], ["micro", "mobile"], [0, 1], [str(tiny_config)], {}, {}, tmp_path
+    )
+    assert [(e.algo, e.seed) for e in entries] == [
+        ("micro", 0),
+        ("micro", 1),
+        ("mobile", 0),
+        ("mobile", 1),
+    ]
+    a, b = entries[0], entries[1]
+    assert a.config_hash == b.config_hash  # seeds of one experiment share the hash
+    assert Path(a.run_dir) == tmp_path / "hopper-medium-v2" / "micro" / f"seed0-{a.config_hash}"
+    assert entries[2].config_hash != a.config_hash  # another algorithm, another config
+    changed, _ = plan(
+        ["hopper-medium-v2"],
+        ["micro"],
+        [0],
+        [str(tiny_config)],
+        {"penalty_coef": 3.0},
+        {},
+        tmp_path,
+    )
+    assert changed[0].run_dir != a.run_dir  # a changed config never reuses a run's folder
+    assert config_hash(configs[a.run_dir]) == a.config_hash
+
+
+def test_a_grid_completes_then_reruns_as_a_no_op(ray_address, hopper_file, tiny_config, tmp_path):
+    logdir = tmp_path / "grid"
+    proc = sweep(grid_args(hopper_file, tiny_config, logdir), ray_address)
+    record = json.loads((logdir / "sweep.json").read_text())
+    assert record["counts"] == {"finished": 4, "running": 0, "failed": 0, "pending": 0}
+    assert {(r["task"], r["seed"]) for r in record["runs"]} == {
+        (t, s) for t in ("hopper-medium-v2", "hopper-random-v2") for s in (0, 1)
+    }
+    for r in record["runs"]:
+        run = Path(r["run_dir"])
+        assert (run / "policy.pt").exists() and (run / "train.log").exists()
+        assert r["final_score"] is not None
+    table = (logdir / "report" / "summary.md").read_text()
+    for task in ("hopper-medium-v2", "hopper-random-v2"):
+        assert f"| {task} | micro | 0 1 | 40 |" in table
+    assert "4 done" in proc.stdout
+
+    start = time.time()
+    again = sweep(grid_args(hopper_file, tiny_config, logdir), ray_address)
+    assert time.time() - start < 30
+    assert "4 finished before" in again.stdout and "starts" not in again.stdout
+    assert json.loads((logdir / "sweep.json").read_text())["counts"]["finished"] == 4
+
+
+def test_a_killed_worker_is_resumed_exactly_on_the_next_sweep(
+    ray_address, hopper_file, tiny_config, tmp_path
+):
+    args = ["--tasks", "hopper-medium-v2", "--dataset", f"hopper-medium-v2={hopper_file}"]
+    args += ["--config", str(tiny_config), "--epoch", "8", "--max_retries", "0"]
+    reference = sweep([*args, "--logdir", str(tmp_path / "reference")], ray_address)
+    assert reference.returncode == 0
+    (ref_run,) = (tmp_path / "reference").glob("hopper-medium-v2/micro/seed0-*")
+
+    logdir = tmp_path / "killed"
+    proc = sweep([*args, "--logdir", str(logdir)], ray_address, wait=False)
+    deadline, run = time.time() + 240, None
+    while time.time() < deadline:  # wait for two epochs and their checkpoint, then SIGKILL
+        runs = list(logdir.glob("hopper-medium-v2/micro/seed0-*"))
+        if runs and (runs[0] / "worker.json").exists() and (runs[0] / "progress.csv").exists():
+            run = runs[0]
+            if len((run / "progress.csv").read_text().splitlines()) >= 3:
+                break
+        time.sleep(0.05)
+    assert run is not None
+    os.kill(json.loads((run / "worker.json").read_text())["pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "FAILED" in out, out + err
+    assert not (run / "policy.pt").exists(), "killed too late"
+    record = json.loads((logdir / "sweep.json").read_text())
+    assert record["runs"][0]["state"] == "failed" and record["runs"][0]["error"]
+
+    resumed = sweep([*args, "--logdir", str(logdir)], ray_address)
+    assert "resumes in" in resumed.stdout
+    assert "resuming at epoch" in (run / "train.log").read_text()
+    assert (run / "progress.csv").read_text() == (ref_run / "progress.csv").read_text()
+    assert json.loads((logdir / "sweep.json").read_text())["runs"][0]["state"] == "finished"
+
+
+def test_a_run_with_broken_data_fails_alone(ray_address, hopper_file, tiny_config, tmp_path):
+    broken = tmp_path / "broken.hdf5"
+    with h5py.File(broken, "w") as f:
+        f["observations"] = [[0.0] * 11] * 10
+    logdir = tmp_path / "mixed"
+    args = ["--tasks", "hopper-medium-v2", "hopper-random-v2", "--config", str(tiny_config)]
+    args += [
+        "--dataset",
+        f"hopper-medium-v2={hopper_file}",
+        "--dataset",
+        f"hopper-random-v2={broken}",
+    ]
+    proc = sweep([*args, "--logdir", str(logdir)], ray_address, check=False)
+    assert proc.returncode == 1
+    runs = {r["task"]: r for r in json.loads((logdir / "sweep.json").read_text())["runs"]}
+    assert runs["hopper-medium-v2"]["state"] == "finished"
+    bad = runs["hopper-random-v2"]
+    assert bad["state"] == "failed" and "lacks key(s) actions" in bad["error"]
+    assert "\n" not in bad["error"] and not Path(bad["run_dir"]).exists()
+    assert f"failed: hopper-random-v2/micro/seed0: {bad['error']}" in proc.stderr
+    assert (logdir / "report" / "summary.md").exists()  # the table of what did finish
+
+
+def test_bad_sweep_arguments_are_one_line_errors(tmp_path):
+    for args, message in [
+        (["--tasks", "hopper-medium-v2", "--dataset", "nofile"], "use TASK=FILE"),
+        (
+            ["--tasks", "hopper-medium-v2", "--dataset", "walker2d-medium-v2=x.hdf5"],
+            "not in --tasks",
+        ),
+        (["--tasks", "nope-v2"], "unknown task"),
+        (["--tasks", "hopper-medium-v2", "--seeds", "1", "1"], "must not repeat"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "sweep.py", *args, "--logdir", str(tmp_path / "x")],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1
