@@ -236,19 +236,13 @@ def sweep(args, policy: LoadedPolicy, device, progress: bool) -> tuple[list[dict
     return attack(args, policy, device, progress), ["attack_mode", "eps"]
 
 
-def _eval(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+def check_args(args) -> None:
     if args.eval_episodes < 1 or args.n_envs < 1:
         raise MicroError("--eval_episodes and --n_envs must be at least 1")
-    device = resolve_device(args.device)
-    task, policies = load_policies(args, device)
-    several = len(policies) > 1
-    if args.out:
-        out = Path(args.out)
-    elif several:
-        out = Path(args.logdir) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    else:
-        out = policies[0].path.resolve().parent / "eval"
+
+
+def prepare_out(args, out: Path) -> dict[str, Path]:
+    """The output files in ``out``, refusing to replace earlier results without --force."""
     files = output_files(args, out)
     existing = [str(p) for p in files.values() if p.exists()]
     if existing and not args.force:
@@ -259,30 +253,63 @@ def _eval(argv: list[str]) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MicroError(f"cannot create output folder {out}: {exc.strerror}") from None
+    return files
+
+
+def tagged_rows(policies: list[LoadedPolicy], parts: list[list[dict]], group: str) -> list[dict]:
+    """Several policies' rows in one table, each row naming its policy, algorithm, seed and
+    the line/panel it belongs to; one policy's rows as they are."""
+    if len(policies) == 1:
+        return list(parts[0])
+    rows = []
+    for policy, name, part in zip(policies, group_names(policies, group), parts, strict=True):
+        who = {"policy": str(policy.path), "algo": policy.algo, "seed": policy.seed}
+        rows += [{**who, "group": name, **r} for r in part]
+    return rows
+
+
+def write_results(args, task: str, rows: list[dict], files: dict[str, Path], several: bool):
+    """The CSV and, for sweeps, the figure: one policy's, or several policies' compared."""
+    write_csv(files["csv"], rows)
+    if "png" not in files:
+        return
+    from micro import plots
+
+    if args.choice == "sim2real":
+        title = f"{task}: normalized return"
+        if several:
+            plots.sim2real_comparison(rows, files["png"], title=title)
+        else:
+            plots.sim2real_heatmap(rows, files["png"], title=title)
+    elif several:
+        plots.attack_comparison(rows, files["png"], title=f"{task}: observation attacks")
+    else:
+        plots.attack_curves(rows, files["png"], title=f"{task}: observation attacks")
+
+
+def _eval(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    device = resolve_device(args.device)
+    task, policies = load_policies(args, device)
+    several = len(policies) > 1
+    if args.out:
+        out = Path(args.out)
+    elif several:
+        out = Path(args.logdir) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    else:
+        out = policies[0].path.resolve().parent / "eval"
+    files = prepare_out(args, out)
     progress = not args.no_progress
     start = time.time()
-    groups = group_names(policies, args.group)
-    rows: list[dict] = []
-    for policy, group in zip(policies, groups, strict=True):
+    parts = []
+    for policy in policies:
         if several:
             print(f"{policy.label}: {policy.path}")
         part, keys = sweep(args, policy, device, progress)
-        who = {"policy": str(policy.path), "algo": policy.algo, "seed": policy.seed}
-        rows += [{**who, "group": group, **r} if several else r for r in part]
-    write_csv(files["csv"], rows)
-    if "png" in files:
-        from micro import plots
-
-        if args.choice == "sim2real":
-            title = f"{task}: normalized return"
-            if several:
-                plots.sim2real_comparison(rows, files["png"], title=title)
-            else:
-                plots.sim2real_heatmap(rows, files["png"], title=title)
-        elif several:
-            plots.attack_comparison(rows, files["png"], title=f"{task}: observation attacks")
-        else:
-            plots.attack_curves(rows, files["png"], title=f"{task}: observation attacks")
+        parts.append(part)
+    rows = tagged_rows(policies, parts, args.group)
+    write_results(args, task, rows, files, several)
     print_table(rows, (["group"] if several else []) + keys)
     took = time.time() - start
     print(

@@ -347,6 +347,101 @@ def report(entries: list[RunEntry], out: Path) -> dict[str, Path]:
     return write_report(find_runs(dirs), out)
 
 
+# --- robustness of a sweep's policies (sweep.py eval) --------------------------------------------
+
+
+def eval_one(policy_path: str, settings: dict, threads: int) -> dict:
+    """eval.py's sweep (clean, sim2real or attacks) of one policy, on a Ray worker."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from micro.evaluate_cli import sweep as robustness_sweep
+    from micro.policy_file import load_policy
+    from micro.utils import resolve_device
+
+    torch.set_num_threads(max(1, threads))
+    torch.set_grad_enabled(False)
+    try:
+        device = resolve_device(settings["device"])
+        policy = load_policy(policy_path, None, device)
+        rows, keys = robustness_sweep(SimpleNamespace(**settings), policy, device, False)
+        return {"rows": rows, "keys": keys}
+    except MicroError as exc:
+        return {"error": str(exc)}
+
+
+def _sweep_eval(argv: list[str]) -> int:
+    """``sweep.py eval``: eval.py's sweeps for every finished policy of a sweep, on Ray; one
+    table and one comparison figure per task under ``<logdir>/eval/<task>/``."""
+    import torch
+
+    from micro import evaluate_cli as ev
+    from micro.envs import parse_task
+    from micro.policy_file import load_policy
+
+    parser = ev.build_parser()
+    parser.prog = "sweep.py eval"
+    parser.description = (
+        "eval.py's clean, sim2real or attack sweep for every finished policy of a sweep, run "
+        "on Ray; per task, one table and one figure comparing the algorithms (mean ± std over "
+        "seeds). Results go to <logdir>/eval/<task>/ unless --out."
+    )
+    parser.set_defaults(logdir="sweeps/default")
+    parser.add_argument("--address", help="an existing Ray cluster (default: a local instance)")
+    parser.add_argument("--num_cpus", type=int, help="CPUs of the local Ray instance")
+    parser.add_argument("--cpus_per_run", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    if args.policy_path or args.task:
+        raise MicroError("sweep.py eval evaluates the sweep in --logdir; drop --policy_path/--task")
+    ev.check_args(args)
+    logdir = Path(args.logdir).expanduser().resolve()
+    try:
+        record = json.loads((logdir / SWEEP_FILE).read_text())
+    except (OSError, ValueError):
+        raise MicroError(
+            f"no readable {SWEEP_FILE} in {logdir}; run sweep.py there first"
+        ) from None
+    by_task: dict[str, list[str]] = {}
+    for r in record["runs"]:
+        if (Path(r["run_dir"]) / "policy.pt").is_file():
+            by_task.setdefault(r["task"], []).append(str(Path(r["run_dir"]) / "policy.pt"))
+    if not by_task:
+        raise MicroError(f"no finished policy in the sweep {logdir}; run sweep.py to finish it")
+    root = Path(args.out) if args.out else logdir / "eval"
+    files = {t: ev.prepare_out(args, root / parse_task(t).slug) for t in by_task}
+    settings = {k: v for k, v in vars(args).items() if k not in ("address", "num_cpus")}
+    ray = start_ray(args.address, args.num_cpus)
+    try:
+        _check_resources(ray, args.cpus_per_run, 0.0)
+        remote = ray.remote(eval_one).options(num_cpus=args.cpus_per_run, name="micro-eval")
+        threads = max(1, int(args.cpus_per_run))
+        refs = {
+            t: [remote.remote(p, settings, threads) for p in paths] for t, paths in by_task.items()
+        }
+        results = {t: ray.get(r) for t, r in refs.items()}
+    finally:
+        ray.shutdown()
+    failed = 0
+    for task, paths in by_task.items():
+        ok = [(p, r) for p, r in zip(paths, results[task], strict=True) if "rows" in r]
+        for p, r in zip(paths, results[task], strict=True):
+            if "error" in r:
+                failed += 1
+                print(f"failed: {p}: {r['error']}", file=sys.stderr)
+        if not ok:
+            continue
+        policies = [load_policy(p, task, torch.device("cpu")) for p, _ in ok]
+        several = len(policies) > 1
+        rows = ev.tagged_rows(policies, [r["rows"] for _, r in ok], args.group)
+        ev.write_results(args, task, rows, files[task], several)
+        print(f"{task}: {len(policies)} policies")
+        ev.print_table(rows, (["group"] if several else []) + ok[0][1]["keys"])
+        for path in files[task].values():
+            print(f"wrote {path}")
+    return 1 if failed else 0
+
+
 # --- the command line ----------------------------------------------------------------------------
 
 
@@ -453,4 +548,7 @@ def _sweep(argv: list[str]) -> int:
 def sweep_main(argv: Sequence[str] | None = None) -> int:
     from micro.cli import guarded
 
-    return guarded(_sweep, list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["eval"]:
+        return guarded(_sweep_eval, argv[1:])
+    return guarded(_sweep, argv)

@@ -4,6 +4,7 @@ reached with --address as on a cluster."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import h5py
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_eval
 
 from micro.sweep import config_hash, plan
 
@@ -45,12 +46,15 @@ def ray_address(tmp_path_factory):
 
 
 def sweep(args, address, check=True, wait=True):
-    cmd = [sys.executable, "sweep.py", "--address", address, "--status_every", "1", *args]
+    """Run ``sweep.py [eval] ARGS`` against the module's Ray head, as a user does."""
+    if args[:1] == ["eval"]:
+        cmd = [sys.executable, "sweep.py", "eval", "--address", address, *args[1:]]
+    else:
+        cmd = [sys.executable, "sweep.py", "--address", address, "--status_every", "1", *args]
     if not wait:
-        return subprocess.Popen(
-            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        pipe = subprocess.PIPE
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=pipe, stderr=pipe, text=True, env=ENV)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV)
     if check:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc
@@ -117,6 +121,24 @@ def test_a_grid_completes_then_reruns_as_a_no_op(ray_address, hopper_file, tiny_
     assert time.time() - start < 30
     assert "4 finished before" in again.stdout and "starts" not in again.stdout
     assert json.loads((logdir / "sweep.json").read_text())["counts"]["finished"] == 4
+
+    # every finished policy's attack sweep on Ray, one comparison per task
+    attack = ["--choice", "attack", "--attack_mode", "random", "--eps", "0", "0.1"]
+    attack += ["--eval_episodes", "1", "--n_envs", "1"]
+    sweep(["eval", "--logdir", str(logdir), *attack], ray_address)
+    table = logdir / "eval" / "hopper-medium-v2" / "attack-random.csv"
+    with open(table, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert (logdir / "eval" / "hopper-random-v2" / "attack-random.png").is_file()
+    assert len(rows) == 4 and {r["group"] for r in rows} == {"micro"}
+    assert {r["seed"] for r in rows} == {"0", "1"}
+    # the same numbers as eval.py gives for one of the policies alone
+    policy = rows[0]["policy"]
+    run_eval(["--policy_path", policy, *attack, "--out", str(tmp_path / "alone")])
+    with open(tmp_path / "alone" / "attack-random.csv", newline="") as fh:
+        alone = list(csv.DictReader(fh))
+    mine = [r for r in rows if r["policy"] == policy]
+    assert [float(r["return_mean"]) for r in mine] == [float(r["return_mean"]) for r in alone]
 
 
 def test_a_killed_worker_is_resumed_exactly_on_the_next_sweep(
