@@ -53,7 +53,6 @@ def make_minari_dataset(
     import numpy as np
     from minari.data_collector.episode_buffer import EpisodeBuffer
 
-    os.environ["MINARI_DATASETS_PATH"] = str(store)  # minari reads it at call time
     env = gym.make(env_id)
     rng = np.random.default_rng(seed)
     buffers, total = [], 0
@@ -79,11 +78,19 @@ def make_minari_dataset(
         total += len(ep["actions"])
         buffers.append(EpisodeBuffer(id=len(buffers), **{k: np.asarray(v) for k, v in ep.items()}))
     kwargs = {} if refs is None else {"ref_min_score": refs[0], "ref_max_score": refs[1]}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return minari.create_dataset_from_buffers(
-            dataset_id, buffers, env=env, num_episodes_average_score=1, **kwargs
-        )
+    saved = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(store)  # where minari writes; read at call time
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return minari.create_dataset_from_buffers(
+                dataset_id, buffers, env=env, num_episodes_average_score=1, **kwargs
+            )
+    finally:
+        if saved is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = saved
 
 
 @pytest.fixture(scope="session")
@@ -91,14 +98,7 @@ def minari_store(tmp_path_factory) -> Path:
     """A Minari store holding test/hopper/random-v0: ~300 steps on Hopper-v5 with its own
     references."""
     store = tmp_path_factory.mktemp("minari-store")
-    saved = os.environ.get("MINARI_DATASETS_PATH")
-    try:
-        make_minari_dataset(store, "test/hopper/random-v0")
-    finally:
-        if saved is None:
-            os.environ.pop("MINARI_DATASETS_PATH", None)
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = saved
+    make_minari_dataset(store, "test/hopper/random-v0")
     return store
 
 

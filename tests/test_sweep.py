@@ -35,14 +35,27 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_address(tmp_path_factory):
+    """A Ray head of our own (``ray start --head --block``, its own session): stopping it stops
+    only its processes, never another Ray on the machine."""
     port = _free_port()
     temp = Path(f"/tmp/ray-micro-{os.getpid()}")  # short: Ray's socket paths have a length limit
     cmd = [str(RAY), "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0"]
-    cmd += ["--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ENV)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    cmd += ["--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats", "--block"]
+    head = subprocess.Popen(
+        cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 120
+    raylet = temp / "session_latest" / "sockets" / "raylet"
+    while not raylet.exists():  # the node is up once its raylet listens
+        assert head.poll() is None and time.time() < deadline, "ray start --head failed"
+        time.sleep(0.2)
     yield f"127.0.0.1:{port}"
-    subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120, env=ENV)
+    head.send_signal(signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
 
 
 def sweep(args, address, check=True, wait=True):
@@ -121,6 +134,9 @@ def test_a_grid_completes_then_reruns_as_a_no_op(ray_address, hopper_file, tiny_
     assert time.time() - start < 30
     assert "4 finished before" in again.stdout and "starts" not in again.stdout
     assert json.loads((logdir / "sweep.json").read_text())["counts"]["finished"] == 4
+    (logdir / "report" / "summary.md").unlink()
+    sweep(grid_args(hopper_file, tiny_config, logdir, "--report_only"), ray_address)
+    assert (logdir / "report" / "summary.md").read_text() == table
 
     # every finished policy's attack sweep on Ray, one comparison per task
     attack = ["--choice", "attack", "--attack_mode", "random", "--eps", "0", "0.1"]
