@@ -4,8 +4,12 @@
 2. fit the dynamics ensemble and train MICRO on a CPU-sized schedule (configs/demo.yaml over
    configs/hopper-medium-v2.yaml — far shorter than the paper's);
 3. sweep the trained policy over a reduced sim2real grid and every observation attack;
-4. print behavior vs MICRO normalized scores, wall time per stage, and where the logs and
-   plots are.
+4. sweep the *shipped* long-run policies (results/<dataset>/{micro,mobile}/seed*/policy.pt, made
+   by ``python -m micro.results ship``) the same way, MICRO and MOBILE on one figure, when there
+   are any — the short run shows the pipeline, the shipped policies what robustness looks like
+   for policies that learned;
+5. print behavior vs MICRO normalized scores, wall time per stage, and where the logs and
+   plots are, saying which numbers come from which.
 
 Seeds are fixed, so the printed numbers repeat on the same machine.
 """
@@ -21,6 +25,9 @@ from micro.data.collect import build, default_policy_path, write_dataset
 from micro.envs import normalized_score
 
 DATA = Path("data/demo/hopper-medium.hdf5")
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+SHIPPED_ALGOS = ("micro", "mobile")
+SHIPPED_EPISODES = "2"
 DEMO_STEPS = 50_000
 # reduced robustness grids (eval.py's defaults are the published 10 x 10 and 10 budgets)
 FRICTION = ["0.5", "1.0", "1.5"]
@@ -70,6 +77,55 @@ def robustness(policy: Path) -> float:
     return time.time() - start
 
 
+def shipped_policies(root: Path = RESULTS) -> dict[str, list[Path]]:
+    """The shipped MICRO and MOBILE policies, by dataset."""
+    out: dict[str, list[Path]] = {}
+    for algo in SHIPPED_ALGOS:
+        for path in sorted(root.glob(f"*/{algo}/seed*/policy.pt")):
+            out.setdefault(path.parents[2].name, []).append(path)
+    return out
+
+
+def sweep_shipped(policies: dict[str, list[Path]], out: Path) -> dict[str, list[Path]]:
+    """The reduced sim2real grid and every attack over each dataset's shipped policies, MICRO
+    and MOBILE on one figure each; returns the figures by dataset."""
+    from micro.evaluate_cli import eval_main
+
+    figures: dict[str, list[Path]] = {}
+    for dataset, paths in policies.items():
+        folder = out / dataset
+        common = ["--policy_path", *map(str, paths), "--group", "algo", "--out", str(folder)]
+        common += ["--eval_episodes", SHIPPED_EPISODES, "--no_progress"]
+        for args in (
+            ["--choice", "sim2real", "--friction", *FRICTION, "--gravity", *GRAVITY],
+            ["--choice", "attack", "--attack_mode", "all", "--eps", *EPS],
+        ):
+            print()
+            if eval_main([*common, *args]):
+                raise SystemExit(1)
+        figures[dataset] = [folder / "sim2real.png", folder / "attack-all.png"]
+    return figures
+
+
+def shipped_scores(policies: dict[str, list[Path]]) -> list[str]:
+    """One line per shipped policy: its recorded final score and steps (run.json)."""
+    import json
+
+    lines = []
+    for dataset, paths in policies.items():
+        for path in paths:
+            record_file = path.parent / "run.json"
+            if not record_file.is_file():
+                continue
+            r = json.loads(record_file.read_text())
+            name = f"{r['algo'].upper()} seed {r['seed']} ({dataset}, {r['steps']} steps)"
+            lines.append(
+                f"{name:38s} {r['final_score']:6.1f} ± {r['final_score_std']:.1f} normalized "
+                f"(shipped, {r['eval_episodes']} episodes)"
+            )
+    return lines
+
+
 def main() -> int:
     from micro.cli import guarded
     from micro.pipeline import run
@@ -85,6 +141,11 @@ def main() -> int:
         )
         out["cfg"], out["run"] = cfg, run(cfg)
         out["robustness_s"] = robustness(out["run"].run_dir / "policy.pt")
+        start = time.time()
+        out["shipped"] = shipped_policies()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out["shipped_figures"] = sweep_shipped(out["shipped"], Path(f"runs/demo/shipped-{stamp}"))
+        out["shipped_s"] = time.time() - start
         return 0
 
     code = guarded(demo, [])
@@ -93,7 +154,7 @@ def main() -> int:
     result, cfg = out["run"], out["cfg"]
     final, t = result.final_eval, result.timings
     steps = cfg.epoch * cfg.step_per_epoch
-    print("\n=== demo: hopper-medium, made here; CPU-sized schedule (not the paper's) ===")
+    print("\n=== demo, part 1: the pipeline on hopper-medium made here, a CPU-sized schedule ===")
     print(f"{'behavior policy (dataset episodes)':38s} {out['behavior']:6.1f} normalized")
     print(
         f"{'MICRO after ' + str(steps) + ' gradient steps':38s} {final.normalized_mean:6.1f} ± "
@@ -110,6 +171,15 @@ def main() -> int:
         f"{result.run_dir / 'eval' / 'attack-all.png'}"
     )
     print(f"tensorboard --logdir {result.run_dir / 'tb'}")
+    print("\n=== demo, part 2: the shipped long-run policies (results/), not trained here ===")
+    if not out["shipped"]:
+        print("no shipped MICRO/MOBILE policy under results/ in this checkout")
+        return 0
+    for line in shipped_scores(out["shipped"]):
+        print(line)
+    print(f"robustness sweeps of the shipped policies: {out['shipped_s']:.0f}s")
+    for dataset, figures in out["shipped_figures"].items():
+        print(f"{dataset}: " + ", ".join(map(str, figures)))
     return 0
 
 

@@ -56,3 +56,29 @@ def test_an_unfinished_run_is_refused(smoke_run, tmp_path):
         ship(partial, "x", tmp_path / "results")
     assert not (tmp_path / "results").exists()
     assert main(["table", "--root", str(tmp_path / "none")]) == 1
+
+
+def test_the_demo_sweeps_shipped_policies(smoke_run, tmp_path, monkeypatch):
+    from micro import demo
+
+    run_dir, _ = smoke_run
+    dest = ship(run_dir, "hopper-random-tiny", tmp_path)
+    shutil.copytree(dest, dest.parent / "seed4")  # a second seed of the same algorithm
+    found = demo.shipped_policies(tmp_path)
+    assert found == {
+        "hopper-random-tiny": [dest / "policy.pt", dest.parent / "seed4" / "policy.pt"]
+    }
+    assert demo.shipped_policies(tmp_path / "nothing") == {}
+    monkeypatch.setattr(demo, "FRICTION", ["1.0"])
+    monkeypatch.setattr(demo, "GRAVITY", ["0.5", "1.0"])
+    monkeypatch.setattr(demo, "EPS", ["0", "0.1"])
+    monkeypatch.setattr(demo, "SHIPPED_EPISODES", "1")
+    figures = demo.sweep_shipped(found, tmp_path / "out")
+    folder = tmp_path / "out" / "hopper-random-tiny"
+    assert figures == {"hopper-random-tiny": [folder / "sim2real.png", folder / "attack-all.png"]}
+    assert all(f.is_file() for f in figures["hopper-random-tiny"])
+    with open(folder / "attack-all.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 3 * 2 and {r["group"] for r in rows} == {"micro"}
+    lines = demo.shipped_scores(found)
+    assert len(lines) == 2 and lines[0].startswith("MICRO seed 3 (hopper-random-tiny,")
