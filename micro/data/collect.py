@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(D4RL-normalized {score:.1f})"
             )
             target = minari_data.write(
-                a.dataset_id, minari_data.split_episodes(arrays), sim.env_id, description, name
+                a.dataset_id, minari_data.split_episodes(arrays), sim, description, name
             )
         print(
             f"wrote {target}: {len(arrays['rewards'])} steps on {sim.env_id}, {len(returns)} "

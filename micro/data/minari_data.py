@@ -365,7 +365,7 @@ def split_episodes(arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]
 def write(
     dataset_id: str,
     episodes: list[dict[str, np.ndarray]],
-    env_id: str,
+    sim: SimSpec,
     description: str,
     algorithm_name: str,
 ) -> Path:
@@ -399,7 +399,7 @@ def write(
             minari.create_dataset_from_buffers(
                 dataset_id,
                 buffers,
-                env=env_id,
+                env=sim.make(),  # made here: MuJoCo's warnings handled as everywhere
                 algorithm_name=algorithm_name,
                 author=f"micro {__version__}",
                 description=description,
