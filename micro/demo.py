@@ -55,8 +55,6 @@ def collect_demo_data() -> tuple[float, float]:
 
 
 def robustness(policy: Path) -> float:
-    from micro.evaluate_cli import eval_main
-
     start = time.time()
     common = [
         "--task",
@@ -67,6 +65,15 @@ def robustness(policy: Path) -> float:
         ROBUSTNESS_EPISODES,
         "--no_progress",
     ]
+    reduced_sweeps(common)
+    return time.time() - start
+
+
+def reduced_sweeps(common: list[str]) -> None:
+    """eval.py's sim2real sweep over the reduced grid and every attack over the reduced
+    budgets, with ``common`` arguments (the policies, episodes, output)."""
+    from micro.evaluate_cli import eval_main
+
     for args in (
         ["--choice", "sim2real", "--friction", *FRICTION, "--gravity", *GRAVITY],
         ["--choice", "attack", "--attack_mode", "all", "--eps", *EPS],
@@ -74,7 +81,6 @@ def robustness(policy: Path) -> float:
         print()
         if eval_main([*common, *args]):
             raise SystemExit(1)
-    return time.time() - start
 
 
 def shipped_policies(root: Path = RESULTS) -> dict[str, list[Path]]:
@@ -89,20 +95,13 @@ def shipped_policies(root: Path = RESULTS) -> dict[str, list[Path]]:
 def sweep_shipped(policies: dict[str, list[Path]], out: Path) -> dict[str, list[Path]]:
     """The reduced sim2real grid and every attack over each dataset's shipped policies, MICRO
     and MOBILE on one figure each; returns the figures by dataset."""
-    from micro.evaluate_cli import eval_main
 
     figures: dict[str, list[Path]] = {}
     for dataset, paths in policies.items():
         folder = out / dataset
         common = ["--policy_path", *map(str, paths), "--group", "algo", "--out", str(folder)]
         common += ["--eval_episodes", SHIPPED_EPISODES, "--no_progress"]
-        for args in (
-            ["--choice", "sim2real", "--friction", *FRICTION, "--gravity", *GRAVITY],
-            ["--choice", "attack", "--attack_mode", "all", "--eps", *EPS],
-        ):
-            print()
-            if eval_main([*common, *args]):
-                raise SystemExit(1)
+        reduced_sweeps(common)
         figures[dataset] = [folder / "sim2real.png", folder / "attack-all.png"]
     return figures
 
