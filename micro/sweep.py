@@ -3,11 +3,11 @@ shared by several runs, or a cluster — resumably, then compare them with ``rep
 
 Each run is an ordinary run directory at a fixed place,
 ``<logdir>/<task>/<algo>/seed<seed>-<config hash>``, the hash covering the whole resolved config
-but the seed, logdir and device. So rerunning a sweep skips finished runs (``policy.pt``),
-continues killed ones exactly as ``train.py --resume`` does, and starts a changed config in a
-new folder, never mixed with the old one. A failing run is recorded with its one-line error and
-does not stop the others. ``<logdir>/sweep.json`` records the grid and every run's state, path
-and error, rewritten atomically as runs change.
+but the seed, logdir and device, and the content of a ``--dataset`` file. So rerunning a sweep
+skips finished runs (``policy.pt``), continues killed ones exactly as ``train.py --resume`` does,
+and starts a changed config or dataset in a new folder, never mixed with the old one. A failing
+run is recorded with its one-line error and does not stop the others. ``<logdir>/sweep.json``
+records the grid and every run's state, path and error, rewritten atomically as runs change.
 """
 
 from __future__ import annotations
@@ -43,10 +43,26 @@ NOT_HASHED = ("seed", "logdir", "device")
 # --- the grid ------------------------------------------------------------------------------------
 
 
-def config_hash(cfg: Config) -> str:
-    """8 hex digits over the resolved config, seed, logdir and device aside."""
+def config_hash(cfg: Config, data_sha256: str | None = None) -> str:
+    """8 hex digits over the resolved config (seed, logdir and device aside) and, for a local
+    dataset, its content: another file at the same path is another experiment."""
     body = {k: v for k, v in cfg.to_dict().items() if k not in NOT_HASHED}
+    if data_sha256 is not None:
+        body["dataset_sha256"] = data_sha256
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def data_sha256(path: str) -> str:
+    """The content hash a run records for a local dataset (a file, or a Minari folder)."""
+    from micro.data.minari_data import content_sha256, is_minari_dataset
+    from micro.utils import sha256_file
+
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    if is_minari_dataset(p):
+        return content_sha256(p)
+    raise MicroError(f"--dataset {path}: no such file or Minari dataset folder")
 
 
 @dataclass
@@ -77,6 +93,7 @@ def plan(
 ) -> tuple[list[RunEntry], dict[str, Config]]:
     """Every (task, algo, seed) with its resolved config and fixed run directory."""
     entries, configs = [], {}
+    hashes = {task: data_sha256(path) for task, path in datasets.items()}
     for task in tasks:
         for algo in algos:
             for seed in seeds:
@@ -84,7 +101,7 @@ def plan(
                 if task in datasets:
                     values["dataset"] = datasets[task]
                 cfg = resolve_config(task, presets, values)
-                digest = config_hash(cfg)
+                digest = config_hash(cfg, hashes.get(task))
                 run_dir = logdir / task / algo / f"seed{seed}-{digest}"
                 entry = RunEntry(task, algo, seed, str(run_dir), digest)
                 entries.append(entry)

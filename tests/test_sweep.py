@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import h5py
 import pytest
 from conftest import ROOT, run_eval
 
+from micro import MicroError
 from micro.sweep import config_hash, plan
 
 pytest.importorskip("ray")
@@ -110,6 +112,19 @@ def test_run_places_follow_the_config(hopper_file, tiny_config, tmp_path):
     )
     assert changed[0].run_dir != a.run_dir  # a changed config never reuses a run's folder
     assert config_hash(configs[a.run_dir]) == a.config_hash
+
+    # the content of a --dataset file is part of the experiment, not just its path
+    data = tmp_path / "data.hdf5"
+    shutil.copy(hopper_file, data)
+    args = (["hopper-medium-v2"], ["micro"], [0], [str(tiny_config)], {})
+    before, _ = plan(*args, {"hopper-medium-v2": str(data)}, tmp_path)
+    again, _ = plan(*args, {"hopper-medium-v2": str(data)}, tmp_path)
+    assert before[0].run_dir == again[0].run_dir
+    data.write_bytes(data.read_bytes() + b"\0")
+    after, _ = plan(*args, {"hopper-medium-v2": str(data)}, tmp_path)
+    assert after[0].run_dir != before[0].run_dir
+    with pytest.raises(MicroError, match="no such file"):
+        plan(*args, {"hopper-medium-v2": str(tmp_path / "absent.hdf5")}, tmp_path)
 
 
 def test_a_grid_completes_then_reruns_as_a_no_op(ray_address, hopper_file, tiny_config, tmp_path):
