@@ -262,15 +262,15 @@ def start_ray(address: str | None, num_cpus: int | None):
         raise MicroError(
             "sweeps need Ray: pip install -e '.[sweep]' (make install does it)"
         ) from None
-    kwargs: dict[str, Any] = {
-        "include_dashboard": False,
-        "log_to_driver": False,  # each run prints to its own train.log
-        "logging_level": logging.WARNING,
-    }
-    if address:
-        kwargs["address"] = address
-    elif num_cpus is not None:
-        kwargs["num_cpus"] = num_cpus
+    kwargs: dict[str, Any] = {"log_to_driver": False}  # each run prints to its own train.log
+    if address and address.startswith("ray://"):
+        kwargs["address"] = address  # Ray Client: the cluster's own settings apply
+    elif address:
+        kwargs.update(address=address, logging_level=logging.WARNING)
+    else:
+        kwargs.update(include_dashboard=False, logging_level=logging.WARNING)
+        if num_cpus is not None:
+            kwargs["num_cpus"] = num_cpus
     try:
         ray.init(**kwargs)
     except Exception as exc:  # ConnectionError, RuntimeError, ...

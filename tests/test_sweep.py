@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import pytest
@@ -39,10 +40,11 @@ def _free_port() -> int:
 def ray_address(tmp_path_factory):
     """A Ray head of our own (``ray start --head --block``, its own session): stopping it stops
     only its processes, never another Ray on the machine."""
-    port = _free_port()
+    port, client_port = _free_port(), _free_port()
     temp = Path(f"/tmp/ray-micro-{os.getpid()}")  # short: Ray's socket paths have a length limit
     cmd = [str(RAY), "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0"]
     cmd += ["--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats", "--block"]
+    cmd += [f"--ray-client-server-port={client_port}"]
     head = subprocess.Popen(
         cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -51,7 +53,7 @@ def ray_address(tmp_path_factory):
     while not raylet.exists():  # the node is up once its raylet listens
         assert head.poll() is None and time.time() < deadline, "ray start --head failed"
         time.sleep(0.2)
-    yield f"127.0.0.1:{port}"
+    yield SimpleNamespace(address=f"127.0.0.1:{port}", client=f"ray://127.0.0.1:{client_port}")
     head.send_signal(signal.SIGTERM)
     try:
         head.wait(timeout=60)
@@ -60,8 +62,10 @@ def ray_address(tmp_path_factory):
         head.wait()
 
 
-def sweep(args, address, check=True, wait=True):
-    """Run ``sweep.py [eval] ARGS`` against the module's Ray head, as a user does."""
+def sweep(args, head, check=True, wait=True, client=False):
+    """Run ``sweep.py [eval] ARGS`` against the module's Ray head, as a user does (through Ray
+    Client with ``client``)."""
+    address = head.client if client else head.address
     if args[:1] == ["eval"]:
         cmd = [sys.executable, "sweep.py", "eval", "--address", address, *args[1:]]
     else:
@@ -245,3 +249,13 @@ def test_bad_sweep_arguments_are_one_line_errors(tmp_path):
         )  # fmt: skip
         assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_sweep_through_ray_client(ray_address, hopper_file, tiny_config, tmp_path):
+    """``--address ray://host:port``, as from a laptop to a remote cluster."""
+    logdir = tmp_path / "client"
+    args = ["--tasks", "hopper-medium-v2", "--dataset", f"hopper-medium-v2={hopper_file}"]
+    sweep([*args, "--config", str(tiny_config), "--logdir", str(logdir)], ray_address, client=True)
+    record = json.loads((logdir / "sweep.json").read_text())
+    assert record["counts"]["finished"] == 1
+    assert (Path(record["runs"][0]["run_dir"]) / "policy.pt").exists()
