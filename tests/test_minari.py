@@ -525,3 +525,18 @@ def test_policies_from_before_v3_evaluate_on_d4rls_simulator(smoke_run, tmp_path
     torch.save(blob, tmp_path / "old.pt")
     old = load_policy(tmp_path / "old.pt", None, torch.device("cpu"))
     assert old.sim == dataclasses.replace(old.sim, env_id="Hopper-v4", ref_source="D4RL")
+
+
+def test_remote_errors_read_as_one_line_with_their_root_cause():
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except OSError as exc:
+            raise ValueError("could not reach the hub\nsecond line") from exc
+    except ValueError as exc:
+        text = minari_data._one_line(exc)
+    assert text == (
+        "ValueError: could not reach the hub <- ConnectionRefusedError: [Errno 111] "
+        "Connection refused"
+    )
+    assert minari_data._one_line(KeyError()) == "KeyError"

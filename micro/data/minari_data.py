@@ -81,8 +81,11 @@ def _one_line(exc: BaseException) -> str:
         return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
     root = exc
-    while (root.__cause__ or root.__context__) is not None and root is not root.__cause__:
-        root = root.__cause__ or root.__context__
+    for _ in range(20):  # the chain's end (bounded: a chain could loop)
+        nxt = root.__cause__ or root.__context__
+        if nxt is None or nxt is root:
+            break
+        root = nxt
     return line(exc) if root is exc else f"{line(exc)} <- {line(root)}"
 
 
