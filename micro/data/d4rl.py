@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from micro import MicroError
+from micro.data.minari_data import is_minari_dataset
 from micro.data.sources import TaskData, Transitions
 from micro.envs import Task, d4rl_sim
 from micro.utils import atomic_path, sha256_file
@@ -206,7 +207,7 @@ def find_or_download(task: Task) -> Path:
 def task_dataset_path(task: Task, dataset: str | None) -> Path:
     if dataset is not None:
         path = Path(dataset).expanduser()
-        if (path / "data" / "metadata.json").is_file() or (path / "metadata.json").is_file():
+        if is_minari_dataset(path):
             raise MicroError(
                 f"{path} is a Minari dataset; pass its id as --task (e.g. mujoco/"
                 f"{task.env}/{task.kind}-v0) so that it is evaluated on the environment it records"
