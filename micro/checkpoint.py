@@ -2,9 +2,10 @@
 exactly as an uninterrupted one would. Written and read here only.
 
 It holds the learner's networks, optimizers, scheduler and temperature, the model buffer, every
-RNG state (torch, CUDA, numpy, Python) and the counters. The frozen dynamics model is not in it:
-it lives in the run's ``dynamics/`` folder (``micro.dynamics``). The format is unchanged since
-``micro-checkpoint-v1``; runs of every algorithm use it.
+RNG state (torch, CUDA, numpy, Python), the counters and the wall time spent so far by stage
+(older checkpoints lack the last; a run resumed from one counts from the resume). The frozen
+dynamics model is not in it: it lives in the run's ``dynamics/`` folder (``micro.dynamics``).
+The format is ``micro-checkpoint-v1``, only ever added to; runs of every algorithm use it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Progress:
     step: int = 0
     last_eval: dict[str, list] | None = None  # {"returns": [...], "lengths": [...]}
     rollout_info: dict[str, float] | None = None
+    timings: dict[str, float] | None = None  # wall seconds by stage, summed over all sessions
 
 
 def rng_state() -> dict[str, Any]:
@@ -79,6 +81,7 @@ def save_checkpoint(
         "rng": rng_state(),
         "last_eval": progress.last_eval,
         "rollout_info": dict(progress.rollout_info or {}),
+        "timings": dict(progress.timings or {}),
     }
     atomic_torch_save(blob, path)
 
@@ -102,4 +105,7 @@ def load_checkpoint(path: Path, task: str, agent: Learner, model_buffer: ReplayB
         store[: saved["size"]] = saved[key].to(store.device)
     model_buffer.ptr, model_buffer.size = saved["ptr"], saved["size"]
     restore_rng(blob["rng"])
-    return Progress(blob["epoch"], blob["step"], blob["last_eval"], blob["rollout_info"])
+    # "timings" is absent from checkpoints written before it was added
+    return Progress(
+        blob["epoch"], blob["step"], blob["last_eval"], blob["rollout_info"], blob.get("timings")
+    )

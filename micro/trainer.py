@@ -31,12 +31,16 @@ from micro.policy_file import save_policy
 from micro.rollout import model_rollout
 from micro.utils import EVAL_SEED_OFFSET, atomic_write_text
 
+# Wall seconds by stage, written to timings.json and carried by checkpoints across resumes.
+# "updates" is an epoch's time outside rollouts and evaluation (gradient steps and logging).
+TIMED_STAGES = ("dynamics", "rollouts", "updates", "evaluation", "checkpoints")
+
 
 @dataclass
 class TrainResult:
     run_dir: Path
     final_eval: EvalResult | None
-    timings: dict[str, float]  # wall seconds: dynamics, rollouts, updates, evaluation
+    timings: dict[str, float]  # TIMED_STAGES
 
 
 class Trainer:
@@ -65,7 +69,7 @@ class Trainer:
             sim.act_dim,
             self.device,
         )
-        self.timings = {"dynamics": 0.0, "rollouts": 0.0, "updates": 0.0, "evaluation": 0.0}
+        self.timings = dict.fromkeys(TIMED_STAGES, 0.0)
         self.state = Progress(rollout_info={})
         self.last_eval: EvalResult | None = None
 
@@ -153,7 +157,9 @@ class Trainer:
             unit="step",
             disable=not self.progress,
         )
+        t = self.timings
         while state.epoch < cfg.epoch:
+            epoch_start, outside = time.time(), t["rollouts"] + t["evaluation"]
             lr = self.agent.actor_optim.param_groups[0]["lr"]
             means = self.train_epoch(bar)
             state.epoch += 1
@@ -184,10 +190,15 @@ class Trainer:
                 )
             self.logger.csv_row(row)
             self.logger.time_scalar(time.time() - start_time, state.step)
+            # the epoch's time not spent in rollouts or evaluation (updates and logging)
+            t["updates"] += time.time() - epoch_start - (t["rollouts"] + t["evaluation"] - outside)
             if state.epoch % cfg.save_freq == 0 or state.epoch == cfg.epoch:
+                save_start = time.time()
+                state.timings = dict(t)
                 save_checkpoint(
                     self.checkpoint_path, cfg.task, self.agent, self.model_buffer, state
                 )
+                t["checkpoints"] += time.time() - save_start
         bar.close()
         save_policy(
             self.run_dir / "policy.pt",
@@ -200,8 +211,6 @@ class Trainer:
             normalized_score=None if self.last_eval is None else self.last_eval.normalized_mean,
         )
         self.logger.close()
-        t = self.timings
-        t["updates"] = max(0.0, time.time() - start_time - t["rollouts"] - t["evaluation"])
         atomic_write_text(
             self.run_dir / "timings.json", json.dumps({k: round(v, 1) for k, v in t.items()})
         )
@@ -213,6 +222,8 @@ class Trainer:
             self.checkpoint_path, self.cfg.task, self.agent, self.model_buffer
         )
         self.state.rollout_info = self.state.rollout_info or {}
+        if self.state.timings:  # the earlier sessions' time, the dynamics fit included
+            self.timings.update(self.state.timings)
         if self.state.last_eval is not None:
             le = self.state.last_eval
             self.last_eval = EvalResult(

@@ -1,5 +1,6 @@
 """Exact resume, determinism, safe files, the numerical guard, and bad input."""
 
+import json
 import os
 import platform
 import signal
@@ -16,6 +17,7 @@ from conftest import ROOT, only_run_dir, run_train
 from micro import MicroError
 from micro.config import resolve_config
 from micro.data.d4rl import read_hdf5, write_hdf5
+from micro.trainer import TIMED_STAGES
 from micro.utils import atomic_path, atomic_torch_save, keep_freed_memory, safe_torch_load
 
 SMALL = [
@@ -87,6 +89,7 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(reference, hopper
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert run_dir is not None and not (run_dir / "policy.pt").exists(), "killed too late"
+    before = safe_torch_load(run_dir / "checkpoints" / "last.pt", "checkpoint")["timings"]
     out = run_train(["--resume", str(run_dir)], dict(os.environ))
     assert "resuming at epoch" in out.stdout
     assert (run_dir / "progress.csv").read_text() == (reference / "progress.csv").read_text()
@@ -94,6 +97,12 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(reference, hopper
     b = torch.load(reference / "policy.pt", weights_only=True)
     for key in a["actor"]:
         torch.testing.assert_close(a["actor"][key], b["actor"][key], rtol=0, atol=0)
+    # wall time adds up over both sessions; the dynamics were fitted in the first only
+    after = json.loads((run_dir / "timings.json").read_text())
+    assert set(after) == set(TIMED_STAGES) == set(before)
+    assert after["dynamics"] == round(before["dynamics"], 1) > 0
+    for stage in ("rollouts", "updates", "evaluation"):
+        assert after[stage] >= round(before[stage], 1) > 0
 
 
 def test_resume_refuses_a_finished_run_and_extra_flags(reference):
