@@ -70,3 +70,7 @@ class ReplayBuffer:
 
     def all(self) -> Batch:
         return Batch(*(x[: self.size] for x in self.storage.fields()))
+
+    def observation_std(self) -> torch.Tensor:
+        """Per-dimension std of the stored observations (the attacks' budget scale), on CPU."""
+        return self.all().observations.std(0, unbiased=False).cpu()

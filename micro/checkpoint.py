@@ -105,6 +105,19 @@ def load_checkpoint(path: Path, task: str, agent: Learner, model_buffer: ReplayB
         store[: saved["size"]] = saved[key].to(store.device)
     model_buffer.ptr, model_buffer.size = saved["ptr"], saved["size"]
     restore_rng(blob["rng"])
+    return _progress(blob)
+
+
+def read_learner(path: Path, task: str) -> tuple[Progress, dict[str, torch.Tensor]]:
+    """The counters and the learner's weights (``agent.state_dict()`` keys) of a checkpoint,
+    without building a trainer: what ``micro.pipeline.export_policy`` needs."""
+    blob = safe_torch_load(path, "checkpoint")
+    if blob.get("format") != CHECKPOINT_FORMAT or blob.get("task") != task:
+        raise MicroError(f"{path} is not a checkpoint of this {task} run")
+    return _progress(blob), blob["agent"]
+
+
+def _progress(blob: dict) -> Progress:
     # "timings" is absent from checkpoints written before it was added
     return Progress(
         blob["epoch"], blob["step"], blob["last_eval"], blob["rollout_info"], blob.get("timings")

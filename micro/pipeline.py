@@ -21,11 +21,15 @@ import yaml
 from micro import MicroError
 from micro.agent import Learner
 from micro.buffer import Batch, ReplayBuffer
+from micro.checkpoint import Progress, read_learner
 from micro.config import Config, config_files_note, config_from_dict, save_config
 from micro.data.sources import TaskData, Transitions, load_task_data, reload_task_data
 from micro.dynamics import EnsembleDynamics, fit_dynamics
 from micro.envs import SimSpec, parse_task
+from micro.evaluation import EvalResult
 from micro.logger import RunLogger
+from micro.nets import Actor, EnsembleCritic
+from micro.policy_file import save_policy
 from micro.trainer import Trainer, TrainResult
 from micro.utils import resolve_device, set_seed
 
@@ -257,3 +261,45 @@ def fit_dynamics_only(cfg: Config, out: str | Path, progress: bool = True) -> Pa
     save_config(cfg, out / "config.yaml", data_record(data))
     print(f"dynamics model: {out}  (use it with --load_dynamics_path {out})")
     return out
+
+
+def export_policy(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, Progress]:
+    """A policy file from a run's last checkpoint: a run in progress, or one killed before it
+    wrote policy.pt. It goes to ``out`` (default ``RUN/snapshots/epoch<N>.pt``), never over an
+    existing file. Its score is the checkpoint's evaluation when one ran at that epoch."""
+    run_dir = Path(run_dir)
+    config_file, checkpoint = run_dir / "config.yaml", run_dir / "checkpoints" / "last.pt"
+    if not config_file.is_file() or not checkpoint.is_file():
+        raise MicroError(f"{run_dir} has no checkpoint to export (checkpoints/last.pt)")
+    saved = yaml.safe_load(config_file.read_text())
+    cfg = config_from_dict(saved)
+    progress, weights = read_learner(checkpoint, cfg.task)
+    out = Path(out) if out else run_dir / "snapshots" / f"epoch{progress.epoch}.pt"
+    if out.exists():
+        raise MicroError(f"{out} exists; pass another output file")
+    data = reload_task_data(parse_task(cfg.task), saved)
+    obs_std = transitions_to_buffer(data.transitions, torch.device("cpu")).observation_std()
+    sim = data.sim
+    actor = Actor(sim.obs_dim, sim.act_dim, cfg.hidden_dims)
+    critics = EnsembleCritic(sim.obs_dim, sim.act_dim, cfg.hidden_dims, cfg.num_q_ensemble)
+    for prefix, net in (("actor.", actor), ("critics.", critics)):
+        net.load_state_dict(
+            {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
+        )
+    score = None
+    evaluated = progress.epoch % cfg.eval_freq == 0 or progress.epoch == cfg.epoch
+    if progress.last_eval is not None and evaluated:
+        e = progress.last_eval
+        score = EvalResult(np.asarray(e["returns"]), np.asarray(e["lengths"]), sim).normalized_mean
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_policy(
+        out,
+        config=cfg.to_dict(),
+        actor=actor,
+        critics=critics,
+        obs_std=obs_std,
+        sim=sim,
+        step=progress.step,
+        normalized_score=score,
+    )
+    return out, progress

@@ -1,11 +1,16 @@
-"""Shipped reference results: copy a finished run's small files into
-``results/<dataset>/<algo>/seed<N>/`` with a ``run.json`` saying what it is, and list them.
+"""Shipped reference results: copy a run's small files into ``results/<dataset>/<algo>/seed<N>/``
+with a ``run.json`` saying what it is, and list them. A run still training (or killed) ships
+with ``--in_progress``: its last checkpoint's policy, marked unfinished; ``export`` writes that
+policy file alone, for ``eval.py``.
 
     python -m micro.results ship RUN_DIR --dataset halfcheetah-medium-200k [--root results]
+                                [--in_progress]
+    python -m micro.results export RUN_DIR [--out FILE]
     python -m micro.results table [--root results]
 
-``run.json`` holds the task, algorithm, seed, steps, final and best normalized score (the
-deterministic evaluations in progress.csv), the wall time by stage (timings.json), the machine
+``run.json`` holds the task, algorithm, seed, whether it finished, steps done and planned, final
+and best normalized score (the deterministic evaluations in progress.csv), the wall time by
+stage (timings.json, or the checkpoint's for an unfinished run), the machine
 (CPU model, GPU, torch), the dataset's SHA-256 and the run's original folder. ``table`` prints
 the Markdown table that ``results/README.md`` carries.
 """
@@ -17,6 +22,7 @@ import json
 import platform
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,31 +53,31 @@ def machine() -> dict:
     return {"cpu": cpu_model(), "gpu": gpu, "torch": torch.__version__, "micro": __version__}
 
 
-def summarize(run_dir: Path) -> dict:
-    """What ``run.json`` records about a finished run."""
-    missing = [name for name in SHIPPED if not (run_dir / name).is_file()]
-    if missing:
-        raise MicroError(
-            f"{run_dir} lacks {', '.join(missing)}; ship a finished run (train.py writes "
-            "policy.pt at the end)"
-        )
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+def read_progress(run_dir: Path, last_step: int | None = None) -> list[dict]:
+    """progress.csv's rows, up to ``last_step`` when given."""
     with open(run_dir / "progress.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
+    return rows if last_step is None else [r for r in rows if int(r["step"]) <= last_step]
+
+
+def summarize(run_dir: Path, rows: list[dict], timings: dict | None, finished: bool = True) -> dict:
+    """What ``run.json`` records about a run whose progress.csv rows are ``rows``."""
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
     evals = [r for r in rows if r.get("eval_normalized_score", "") != ""]
     if not evals:
         raise MicroError(f"{run_dir}/progress.csv has no evaluation")
     scores = [float(r["eval_normalized_score"]) for r in evals]
     best = max(range(len(scores)), key=scores.__getitem__)
-    timings_file = run_dir / "timings.json"
-    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else None
     return {
         "task": config["task"],
         "algo": config.get("algo", "micro"),
         "seed": config["seed"],
+        "finished": finished,
         "steps": int(rows[-1]["step"]),
+        "steps_planned": config["epoch"] * config["step_per_epoch"],
         "final_score": scores[-1],
         "final_score_std": float(evals[-1]["eval_normalized_score_std"]),
+        "final_step": int(evals[-1]["step"]),
         "best_score": scores[best],
         "best_step": int(evals[best]["step"]),
         "eval_episodes": config.get("eval_episodes"),
@@ -81,18 +87,58 @@ def summarize(run_dir: Path) -> dict:
     }
 
 
-def ship(run_dir: Path, dataset: str, root: Path, force: bool = False) -> Path:
-    """Copy a finished run's small files to ``root/<dataset>/<algo>/seed<N>/``."""
-    summary = summarize(run_dir)
-    dest = root / dataset / summary["algo"] / f"seed{summary['seed']}"
+def ship(
+    run_dir: Path, dataset: str, root: Path, force: bool = False, in_progress: bool = False
+) -> Path:
+    """Copy a run's small files to ``root/<dataset>/<algo>/seed<N>/``. A finished run ships its
+    policy.pt; with ``in_progress``, a run without one ships its last checkpoint's policy and
+    the progress.csv rows up to it, and run.json says it is unfinished."""
+    if not (run_dir / "config.yaml").is_file():
+        raise MicroError(f"{run_dir} is not a run directory (no config.yaml)")
+    finished = (run_dir / "policy.pt").is_file()
+    if not finished and not in_progress:
+        raise MicroError(
+            f"{run_dir} lacks policy.pt (train.py writes it at the end); pass --in_progress "
+            "to ship its last checkpoint"
+        )
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    dest = root / dataset / config.get("algo", "micro") / f"seed{config['seed']}"
     if dest.exists() and not force:
         raise MicroError(f"{dest} exists; pass --force to replace the shipped files")
+    if finished:
+        timings_file = run_dir / "timings.json"
+        timings = json.loads(timings_file.read_text()) if timings_file.is_file() else None
+        summary = summarize(run_dir, read_progress(run_dir), timings)
+        files = {name: run_dir / name for name in SHIPPED + OPTIONAL}
+        return _install(dest, files, {"dataset": dataset, **summary, "machine": machine()})
+    from micro.pipeline import export_policy
+
+    with tempfile.TemporaryDirectory() as tmp:
+        staging = Path(tmp)
+        policy, progress = export_policy(run_dir, staging / "policy.pt")
+        rows = read_progress(run_dir, progress.step)
+        summary = summarize(run_dir, rows, progress.timings, finished=False)
+        with open(staging / "progress.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        files = {
+            "policy.pt": policy,
+            "progress.csv": staging / "progress.csv",
+            "config.yaml": run_dir / "config.yaml",
+        }
+        return _install(dest, files, {"dataset": dataset, **summary, "machine": machine()})
+
+
+def _install(dest: Path, files: dict[str, Path], record: dict) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
-    for name in SHIPPED + OPTIONAL:
-        if (run_dir / name).is_file():
+    for stale in (dest / name for name in SHIPPED + OPTIONAL):
+        if stale.name not in files or not files[stale.name].is_file():
+            stale.unlink(missing_ok=True)  # a replaced run may lack what the old one had
+    for name, source in files.items():
+        if source.is_file():
             with atomic_path(dest / name) as tmp:
-                shutil.copyfile(run_dir / name, tmp)
-    record = {"dataset": dataset, **summary, "machine": machine()}
+                shutil.copyfile(source, tmp)
     atomic_write_text(dest / RUN_FILE, json.dumps(record, indent=1) + "\n")
     return dest
 
@@ -112,11 +158,15 @@ def table(root: Path) -> str:
     ]
     for r in runs:
         seconds = sum((r.get("seconds") or {}).values())
+        hours = f"{seconds / 3600:.1f} h" if seconds else "not recorded"
         hardware = r["machine"]["gpu"] or r["machine"]["cpu"]
+        steps = str(r["steps"])
+        if not r.get("finished", True):
+            steps += f" of {r['steps_planned']} (in progress)"
         lines.append(
-            f"| {r['dataset']} | {r['algo']} | {r['seed']} | {r['steps']} | "
+            f"| {r['dataset']} | {r['algo']} | {r['seed']} | {steps} | "
             f"{r['final_score']:.1f} ± {r['final_score_std']:.1f} | "
-            f"{r['best_score']:.1f} ({r['best_step']}) | {seconds / 3600:.1f} h | {hardware} |"
+            f"{r['best_score']:.1f} ({r['best_step']}) | {hours} | {hardware} |"
         )
     return "\n".join(lines)
 
@@ -126,13 +176,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = OneLineParser(prog="python -m micro.results", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("ship", help="copy a finished run's small files into the results")
+    s = sub.add_parser("ship", help="copy a run's small files into the results")
     s.add_argument("run_dir")
     s.add_argument(
         "--dataset", required=True, help="the dataset's name, e.g. halfcheetah-medium-200k"
     )
     s.add_argument("--root", default="results")
     s.add_argument("--force", action="store_true", help="replace shipped files")
+    s.add_argument(
+        "--in_progress",
+        action="store_true",
+        help="a run without policy.pt: ship its last checkpoint, marked unfinished",
+    )
+    x = sub.add_parser("export", help="write a policy file from a run's last checkpoint")
+    x.add_argument("run_dir")
+    x.add_argument("--out", help="the policy file (default RUN/snapshots/epoch<N>.pt)")
     t = sub.add_parser("table", help="print the Markdown table of the shipped runs")
     t.add_argument("--root", default="results")
     parser.add_argument("--debug", action="store_true")
@@ -140,8 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run(argv: list[str]) -> int:
         a = parser.parse_args(argv)
         if a.command == "ship":
-            dest = ship(Path(a.run_dir), a.dataset, Path(a.root), a.force)
+            dest = ship(Path(a.run_dir), a.dataset, Path(a.root), a.force, a.in_progress)
             print(f"shipped {a.run_dir} to {dest}")
+        elif a.command == "export":
+            from micro.pipeline import export_policy
+
+            out, progress = export_policy(a.run_dir, a.out)
+            print(f"policy at epoch {progress.epoch} (step {progress.step}): {out}")
         else:
             print(table(Path(a.root)))
         return 0

@@ -60,7 +60,7 @@ class Trainer:
         self.device = real.device
         self.sim = sim  # where evaluation runs, and the score references
         # the attacks in eval.py scale their budget by the data's observation std
-        self.obs_std = real.all().observations.std(0, unbiased=False).cpu()
+        self.obs_std = real.observation_std()
         self.done_fn = termination_fn(sim.robot)
         self.n_real = int(cfg.batch_size * cfg.real_ratio)
         self.model_buffer = ReplayBuffer(

@@ -7,9 +7,12 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from micro import MicroError
+from micro.pipeline import export_policy
 from micro.results import main, ship, table
+from micro.trainer import TIMED_STAGES
 
 
 def test_ship_copies_the_small_files_and_records_the_run(smoke_run, tmp_path):
@@ -52,10 +55,64 @@ def test_an_unfinished_run_is_refused(smoke_run, tmp_path):
     shutil.copytree(
         run_dir, partial, ignore=shutil.ignore_patterns("policy.pt", "checkpoints", "tb")
     )
-    with pytest.raises(MicroError, match=r"lacks policy\.pt"):
+    with pytest.raises(MicroError, match=r"lacks policy\.pt.*--in_progress"):
         ship(partial, "x", tmp_path / "results")
+    with pytest.raises(MicroError, match=r"no checkpoint to export"):
+        ship(partial, "x", tmp_path / "results", in_progress=True)
     assert not (tmp_path / "results").exists()
     assert main(["table", "--root", str(tmp_path / "none")]) == 1
+
+
+def test_exported_checkpoint_policy_equals_the_runs_policy_file(smoke_run, tmp_path):
+    """The last checkpoint holds the final networks, so its export is policy.pt's twin."""
+    run_dir, _ = smoke_run
+    out, progress = export_policy(run_dir, tmp_path / "snap.pt")
+    assert (progress.epoch, progress.step) == (2, 40)
+    a = torch.load(out, weights_only=True)
+    b = torch.load(run_dir / "policy.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for key in ("actor", "critics"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            torch.testing.assert_close(a[key][name], b[key][name], rtol=0, atol=0)
+    torch.testing.assert_close(a["obs_std"], b["obs_std"], rtol=0, atol=0)
+    assert (a["step"], a["normalized_score"], a["sim"]) == (
+        b["step"],
+        b["normalized_score"],
+        b["sim"],
+    )
+    with pytest.raises(MicroError, match="exists"):
+        export_policy(run_dir, out)
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "cli.pt")]) == 0
+    assert (tmp_path / "cli.pt").is_file()
+
+
+def test_a_run_in_progress_ships_its_checkpoint_marked_unfinished(smoke_run, tmp_path):
+    run_dir, _ = smoke_run
+    live = tmp_path / "live"
+    shutil.copytree(run_dir, live, ignore=shutil.ignore_patterns("policy.pt", "timings.json"))
+    # a run killed between its csv row and its checkpoint has one row more than the checkpoint
+    lines = (live / "progress.csv").read_text().splitlines()
+    extra = lines[-1].split(",")
+    extra[0], extra[1] = "3", "60"
+    (live / "progress.csv").write_text("\n".join([*lines, ",".join(extra)]) + "\n")
+    dest = ship(live, "tiny", tmp_path / "results", in_progress=True)
+    record = json.loads((dest / "run.json").read_text())
+    assert record["finished"] is False
+    assert (record["steps"], record["steps_planned"], record["final_step"]) == (40, 40, 40)
+    assert set(record["seconds"]) == set(TIMED_STAGES)
+    assert (dest / "progress.csv").read_text().splitlines() == lines
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "config.yaml",
+        "policy.pt",
+        "progress.csv",
+        "run.json",
+    ]
+    assert "40 of 40 (in progress)" in table(tmp_path / "results")
+    # shipping the finished run over it replaces every file
+    ship(run_dir, "tiny", tmp_path / "results", force=True)
+    assert json.loads((dest / "run.json").read_text())["finished"] is True
+    assert (dest / "policy.pt").read_bytes() == (run_dir / "policy.pt").read_bytes()
 
 
 def test_the_demo_sweeps_shipped_policies(smoke_run, tmp_path, monkeypatch):
