@@ -173,3 +173,25 @@ def score_curves(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def diagnostic_curves(
+    panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]],
+    path: Path,
+    title: str,
+) -> None:
+    """One panel per quantity (title → {label: (steps, mean, std)}), side by side, sharing the
+    step axis and the line colours of ``score_curves`` (labels in the same order)."""
+    labels = list(dict.fromkeys(label for series in panels.values() for label in series))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.3), squeeze=False)
+    for ax, (name, series) in zip(axes[0], panels.items(), strict=True):
+        for label, (steps, mean, std) in series.items():
+            color = f"C{labels.index(label)}"
+            ax.plot(steps, mean, label=label, color=color)
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.2, color=color)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("gradient steps")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10, y=1 + 0.3 / fig.get_figheight())
+    _save(fig, path)

@@ -6,7 +6,9 @@ Every folder below the given paths holding ``config.yaml`` and ``progress.csv`` 
 grouped by task, algorithm, the rest of their config (seed, paths and device aside; the dataset's
 SHA-256 included) and their step count; only runs in one group are averaged. A (task, algorithm)
 with several groups gets one row per group, told apart by ``variant``, and the summary names the
-config keys that differ. Writes ``summary.md``, ``summary.csv`` and ``curves-<task>.png``.
+config keys that differ. Writes ``summary.md``, ``summary.csv``, ``curves-<task>.png`` (score, with
+the behavior policy's as a line) and ``diagnostics-<task>.png`` (Q mean, penalty, model rollout
+reward, critic loss against steps).
 """
 
 from __future__ import annotations
@@ -168,6 +170,39 @@ class Group:
         scores = np.array([[p[s] for s in steps] for p in per_run]).reshape(len(per_run), -1)
         return np.array(steps), scores.mean(0), scores.std(0)
 
+    def series(self, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """An epoch column (e.g. ``q_mean``) at the steps every run of the group logged it,
+        mean and std over seeds; None when no run logs it."""
+        per_run = [
+            {int(r["step"]): v for r in run.rows if (v := _float(r, column)) is not None}
+            for run in self.runs
+        ]
+        steps = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []
+        if not steps:
+            return None
+        values = np.array([[p[s] for s in steps] for p in per_run])
+        return np.array(steps), values.mean(0), values.std(0)
+
+
+# What a diagnostics figure shows: (panel title, progress.csv columns looked for in order).
+DIAGNOSTICS = (
+    ("Q mean (batch, epoch mean)", ("q_mean",)),
+    ("penalty before its coefficient", PENALTY_COLUMNS),
+    ("model rollout reward mean", ("rollout_reward_mean",)),
+    ("critic loss", ("critic_loss",)),
+)
+
+
+def diagnostic_panels(groups: list[Group]) -> dict[str, dict]:
+    """{panel title: {group label: series}} for the panels some group has data for."""
+    panels: dict[str, dict] = {}
+    for title, columns in DIAGNOSTICS:
+        for g in groups:
+            found = next((s for c in columns if (s := g.series(c)) is not None), None)
+            if found is not None:
+                panels.setdefault(title, {})[g.label] = found
+    return panels
+
 
 def group_runs(runs: list[Run]) -> tuple[list[Group], list[str]]:
     """Groups of runs that may be averaged, and notes on (task, algo) pairs that split."""
@@ -281,6 +316,14 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
         )
         written[f"curves-{parse_task(task).slug}"] = path
         lines += ["", f"![{task}]({path.name})"]
+        panels = diagnostic_panels(part)
+        if panels:
+            path = out / f"diagnostics-{parse_task(task).slug}.png"
+            plots.diagnostic_curves(
+                panels, path, title=f"{task}: training diagnostics (mean ± std over seeds)"
+            )
+            written[f"diagnostics-{parse_task(task).slug}"] = path
+            lines += ["", f"![{task} diagnostics]({path.name})"]
     atomic_write_text(written["md"], "\n".join(lines) + "\n")
     return written
 

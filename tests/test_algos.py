@@ -151,7 +151,7 @@ def test_fit_dynamics_alone_then_reuse(hopper_file, tiny_config, tmp_path, cli_e
 
 
 def test_report_table_equals_the_progress_files(baseline_runs, tmp_path):
-    from micro.report import find_runs, write_report
+    from micro.report import diagnostic_panels, find_runs, group_runs, write_report
 
     # two seeds of MOBILE: the second a copy with another seed and shifted scores
     logdir = tmp_path / "runs"
@@ -203,6 +203,17 @@ def test_report_table_equals_the_progress_files(baseline_runs, tmp_path):
     md = written["md"].read_text()
     assert "penalty_coef" in md and "not averaged" in md
     assert written["curves-hopper-medium-v2"].read_bytes()[:4] == b"\x89PNG"
+    assert written["diagnostics-hopper-medium-v2"].read_bytes()[:4] == b"\x89PNG"
+    # the diagnostics: each algorithm's own penalty column, averaged over seeds per step
+    panels = diagnostic_panels(group_runs(runs)[0])
+    penalty = panels["penalty before its coefficient"]
+    assert len(penalty) == 4  # mobile, mopo and MICRO's two variants
+    for algo, column in (("mobile", "penalty"), ("mopo", "rollout_reward_penalty")):
+        rows = read_rows(baseline_runs[algo] / "progress.csv")
+        steps, mean, std = penalty[algo]
+        assert steps.tolist() == [int(r["step"]) for r in rows]
+        np.testing.assert_allclose(mean, [float(r[column]) for r in rows], rtol=1e-12)
+        assert not std.any()  # the second MOBILE seed is a copy of the first's diagnostics
     proc = subprocess.run(
         [sys.executable, "report.py", str(tmp_path / "nothing")],
         cwd=ROOT,
