@@ -96,3 +96,34 @@ class RunLogger:
             self.writer.close()
         if self._csv_file is not None:
             self._csv_file.close()
+
+
+def logged_seconds(run_dir: Path) -> dict[str, float] | None:
+    """Wall seconds read back from a run's TensorBoard files, for runs whose checkpoints predate
+    carrying timings: ``dynamics`` (first to last event of the fit) and ``training loop`` (over
+    the sessions, one events file each, the sum of their last ``time/elapsed_s``). None when the
+    run logged no time."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util.tensor_util import make_ndarray
+
+    def values(path: Path, tag: str | None):
+        for event in EventFileLoader(str(path)).Load():
+            for v in event.summary.value:
+                if tag is None or v.tag == tag:
+                    simple = v.WhichOneof("value") == "simple_value"
+                    yield (
+                        event.wall_time,
+                        v.simple_value if simple else float(make_ndarray(v.tensor)),
+                    )
+
+    loop = 0.0
+    for events in sorted((run_dir / "tb").glob("events.out.tfevents.*")):
+        loop += max((x for _, x in values(events, "time/elapsed_s")), default=0.0)
+    fit = [
+        t
+        for f in sorted((run_dir / "tb" / "dynamics").glob("events.*"))
+        for t, _ in values(f, None)
+    ]
+    if not loop and not fit:
+        return None
+    return {"dynamics": max(fit) - min(fit) if fit else 0.0, "training loop": loop}

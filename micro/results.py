@@ -10,7 +10,8 @@ policy file alone, for ``eval.py``.
 
 ``run.json`` holds the task, algorithm, seed, whether it finished, steps done and planned, final
 and best normalized score (the deterministic evaluations in progress.csv), the wall time by
-stage (timings.json, or the checkpoint's for an unfinished run), the machine
+stage (timings.json, or the checkpoint's for an unfinished run; read back from TensorBoard for
+runs older than either), the machine
 (CPU model, GPU, torch), the dataset's SHA-256 and the run's original folder. ``table`` prints
 the Markdown table that ``results/README.md`` carries.
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from micro import MicroError, __version__
+from micro.logger import logged_seconds
 from micro.utils import atomic_path, atomic_write_text
 
 SHIPPED = ("policy.pt", "progress.csv", "config.yaml")
@@ -81,7 +83,8 @@ def summarize(run_dir: Path, rows: list[dict], timings: dict | None, finished: b
         "best_score": scores[best],
         "best_step": int(evals[best]["step"]),
         "eval_episodes": config.get("eval_episodes"),
-        "seconds": timings,
+        "seconds": timings if timings is not None else logged_seconds(run_dir),
+        "seconds_from": "the run's timings" if timings is not None else "TensorBoard events",
         "dataset_sha256": config.get("dataset_sha256"),
         "source_run": str(run_dir.resolve()),
     }

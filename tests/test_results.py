@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from micro import MicroError
+from micro.logger import logged_seconds
 from micro.pipeline import export_policy
 from micro.results import main, ship, table
 from micro.trainer import TIMED_STAGES
@@ -139,3 +140,18 @@ def test_the_demo_sweeps_shipped_policies(smoke_run, tmp_path, monkeypatch):
     assert len(rows) == 2 * 3 * 2 and {r["group"] for r in rows} == {"micro"}
     lines = demo.shipped_scores(found)
     assert len(lines) == 2 and lines[0].startswith("MICRO seed 3 (hopper-random-tiny,")
+
+
+def test_wall_time_read_back_from_tensorboard_matches_the_runs_timings(smoke_run, tmp_path):
+    """Runs whose checkpoints predate timings get their wall time from TensorBoard: the loop's
+    logged elapsed time is everything timings.json counts but the dynamics fit and, at most,
+    the last checkpoint write (timings.json rounds to 0.1 s)."""
+    run_dir, _ = smoke_run
+    timings = json.loads((run_dir / "timings.json").read_text())
+    logged = logged_seconds(run_dir)
+    loop = sum(v for k, v in timings.items() if k != "dynamics")
+    assert loop - timings["checkpoints"] - 0.25 <= logged["training loop"] <= loop + 0.25
+    assert 0 < logged["dynamics"] <= timings["dynamics"] + 0.05
+    partial = tmp_path / "no-tb"
+    shutil.copytree(run_dir, partial, ignore=shutil.ignore_patterns("tb"))
+    assert logged_seconds(partial) is None
