@@ -28,8 +28,8 @@ def _heatmap(ax, grid: np.ndarray, frictions, gravities, vmax: float, fontsize: 
             ax.text(
                 j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=fontsize, color=color
             )
-    ax.set_xticks(range(len(gravities)), [f"{g:g}" for g in gravities], rotation=45)
-    ax.set_yticks(range(len(frictions)), [f"{f:g}" for f in frictions])
+    ax.set_xticks(range(len(gravities)), [f"{g:.3g}" for g in gravities], rotation=45)
+    ax.set_yticks(range(len(frictions)), [f"{f:.3g}" for f in frictions])
     ax.set_xlabel("gravity scale")
     return im
 
