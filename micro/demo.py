@@ -117,10 +117,12 @@ def shipped_scores(policies: dict[str, list[Path]]) -> list[str]:
             if not record_file.is_file():
                 continue
             r = json.loads(record_file.read_text())
-            name = f"{r['algo'].upper()} seed {r['seed']} ({dataset}, {r['steps']} steps)"
+            step = r.get("final_step", r["steps"])
+            name = f"{r['algo'].upper()} seed {r['seed']} ({dataset}, {step} steps)"
+            status = "shipped" if r.get("finished", True) else "shipped unfinished"
             lines.append(
                 f"{name:38s} {r['final_score']:6.1f} ± {r['final_score_std']:.1f} normalized "
-                f"(shipped, {r['eval_episodes']} episodes)"
+                f"({status}, {r['eval_episodes']} episodes)"
             )
     return lines
 
