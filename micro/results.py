@@ -31,6 +31,7 @@ import yaml
 
 from micro import MicroError, __version__
 from micro.logger import logged_seconds
+from micro.trainer import TIMED_STAGES
 from micro.utils import atomic_path, atomic_write_text
 
 SHIPPED = ("policy.pt", "progress.csv", "config.yaml")
@@ -70,6 +71,8 @@ def summarize(run_dir: Path, rows: list[dict], timings: dict | None, finished: b
         raise MicroError(f"{run_dir}/progress.csv has no evaluation")
     scores = [float(r["eval_normalized_score"]) for r in evals]
     best = max(range(len(scores)), key=scores.__getitem__)
+    # timings from code older than TIMED_STAGES cover only a resumed run's last session
+    complete = timings is not None and set(TIMED_STAGES) <= set(timings)
     return {
         "task": config["task"],
         "algo": config.get("algo", "micro"),
@@ -83,8 +86,8 @@ def summarize(run_dir: Path, rows: list[dict], timings: dict | None, finished: b
         "best_score": scores[best],
         "best_step": int(evals[best]["step"]),
         "eval_episodes": config.get("eval_episodes"),
-        "seconds": timings if timings is not None else logged_seconds(run_dir),
-        "seconds_from": "the run's timings" if timings is not None else "TensorBoard events",
+        "seconds": timings if complete else logged_seconds(run_dir),
+        "seconds_from": "the run's timings" if complete else "TensorBoard events",
         "dataset_sha256": config.get("dataset_sha256"),
         "source_run": str(run_dir.resolve()),
     }

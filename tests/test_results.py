@@ -155,3 +155,12 @@ def test_wall_time_read_back_from_tensorboard_matches_the_runs_timings(smoke_run
     partial = tmp_path / "no-tb"
     shutil.copytree(run_dir, partial, ignore=shutil.ignore_patterns("tb"))
     assert logged_seconds(partial) is None
+    # timings.json from code before TIMED_STAGES (no "checkpoints") covers only a resumed
+    # run's last session, so shipping reads the time back from TensorBoard instead
+    record = json.loads((ship(run_dir, "tiny", tmp_path / "a") / "run.json").read_text())
+    assert (record["seconds"], record["seconds_from"]) == (timings, "the run's timings")
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    (old / "timings.json").write_text(json.dumps({k: timings[k] for k in list(timings)[:4]}))
+    record = json.loads((ship(old, "tiny", tmp_path / "b") / "run.json").read_text())
+    assert (record["seconds"], record["seconds_from"]) == (logged, "TensorBoard events")
