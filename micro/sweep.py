@@ -275,8 +275,13 @@ def start_ray(address: str | None, num_cpus: int | None):
         ray.init(**kwargs)
     except Exception as exc:  # ConnectionError, RuntimeError, ...
         where = address or "a local Ray instance"
-        first = (str(exc).splitlines() or [""])[0]
-        raise MicroError(f"cannot start or reach {where}: {type(exc).__name__}: {first}") from None
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:300]
+        hint = ""
+        if address and address.startswith("ray://"):
+            hint = " (the head's logs/ray_client_server*.err say why the client was refused)"
+        raise MicroError(
+            f"cannot start or reach {where}: {type(exc).__name__}: {text}{hint}"
+        ) from None
     return ray
 
 

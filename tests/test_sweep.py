@@ -28,6 +28,9 @@ RAY = Path(sys.executable).parent / "ray"
 # The module's own head on localhost; token authentication would need a token file shared by
 # the head and every sweep, which a test's HOME may not hold.
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+# Ray Client's proxy gives the per-client server it spawns 30 s to come up; on a loaded 2-core
+# machine importing Ray alone can take longer.
+HEAD_ENV = {**ENV, "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "300"}
 
 
 def _free_port() -> int:
@@ -46,7 +49,11 @@ def ray_address(tmp_path_factory):
     cmd += ["--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats", "--block"]
     cmd += [f"--ray-client-server-port={client_port}"]
     head = subprocess.Popen(
-        cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        cmd,
+        env=HEAD_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.time() + 120
     raylet = temp / "session_latest" / "sockets" / "raylet"
@@ -60,6 +67,7 @@ def ray_address(tmp_path_factory):
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def sweep(args, head, check=True, wait=True, client=False):
@@ -253,6 +261,16 @@ def test_bad_sweep_arguments_are_one_line_errors(tmp_path):
 
 def test_a_sweep_through_ray_client(ray_address, hopper_file, tiny_config, tmp_path):
     """``--address ray://host:port``, as from a laptop to a remote cluster."""
+    # A head's client server can refuse its first clients while the node is still starting
+    # (its runtime-env agent comes up after the raylet); wait until a plain client connects.
+    probe = f"import ray; ray.init(address={ray_address.client!r}); ray.shutdown()"
+    for _ in range(3):
+        ready = subprocess.run(
+            [sys.executable, "-c", probe], env=ENV, capture_output=True, text=True, timeout=400
+        )
+        if ready.returncode == 0:
+            break
+    assert ready.returncode == 0, "the Ray head never accepted a client: " + ready.stderr[-1500:]
     logdir = tmp_path / "client"
     args = ["--tasks", "hopper-medium-v2", "--dataset", f"hopper-medium-v2={hopper_file}"]
     sweep([*args, "--config", str(tiny_config), "--logdir", str(logdir)], ray_address, client=True)
