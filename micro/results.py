@@ -124,6 +124,13 @@ def ship(
         policy, progress = export_policy(run_dir, staging / "policy.pt")
         rows = read_progress(run_dir, progress.step)
         summary = summarize(run_dir, rows, progress.timings, finished=False)
+        if summary["final_step"] != summary["steps"]:
+            print(
+                f"note: {run_dir.name}'s checkpoint (step {summary['steps']}) is newer than its "
+                f"last evaluation (step {summary['final_step']}), so the shipped policy's own "
+                "score is not in run.json; ship right after an evaluation epoch for that",
+                file=sys.stderr,
+            )
         with open(staging / "progress.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
