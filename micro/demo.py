@@ -110,7 +110,7 @@ def shipped_scores(policies: dict[str, list[Path]]) -> list[str]:
     """One line per shipped policy: its recorded final score and steps (run.json)."""
     import json
 
-    lines = []
+    named = []
     for dataset, paths in policies.items():
         for path in paths:
             record_file = path.parent / "run.json"
@@ -118,12 +118,15 @@ def shipped_scores(policies: dict[str, list[Path]]) -> list[str]:
                 continue
             r = json.loads(record_file.read_text())
             step = r.get("final_step", r["steps"])
-            name = f"{r['algo'].upper()} seed {r['seed']} ({dataset}, {step} steps)"
-            status = "shipped" if r.get("finished", True) else "shipped unfinished"
-            lines.append(
-                f"{name:38s} {r['final_score']:6.1f} ± {r['final_score_std']:.1f} normalized "
-                f"({status}, {r['eval_episodes']} episodes)"
-            )
+            named.append((f"{r['algo'].upper()} seed {r['seed']} ({dataset}, {step} steps)", r))
+    width = max([38, *(len(name) for name, _ in named)])  # part 1's column, or wider
+    lines = []
+    for name, r in named:
+        status = "shipped" if r.get("finished", True) else "shipped unfinished"
+        lines.append(
+            f"{name:{width}s} {r['final_score']:6.1f} ± {r['final_score_std']:.1f} normalized "
+            f"({status}, {r['eval_episodes']} episodes)"
+        )
     return lines
 
 
