@@ -25,7 +25,7 @@ from micro.robustness import (
     Attack,
     Physics,
 )
-from micro.utils import ROBUSTNESS_SEED, atomic_path, resolve_device
+from micro.utils import ROBUSTNESS_SEED, atomic_path, atomic_write_text, resolve_device
 
 RESULT_COLUMNS = ["episodes", "return_mean", "return_std", "normalized_mean", "normalized_std"]
 
@@ -151,7 +151,11 @@ def output_files(args, out: Path) -> dict[str, Path]:
     if args.choice == "clean":
         return {"csv": out / "clean.csv"}
     stem = "sim2real" if args.choice == "sim2real" else f"attack-{args.attack_mode}"
-    return {"csv": out / f"{stem}.csv", "png": out / f"{stem}.png"}
+    return {
+        "csv": out / f"{stem}.csv",
+        "png": out / f"{stem}.png",
+        "summary": out / f"{stem}-summary.md",
+    }
 
 
 def print_table(rows: list[dict], keys: list[str]) -> None:
@@ -268,23 +272,34 @@ def tagged_rows(policies: list[LoadedPolicy], parts: list[list[dict]], group: st
     return rows
 
 
-def write_results(args, task: str, rows: list[dict], files: dict[str, Path], several: bool):
-    """The CSV and, for sweeps, the figure: one policy's, or several policies' compared."""
+def write_results(
+    args, task: str, rows: list[dict], files: dict[str, Path], policies: list[LoadedPolicy]
+) -> str | None:
+    """The CSV and, for sweeps, the figure (one policy's, or several policies' compared) and
+    the summary of its numbers, which is returned."""
     write_csv(files["csv"], rows)
     if "png" not in files:
-        return
-    from micro import plots
+        return None
+    from micro import plots, robustness_summary
 
+    several = len(policies) > 1
+    grouped = rows if several else [{"group": policies[0].label, **r} for r in rows]
     if args.choice == "sim2real":
         title = f"{task}: normalized return"
         if several:
             plots.sim2real_comparison(rows, files["png"], title=title)
         else:
             plots.sim2real_heatmap(rows, files["png"], title=title)
-    elif several:
-        plots.attack_comparison(rows, files["png"], title=f"{task}: observation attacks")
+        summary = robustness_summary.sim2real_summary(grouped)
     else:
-        plots.attack_curves(rows, files["png"], title=f"{task}: observation attacks")
+        title = f"{task}: observation attacks"
+        if several:
+            plots.attack_comparison(rows, files["png"], title=title)
+        else:
+            plots.attack_curves(rows, files["png"], title=title)
+        summary = robustness_summary.attack_summary(grouped)
+    atomic_write_text(files["summary"], summary)
+    return summary
 
 
 def _eval(argv: list[str]) -> int:
@@ -309,8 +324,10 @@ def _eval(argv: list[str]) -> int:
         part, keys = sweep(args, policy, device, progress)
         parts.append(part)
     rows = tagged_rows(policies, parts, args.group)
-    write_results(args, task, rows, files, several)
+    summary = write_results(args, task, rows, files, policies)
     print_table(rows, (["group"] if several else []) + keys)
+    if summary:
+        print(f"\n{summary}")
     took = time.time() - start
     print(
         f"{args.choice}: {len(policies)} polic{'ies' if several else 'y'}, {len(rows)} row(s), "

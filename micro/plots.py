@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from micro.robustness_summary import group_cells
 from micro.utils import atomic_path
 
 
@@ -77,29 +78,11 @@ def attack_curves(rows: list[dict], path: Path, title: str) -> None:
     _save(fig, path)
 
 
-def _by_group(
-    rows: list[dict], keys: tuple[str, ...]
-) -> dict[str, dict[tuple, tuple[float, float]]]:
-    """Per group, per cell ``keys``: the normalized mean and its spread. A group of one policy
-    spreads over its episodes; a group of several (seeds of one algorithm) over their means."""
-    out: dict[str, dict[tuple, list[dict]]] = {}
-    for r in rows:
-        out.setdefault(r["group"], {}).setdefault(tuple(r[k] for k in keys), []).append(r)
-    result = {}
-    for group, cells in out.items():
-        result[group] = {}
-        for cell, part in cells.items():
-            means = np.array([r["normalized_mean"] for r in part])
-            spread = part[0]["normalized_std"] if len(part) == 1 else float(means.std())
-            result[group][cell] = (float(means.mean()), spread)
-    return result
-
-
 def attack_comparison(rows: list[dict], path: Path, title: str) -> None:
     """One panel per attack mode; in each, normalized return against ε, one line per group
     (a policy, or an algorithm's mean ± std over seeds)."""
     modes = list(dict.fromkeys(r["attack_mode"] for r in rows))
-    groups = _by_group(rows, ("attack_mode", "eps"))
+    groups = group_cells(rows, ("attack_mode", "eps"))
     fig, axes = plt.subplots(1, len(modes), figsize=(4.2 * len(modes), 3.6), squeeze=False)
     low, high = 0.0, 100.0
     for ax, mode in zip(axes[0], modes, strict=True):
@@ -125,7 +108,7 @@ def attack_comparison(rows: list[dict], path: Path, title: str) -> None:
 def sim2real_comparison(rows: list[dict], path: Path, title: str) -> None:
     """Friction × gravity heatmaps side by side, one column per group and one row per mass
     scale, all on one colour scale."""
-    groups = _by_group(rows, ("mass", "friction", "gravity"))
+    groups = group_cells(rows, ("mass", "friction", "gravity"))
     masses = sorted({r["mass"] for r in rows})
     frictions = sorted({r["friction"] for r in rows})
     gravities = sorted({r["gravity"] for r in rows})

@@ -240,6 +240,11 @@ def test_eval_with_two_policies_draws_one_figure(baseline_runs, tmp_path):
     run_eval([*common, "--choice", "sim2real", "--friction", "1", "--gravity", "1", "2"])
     rows = read_rows(out / "sim2real.csv")
     assert len(rows) == 4 and {r["group"] for r in rows} == {"micro seed 3", "mobile seed 3"}
+    summary = (out / "sim2real-summary.md").read_text().splitlines()
+    for group in ("micro seed 3", "mobile seed 3"):  # one line per policy: grid mean, by gravity
+        cells = [float(r["normalized_mean"]) for r in rows if r["group"] == group]
+        means = " | ".join(f"{v:.1f}" for v in [sum(cells) / 2, *cells])
+        assert f"| {group} | {means} |" in summary[:12]
     # each policy's numbers equal a single-policy sweep of it
     alone = tmp_path / "alone"
     run_eval(

@@ -20,6 +20,7 @@ from micro.robustness import (
     gaussian_symmetric_kl,
     scaled_physics,
 )
+from micro.robustness_summary import attack_summary, group_cells, sim2real_summary
 
 ARRAYS = ("geom_friction", "body_mass", "body_inertia")
 
@@ -183,6 +184,88 @@ def test_eps_zero_is_the_clean_evaluation_and_reruns_are_identical(nets):
     assert not np.allclose(again_1.returns, clean.returns)
 
 
+# --- summaries of the sweeps ---
+
+
+def cell(group, seed, values, **keys):
+    return {
+        "group": group,
+        "seed": seed,
+        **keys,
+        "episodes": 3,
+        "normalized_mean": values[0],
+        "normalized_std": values[1],
+    }
+
+
+def test_group_cells_spread_over_episodes_for_one_policy_over_seeds_for_several():
+    rows = [
+        cell("a seed 0", 0, (10.0, 4.0), eps=0.0),
+        cell("b", 0, (10.0, 4.0), eps=0.0),
+        cell("b", 1, (20.0, 1.0), eps=0.0),
+    ]
+    assert group_cells(rows, ("eps",)) == {
+        "a seed 0": {(0.0,): (10.0, 4.0)},
+        "b": {(0.0,): (15.0, 5.0)},
+    }
+
+
+def test_sim2real_summary_means_by_axis():
+    grid = {(0.5, 1.0): 10.0, (0.5, 2.0): 20.0, (1.5, 1.0): 30.0, (1.5, 2.0): 50.0}
+    rows = [cell("a", 0, (v, 1.0), friction=f, gravity=g, mass=1.0) for (f, g), v in grid.items()]
+    rows += [
+        cell("b", s, (10.0 * s, 1.0), friction=f, gravity=g, mass=1.0)
+        for s in (0, 1)
+        for f, g in grid
+    ]
+    lines = sim2real_summary(rows).splitlines()
+    assert (
+        lines[2] == "Mean of 3 deterministic episodes per cell, then over each algorithm's "
+        "seeds; 2 friction × 2 gravity scales."
+    )
+    by_gravity = lines[lines.index("By gravity scale (mean over the friction scales):") + 2 :][:4]
+    assert by_gravity == [
+        "| group | all cells | 1 | 2 |",
+        "| --- | --- | --- | --- |",
+        "| a | 27.5 | 20.0 | 35.0 |",
+        "| b | 5.0 | 5.0 | 5.0 |",
+    ]
+    by_friction = lines[lines.index("By friction scale (mean over the gravity scales):") + 2 :]
+    assert by_friction == [
+        "| group | all cells | 0.5 | 1.5 |",
+        "| --- | --- | --- | --- |",
+        "| a | 27.5 | 15.0 | 40.0 |",
+        "| b | 5.0 | 5.0 | 5.0 |",
+    ]
+
+
+def test_sim2real_summary_one_line_per_mass():
+    rows = [cell("a", 0, (m * 10, 0.0), friction=1.0, gravity=1.0, mass=m) for m in (1.0, 2.0)]
+    lines = sim2real_summary(rows).splitlines()
+    assert lines[2].endswith("1 friction × 1 gravity scales × 2 mass scales.")
+    assert lines[6:10] == [
+        "| group | mass | all cells | 1 |",
+        "| --- | --- | --- | --- |",
+        "| a | 1 | 10.0 | 10.0 |",
+        "| a | 2 | 20.0 | 20.0 |",
+    ]
+
+
+def test_attack_summary_scores_by_budget_and_their_mean():
+    rows = [
+        cell("a", 0, (40.0, 1.0), attack_mode="random", eps=0.0),
+        cell("a", 0, (20.0, 1.0), attack_mode="random", eps=0.1),
+        cell("a", 0, (40.0, 1.0), attack_mode="min_Q", eps=0.0),
+        cell("a", 0, (5.0, 1.0), attack_mode="min_Q", eps=0.1),
+    ]
+    assert attack_summary(rows).splitlines()[4:] == [
+        "| group | attack | ε 0 | ε 0.1 | mean over ε |",
+        "| --- | --- | --- | --- | --- |",
+        "| a | random | 40.0 | 20.0 | 30.0 |",
+        "| a | min_Q | 40.0 | 5.0 | 22.5 |",
+    ]
+
+
 # --- eval.py ---
 
 
@@ -222,6 +305,10 @@ def test_eval_cli_sim2real_attack_clean(smoke_run, tmp_path):
         ("1.5", "2.0"),
     ]
     assert (tmp_path / "sim2real.png").read_bytes()[:4] == b"\x89PNG"
+    summary = (tmp_path / "sim2real-summary.md").read_text().splitlines()
+    grid_mean = np.mean([float(r["normalized_mean"]) for r in rows])
+    label = load_policy(policy, "hopper-medium-v2", torch.device("cpu")).label
+    assert summary[8].startswith(f"| {label} | {grid_mean:.1f} |")
 
     run_eval([*base, "--choice", "attack", "--attack_mode", "all", "--eps", "0", "0.1"])
     rows = read_csv(tmp_path / "attack-all.csv")
@@ -243,6 +330,11 @@ def test_eval_cli_sim2real_attack_clean(smoke_run, tmp_path):
         "min_Q",
     ]
     assert (tmp_path / "attack-all.png").read_bytes()[:4] == b"\x89PNG"
+    summary = (tmp_path / "attack-all-summary.md").read_text().splitlines()
+    for i, mode in enumerate(("random", "action_diff", "min_Q")):
+        scores = [float(r["normalized_mean"]) for r in rows[2 * i : 2 * i + 2]]
+        cells = " | ".join(f"{s:.1f}" for s in [*scores, np.mean(scores)])
+        assert f"| {label} | {mode} | {cells} |" in summary
 
     run_eval([*base, "--choice", "clean"])
     clean = read_csv(tmp_path / "clean.csv")[0]

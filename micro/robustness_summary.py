@@ -1,0 +1,107 @@
+"""The numbers behind eval.py's robustness figures, as markdown tables (``<stem>-summary.md``).
+
+A sweep's rows (one per grid cell or attack budget, per policy) are grouped the way the figures
+group them: one group per policy, or per algorithm when its seeds are averaged. Then
+
+- sim2real: each group's mean normalized score over the whole grid, and its means by gravity
+  scale (over the friction scales) and by friction scale (over the gravity scales), per mass;
+- attack: each group's normalized score at every budget ε, per attack mode, and the mean over ε.
+
+Text that quotes robustness numbers (a README, a paper) can then cite this file instead of
+numbers read off a heatmap.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+Cells = dict[tuple, tuple[float, float]]
+
+
+def group_cells(rows: list[dict], keys: tuple[str, ...]) -> dict[str, Cells]:
+    """Per group, per cell ``keys``: the normalized mean and its spread. A group of one policy
+    spreads over its episodes; a group of several (seeds of one algorithm) over their means."""
+    out: dict[str, dict[tuple, list[dict]]] = {}
+    for r in rows:
+        out.setdefault(r["group"], {}).setdefault(tuple(r[k] for k in keys), []).append(r)
+    result = {}
+    for group, cells in out.items():
+        result[group] = {}
+        for cell, part in cells.items():
+            means = np.array([r["normalized_mean"] for r in part])
+            spread = part[0]["normalized_std"] if len(part) == 1 else float(means.std())
+            result[group][cell] = (float(means.mean()), spread)
+    return result
+
+
+def _table(header: list[str], lines: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+        *("| " + " | ".join(line) + " |" for line in lines),
+    ]
+
+
+def _by_axis(
+    groups: dict[str, Cells], masses: list[float], axis: int, values: list[float]
+) -> list[list[str]]:
+    """One line per group (and mass): the grid mean, then the mean at each value of ``axis``
+    (1 friction, 2 gravity) over the other axis."""
+    lines = []
+    for group, cells in groups.items():
+        for mass in masses:
+            part = {k: v[0] for k, v in cells.items() if k[0] == mass}
+            line = [group] + ([f"{mass:g}"] if len(masses) > 1 else [])
+            line.append(f"{np.mean(list(part.values())):.1f}")
+            line += [f"{np.mean([s for k, s in part.items() if k[axis] == v]):.1f}" for v in values]
+            lines.append(line)
+    return lines
+
+
+def sim2real_summary(rows: list[dict]) -> str:
+    groups = group_cells(rows, ("mass", "friction", "gravity"))
+    masses = sorted({r["mass"] for r in rows})
+    frictions = sorted({r["friction"] for r in rows})
+    gravities = sorted({r["gravity"] for r in rows})
+    several = any(len({r.get("seed") for r in rows if r["group"] == g}) > 1 for g in groups)
+    lead = ["group"] + (["mass"] if len(masses) > 1 else []) + ["all cells"]
+    out = [
+        "# sim2real: normalized score",
+        "",
+        f"Mean of {rows[0]['episodes']} deterministic episodes per cell"
+        + (", then over each algorithm's seeds" if several else "")
+        + f"; {len(frictions)} friction × {len(gravities)} gravity scales"
+        + (f" × {len(masses)} mass scales" if len(masses) > 1 else "")
+        + ".",
+        "",
+        "By gravity scale (mean over the friction scales):",
+        "",
+        *_table(lead + [f"{g:.3g}" for g in gravities], _by_axis(groups, masses, 2, gravities)),
+        "",
+        "By friction scale (mean over the gravity scales):",
+        "",
+        *_table(lead + [f"{f:.3g}" for f in frictions], _by_axis(groups, masses, 1, frictions)),
+    ]
+    return "\n".join(out) + "\n"
+
+
+def attack_summary(rows: list[dict]) -> str:
+    groups = group_cells(rows, ("attack_mode", "eps"))
+    modes = list(dict.fromkeys(r["attack_mode"] for r in rows))
+    eps = sorted({r["eps"] for r in rows})
+    several = any(len({r.get("seed") for r in rows if r["group"] == g}) > 1 for g in groups)
+    lines = []
+    for mode in modes:
+        for group, cells in groups.items():
+            scores = [cells[(mode, e)][0] for e in eps]
+            lines.append([group, mode, *(f"{s:.1f}" for s in scores), f"{np.mean(scores):.1f}"])
+    out = [
+        "# Observation attacks: normalized score",
+        "",
+        f"Mean of {rows[0]['episodes']} deterministic episodes per budget"
+        + (", then over each algorithm's seeds" if several else "")
+        + "; ε is the budget, × the data's observation std per dimension.",
+        "",
+        *_table(["group", "attack", *(f"ε {e:.3g}" for e in eps), "mean over ε"], lines),
+    ]
+    return "\n".join(out) + "\n"
