@@ -284,20 +284,22 @@ def write_results(
 
     several = len(policies) > 1
     grouped = rows if several else [{"group": policies[0].label, **r} for r in rows]
-    if args.choice == "sim2real":
-        title = f"{task}: normalized return"
-        if several:
-            plots.sim2real_comparison(rows, files["png"], title=title)
-        else:
-            plots.sim2real_heatmap(rows, files["png"], title=title)
-        summary = robustness_summary.sim2real_summary(grouped)
-    else:
-        title = f"{task}: observation attacks"
-        if several:
-            plots.attack_comparison(rows, files["png"], title=title)
-        else:
-            plots.attack_curves(rows, files["png"], title=title)
-        summary = robustness_summary.attack_summary(grouped)
+    what, compare, draw_one, summarize = {
+        "sim2real": (
+            "normalized return",
+            plots.sim2real_comparison,
+            plots.sim2real_heatmap,
+            robustness_summary.sim2real_summary,
+        ),
+        "attack": (
+            "observation attacks",
+            plots.attack_comparison,
+            plots.attack_curves,
+            robustness_summary.attack_summary,
+        ),
+    }[args.choice]
+    (compare if several else draw_one)(rows, files["png"], title=f"{task}: {what}")
+    summary = summarize(grouped)
     atomic_write_text(files["summary"], summary)
     return summary
 
