@@ -94,7 +94,7 @@ def shipped_policies(root: Path = RESULTS) -> dict[str, list[Path]]:
 
 def sweep_shipped(policies: dict[str, list[Path]], out: Path) -> dict[str, list[Path]]:
     """The reduced sim2real grid and every attack over each dataset's shipped policies, MICRO
-    and MOBILE on one figure each; returns the figures by dataset."""
+    and MOBILE on one figure each; returns the figures and their summaries by dataset."""
 
     figures: dict[str, list[Path]] = {}
     for dataset, paths in policies.items():
@@ -102,7 +102,11 @@ def sweep_shipped(policies: dict[str, list[Path]], out: Path) -> dict[str, list[
         common = ["--policy_path", *map(str, paths), "--group", "algo", "--out", str(folder)]
         common += ["--eval_episodes", SHIPPED_EPISODES, "--no_progress"]
         reduced_sweeps(common)
-        figures[dataset] = [folder / "sim2real.png", folder / "attack-all.png"]
+        figures[dataset] = [
+            folder / f"{stem}{suffix}"
+            for stem in ("sim2real", "attack-all")
+            for suffix in (".png", "-summary.md")
+        ]
     return figures
 
 
@@ -183,7 +187,7 @@ def main() -> int:
         print(line)
     print(f"robustness sweeps of the shipped policies: {out['shipped_s']:.0f}s")
     for dataset, figures in out["shipped_figures"].items():
-        print(f"{dataset}: " + ", ".join(map(str, figures)))
+        print(f"{dataset}: {figures[0].parent}/ " + ", ".join(f.name for f in figures))
     return 0
 
 

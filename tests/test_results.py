@@ -133,7 +133,14 @@ def test_the_demo_sweeps_shipped_policies(smoke_run, tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "SHIPPED_EPISODES", "1")
     figures = demo.sweep_shipped(found, tmp_path / "out")
     folder = tmp_path / "out" / "hopper-random-tiny"
-    assert figures == {"hopper-random-tiny": [folder / "sim2real.png", folder / "attack-all.png"]}
+    assert figures == {
+        "hopper-random-tiny": [
+            folder / "sim2real.png",
+            folder / "sim2real-summary.md",
+            folder / "attack-all.png",
+            folder / "attack-all-summary.md",
+        ]
+    }
     assert all(f.is_file() for f in figures["hopper-random-tiny"])
     with open(folder / "attack-all.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
