@@ -9,6 +9,7 @@ the dynamics stage so that one fitted model serves every algorithm and seed on a
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -30,6 +31,7 @@ from micro.evaluation import EvalResult
 from micro.logger import RunLogger
 from micro.nets import Actor, EnsembleCritic
 from micro.policy_file import save_policy
+from micro.provenance import record_session
 from micro.trainer import Trainer, TrainResult
 from micro.utils import resolve_device, set_seed
 
@@ -208,6 +210,7 @@ def run(
     set_seed(cfg.seed)
     run_dir = make_run_dir(cfg) if run_dir is None else claim_run_dir(Path(run_dir))
     save_config(cfg, run_dir / "config.yaml", {**data_record(data), **(extra_config or {})})
+    record_session(run_dir)
     print(
         f"run directory: {run_dir}\nalgorithm: {cfg.algo}; {config_files_note(cfg)}\n"
         f"{describe(data)}\ndevice: {device}"
@@ -237,6 +240,9 @@ def resume(
     if (run_dir / "policy.pt").exists():
         raise MicroError(f"{run_dir} already finished (policy.pt exists); start a new run instead")
     data = reload_task_data(parse_task(cfg.task), saved)
+    note = record_session(run_dir)
+    if note:
+        print(note, file=sys.stderr)
     if on_start is not None:
         on_start(run_dir)
     set_seed(cfg.seed)

@@ -11,8 +11,10 @@ policy file alone, for ``eval.py``.
 ``run.json`` holds the task, algorithm, seed, whether it finished, steps done and planned, final
 and best normalized score (the deterministic evaluations in progress.csv), the wall time by
 stage (timings.json, or the checkpoint's for an unfinished run; read back from TensorBoard for
-runs older than either), the machine
-(CPU model, GPU, torch), the dataset's SHA-256 and the run's original folder. ``table`` prints
+runs older than either), the machine it is shipped from
+(CPU model, GPU, torch), the dataset's SHA-256, the run's original folder and, from the run's
+``sessions.jsonl`` (shipped beside it), its number of sessions, their code and the CPUs/GPUs
+they trained on. ``table`` prints
 the Markdown table that ``results/README.md`` carries.
 """
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -29,31 +30,15 @@ from pathlib import Path
 
 import yaml
 
-from micro import MicroError, __version__
+from micro import MicroError
 from micro.logger import logged_seconds
+from micro.provenance import SESSIONS_FILE, machine, read_sessions
 from micro.trainer import TIMED_STAGES
 from micro.utils import atomic_path, atomic_write_text
 
 SHIPPED = ("policy.pt", "progress.csv", "config.yaml")
-OPTIONAL = ("timings.json",)
+OPTIONAL = ("timings.json", SESSIONS_FILE)
 RUN_FILE = "run.json"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict:
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu_model(), "gpu": gpu, "torch": torch.__version__, "micro": __version__}
 
 
 def read_progress(run_dir: Path, last_step: int | None = None) -> list[dict]:
@@ -73,6 +58,9 @@ def summarize(run_dir: Path, rows: list[dict], timings: dict | None, finished: b
     best = max(range(len(scores)), key=scores.__getitem__)
     # timings from code older than TIMED_STAGES cover only a resumed run's last session
     complete = timings is not None and set(TIMED_STAGES) <= set(timings)
+    sessions = read_sessions(run_dir)  # none for runs from before sessions.jsonl
+    code = list({json.dumps(r["code"], sort_keys=True): r["code"] for r in sessions}.values())
+    hardware = dict.fromkeys(r["machine"]["gpu"] or r["machine"]["cpu"] for r in sessions)
     return {
         "task": config["task"],
         "algo": config.get("algo", "micro"),
@@ -90,6 +78,9 @@ def summarize(run_dir: Path, rows: list[dict], timings: dict | None, finished: b
         "seconds_from": "the run's timings" if complete else "TensorBoard events",
         "dataset_sha256": config.get("dataset_sha256"),
         "source_run": str(run_dir.resolve()),
+        "sessions": len(sessions),
+        "code": code,
+        "trained_on": list(hardware),
     }
 
 
@@ -139,6 +130,7 @@ def ship(
             "policy.pt": policy,
             "progress.csv": staging / "progress.csv",
             "config.yaml": run_dir / "config.yaml",
+            SESSIONS_FILE: run_dir / SESSIONS_FILE,
         }
         return _install(dest, files, {"dataset": dataset, **summary, "machine": machine()})
 
@@ -172,7 +164,8 @@ def table(root: Path) -> str:
     for r in runs:
         seconds = sum((r.get("seconds") or {}).values())
         hours = f"{seconds / 3600:.1f} h" if seconds else "not recorded"
-        hardware = r["machine"]["gpu"] or r["machine"]["cpu"]
+        # where it trained, when its sessions say; else where it was shipped from
+        hardware = ", ".join(r.get("trained_on") or [r["machine"]["gpu"] or r["machine"]["cpu"]])
         steps = str(r["steps"])
         if not r.get("finished", True):
             steps += f" of {r['steps_planned']} (in progress)"

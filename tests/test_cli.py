@@ -33,6 +33,7 @@ def test_run_directory_layout(smoke_run, hopper_file):
     assert run_dir.parent.parent.name == "hopper-medium-v2"
     for rel in (
         "config.yaml",
+        "sessions.jsonl",
         "progress.csv",
         "policy.pt",
         "dynamics/model.pt",

@@ -17,6 +17,7 @@ from conftest import ROOT, only_run_dir, run_train
 from micro import MicroError
 from micro.config import resolve_config
 from micro.data.d4rl import read_hdf5, write_hdf5
+from micro.provenance import read_sessions
 from micro.trainer import TIMED_STAGES
 from micro.utils import atomic_path, atomic_torch_save, keep_freed_memory, safe_torch_load
 
@@ -92,6 +93,9 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(reference, hopper
     before = safe_torch_load(run_dir / "checkpoints" / "last.pt", "checkpoint")["timings"]
     out = run_train(["--resume", str(run_dir)], dict(os.environ))
     assert "resuming at epoch" in out.stdout
+    first, again = read_sessions(run_dir)  # one line per session, the same code
+    assert "--resume" in again["argv"] and again["code"] == first["code"]
+    assert "started on other code" not in out.stderr
     assert (run_dir / "progress.csv").read_text() == (reference / "progress.csv").read_text()
     a = torch.load(run_dir / "policy.pt", weights_only=True)
     b = torch.load(reference / "policy.pt", weights_only=True)

@@ -12,6 +12,7 @@ import torch
 from micro import MicroError
 from micro.logger import logged_seconds
 from micro.pipeline import export_policy
+from micro.provenance import read_sessions
 from micro.results import main, ship, table
 from micro.trainer import TIMED_STAGES
 
@@ -108,7 +109,10 @@ def test_a_run_in_progress_ships_its_checkpoint_marked_unfinished(smoke_run, tmp
         "policy.pt",
         "progress.csv",
         "run.json",
+        "sessions.jsonl",
     ]
+    assert record["sessions"] == 1 and record["code"] == [read_sessions(live)[0]["code"]]
+    assert record["trained_on"] == [read_sessions(live)[0]["machine"]["cpu"]]
     assert "40 of 40 (in progress)" in table(tmp_path / "results")
     # shipping the finished run over it replaces every file
     ship(run_dir, "tiny", tmp_path / "results", force=True)
