@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from micro.buffer import Batch, ReplayBuffer
 from micro.config import MATMUL_PRECISIONS, Config
 from micro.dynamics import EnsembleDynamics, fit_dynamics
 from micro.envs import termination_fn
+from micro.provenance import cpu_model, source_digest
 from micro.rollout import model_rollout
 from micro.utils import keep_freed_memory
 
@@ -321,7 +321,8 @@ def main() -> int:
         "malloc_tuned": tuned,
         "matmul_precision": args.matmul_precision,
         "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
+        "source_sha256": source_digest(),
         "commit": source_commit(),
     }
     threads = torch.get_num_threads()
