@@ -149,7 +149,7 @@ def attack(args, policy, device, progress: bool) -> list[dict]:
 
 def output_files(args, out: Path) -> dict[str, Path]:
     if args.choice == "clean":
-        return {"csv": out / "clean.csv"}
+        return {"csv": out / "clean.csv", "episodes": out / "clean-episodes.csv"}
     stem = "sim2real" if args.choice == "sim2real" else f"attack-{args.attack_mode}"
     return {
         "csv": out / f"{stem}.csv",
@@ -224,20 +224,35 @@ def group_names(policies: list[LoadedPolicy], mode: str) -> list[str]:
     return labels
 
 
-def sweep(args, policy: LoadedPolicy, device, progress: bool) -> tuple[list[dict], list[str]]:
+def clean(args, policy: LoadedPolicy, device) -> tuple[list[dict], list[dict]]:
+    """The plain score: its summary row, and one row per episode (seed, return, length), which
+    shows what a mean ± std hides, e.g. one episode of ten that went wrong."""
+    res = run_episodes(
+        policy.actor, policy.sim, args.eval_episodes, args.seed, n_envs=args.n_envs, device=device
+    )
+    episodes = [
+        {
+            "episode": i,
+            "seed": args.seed + i,
+            "return": float(r),
+            "normalized": policy.sim.normalized_score(float(r)),
+            "length": int(n),
+        }
+        for i, (r, n) in enumerate(zip(res.returns, res.lengths, strict=True))
+    ]
+    return [res.row()], episodes
+
+
+def sweep(
+    args, policy: LoadedPolicy, device, progress: bool
+) -> tuple[list[dict], list[str], list[dict]]:
+    """One policy's rows, the keys that name a row, and (clean only) its episodes' rows."""
     if args.choice == "clean":
-        res = run_episodes(
-            policy.actor,
-            policy.sim,
-            args.eval_episodes,
-            args.seed,
-            n_envs=args.n_envs,
-            device=device,
-        )
-        return [res.row()], []
+        rows, episodes = clean(args, policy, device)
+        return rows, [], episodes
     if args.choice == "sim2real":
-        return sim2real(args, policy, device, progress), ["friction", "gravity", "mass"]
-    return attack(args, policy, device, progress), ["attack_mode", "eps"]
+        return sim2real(args, policy, device, progress), ["friction", "gravity", "mass"], []
+    return attack(args, policy, device, progress), ["attack_mode", "eps"], []
 
 
 def check_args(args) -> None:
@@ -319,17 +334,23 @@ def _eval(argv: list[str]) -> int:
     files = prepare_out(args, out)
     progress = not args.no_progress
     start = time.time()
-    parts = []
+    parts, episode_parts = [], []
     for policy in policies:
         if several:
             print(f"{policy.label}: {policy.path}")
-        part, keys = sweep(args, policy, device, progress)
+        part, keys, episodes = sweep(args, policy, device, progress)
         parts.append(part)
+        episode_parts.append(episodes)
     rows = tagged_rows(policies, parts, args.group)
     summary = write_results(args, task, rows, files, policies)
     print_table(rows, (["group"] if several else []) + keys)
     if summary:
         print(f"\n{summary}")
+    if "episodes" in files:
+        write_csv(files["episodes"], tagged_rows(policies, episode_parts, args.group))
+        for policy, episodes in zip(policies, episode_parts, strict=True):
+            scores = ", ".join(f"{e['normalized']:.1f}" for e in episodes)
+            print(f"{policy.label + ': ' if several else ''}normalized score by episode: {scores}")
     took = time.time() - start
     print(
         f"{args.choice}: {len(policies)} polic{'ies' if several else 'y'}, {len(rows)} row(s), "

@@ -245,6 +245,9 @@ def test_eval_with_two_policies_draws_one_figure(baseline_runs, tmp_path):
         cells = [float(r["normalized_mean"]) for r in rows if r["group"] == group]
         means = " | ".join(f"{v:.1f}" for v in [sum(cells) / 2, *cells])
         assert f"| {group} | {means} |" in summary[:12]
+    run_eval([*common, "--choice", "clean"])
+    episodes = read_rows(out / "clean-episodes.csv")
+    assert [(e["algo"], e["episode"]) for e in episodes] == [("micro", "0"), ("mobile", "0")]
     # each policy's numbers equal a single-policy sweep of it
     alone = tmp_path / "alone"
     run_eval(

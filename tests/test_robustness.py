@@ -21,6 +21,7 @@ from micro.robustness import (
     scaled_physics,
 )
 from micro.robustness_summary import attack_summary, group_cells, sim2real_summary
+from micro.utils import ROBUSTNESS_SEED
 
 ARRAYS = ("geom_friction", "body_mass", "body_inertia")
 
@@ -336,8 +337,20 @@ def test_eval_cli_sim2real_attack_clean(smoke_run, tmp_path):
         cells = " | ".join(f"{s:.1f}" for s in [*scores, np.mean(scores)])
         assert f"| {label} | {mode} | {cells} |" in summary
 
-    run_eval([*base, "--choice", "clean"])
+    out = run_eval([*base, "--choice", "clean"])
     clean = read_csv(tmp_path / "clean.csv")[0]
+    episodes = read_csv(tmp_path / "clean-episodes.csv")
+    assert list(episodes[0]) == ["episode", "seed", "return", "normalized", "length"]
+    assert [(e["episode"], e["seed"]) for e in episodes] == [
+        ("0", str(ROBUSTNESS_SEED)),
+        ("1", str(ROBUSTNESS_SEED + 1)),
+    ]
+    returns = [float(e["return"]) for e in episodes]
+    assert np.mean(returns) == pytest.approx(float(clean["return_mean"]), rel=1e-12)
+    assert np.std(returns) == pytest.approx(float(clean["return_std"]), rel=1e-9, abs=1e-9)
+    assert all(1 <= int(e["length"]) <= 1000 for e in episodes)
+    scores = ", ".join(f"{float(e['normalized']):.1f}" for e in episodes)
+    assert f"normalized score by episode: {scores}" in out.stdout
     # ε = 0 equals the clean evaluation, for every attack
     for r in rows[::2]:
         assert r["return_mean"] == clean["return_mean"]
