@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import ROOT
 
 from micro import MicroError
 from micro.logger import logged_seconds
@@ -175,3 +176,40 @@ def test_wall_time_read_back_from_tensorboard_matches_the_runs_timings(smoke_run
     (old / "timings.json").write_text(json.dumps({k: timings[k] for k in list(timings)[:4]}))
     record = json.loads((ship(old, "tiny", tmp_path / "b") / "run.json").read_text())
     assert (record["seconds"], record["seconds_from"]) == (logged, "TensorBoard events")
+
+
+def test_flips_finds_a_cheetah_on_its_back():
+    """results/flips.py: an episode started upside down flips at its first step; one started
+    upright by a policy that does nothing does not."""
+    import importlib.util
+
+    import gymnasium as gym
+    import numpy as np
+
+    from micro.policy_file import load_policy
+
+    spec = importlib.util.spec_from_file_location("flips", ROOT / "results" / "flips.py")
+    flips = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(flips)
+    policy = load_policy(
+        ROOT / "results/halfcheetah-medium-200k/micro/seed0/policy.pt", None, torch.device("cpu")
+    )
+
+    class UpsideDown(gym.Wrapper):
+        def reset(self, **kwargs):
+            self.env.reset(**kwargs)
+            qpos = self.env.unwrapped.init_qpos.copy()
+            qpos[2] = np.pi  # root pitch: on its back
+            self.env.unwrapped.set_state(qpos, self.env.unwrapped.init_qvel)
+            return self.env.unwrapped._get_obs(), {}
+
+    _, flip = flips.episode(policy, UpsideDown(policy.sim.make()), seed=0)
+    assert flip == 0
+
+    class Still:  # a policy that never moves: it stays on its feet, going nowhere
+        def deterministic(self, obs):
+            return torch.zeros(1, 6)
+
+    still = type("StillPolicy", (), {"actor": Still()})()
+    ret, flip = flips.episode(still, policy.sim.make(), seed=0)
+    assert flip is None and abs(ret) < 50
