@@ -2,7 +2,8 @@
 # Remake docs/results/ from the shipped runs under results/: report.py's table, score curves and
 # diagnostics, then eval.py's full sim2real grid (10 x 10, 10 episodes per cell) and all three
 # attacks (10 budgets, 10 episodes each) on the shipped MICRO and MOBILE policies, one figure
-# each. Run from the repository root:  bash results/figures.sh [DATASET]
+# each, with each sweep's numbers in <name>-summary.md; and, for halfcheetah, which of 10 clean
+# episodes flip (flips.txt). Run from the repository root:  bash results/figures.sh [DATASET]
 set -euo pipefail
 DATASET=${1:-halfcheetah-medium-200k}
 PY=${PY:-.venv/bin/python}
@@ -15,3 +16,6 @@ $PY eval.py --policy_path "${POLICIES[@]}" --choice sim2real --eval_episodes 10 
     --out "$OUT" --force --no_progress
 $PY eval.py --policy_path "${POLICIES[@]}" --choice attack --attack_mode all --eval_episodes 10 \
     --out "$OUT" --force --no_progress
+if [[ $DATASET == halfcheetah-* ]]; then
+    $PY results/flips.py "${POLICIES[@]}" > "$OUT/flips.txt"
+fi
