@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Remake docs/results/ from the shipped runs under results/: report.py's table, score curves and
-# diagnostics, then eval.py's full sim2real grid (10 x 10, 10 episodes per cell) and all three
+# diagnostics, then eval.py's clean score by episode, its full sim2real grid (10 x 10, 10 episodes per cell) and all three
 # attacks (10 budgets, 10 episodes each) on the shipped MICRO and MOBILE policies, one figure
 # each, with each sweep's numbers in <name>-summary.md; and, for halfcheetah, which of 10 clean
 # episodes flip (flips.txt). Run from the repository root:  bash results/figures.sh [DATASET]
@@ -12,6 +12,8 @@ POLICIES=(results/"$DATASET"/micro/seed*/policy.pt results/"$DATASET"/mobile/see
 mkdir -p "$OUT"
 $PY -m micro.results table > "$OUT/runs.md"
 $PY report.py "results/$DATASET" --out "$OUT"
+$PY eval.py --policy_path "${POLICIES[@]}" --choice clean --eval_episodes 10 \
+    --out "$OUT" --force --no_progress
 $PY eval.py --policy_path "${POLICIES[@]}" --choice sim2real --eval_episodes 10 \
     --out "$OUT" --force --no_progress
 $PY eval.py --policy_path "${POLICIES[@]}" --choice attack --attack_mode all --eval_episodes 10 \
