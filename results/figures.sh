@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Remake docs/results/ from the shipped runs under results/: report.py's table, score curves and
-# diagnostics, then eval.py's clean score by episode, its full sim2real grid (10 x 10, 10 episodes per cell) and all three
-# attacks (10 budgets, 10 episodes each) on the shipped MICRO and MOBILE policies, one figure
-# each, with each sweep's numbers in <name>-summary.md; and, for halfcheetah, which of 10 clean
-# episodes flip (flips.txt). Run from the repository root:  bash results/figures.sh [DATASET]
+# diagnostics; then, on the shipped MICRO and MOBILE policies, eval.py's clean score by episode,
+# its full sim2real grid (10 x 10, 10 episodes per cell) and all three attacks (10 budgets,
+# 10 episodes each), one figure each with its numbers in <name>-summary.md; and, for halfcheetah,
+# which of 10 clean episodes flip (flips.txt).
+# Run from the repository root:  bash results/figures.sh [DATASET]
 set -euo pipefail
 DATASET=${1:-halfcheetah-medium-200k}
 PY=${PY:-.venv/bin/python}
