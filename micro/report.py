@@ -37,6 +37,15 @@ NOT_EXPERIMENT_KEYS = frozenset(
 )
 # The logged penalty of each algorithm (before its coefficient), in the order looked for.
 PENALTY_COLUMNS = ("uncertainty", "penalty", "rollout_reward_penalty")
+# The "last evaluations" score averages this many of a run's last evaluations.
+LAST_EVALS = 5
+
+
+def last_evals_score(evals: list[dict], k: int = LAST_EVALS) -> float:
+    """The mean normalized score of a run's last ``k`` evaluations (all, if it has fewer): with
+    10 episodes each, 50 episodes of the last policies, steadier than the last evaluation alone
+    when single episodes can fail (a halfcheetah that flips onto its back)."""
+    return float(np.mean([float(e["eval_normalized_score"]) for e in evals[-k:]]))
 
 
 @dataclass
@@ -142,7 +151,8 @@ class Group:
         q = [v for e in last if (v := _float(e, "q_mean")) is not None]
         name = next((c for c in PENALTY_COLUMNS if any(c in e for e in last)), "")
         pen = [v for e in last if (v := _float(e, name)) is not None] if name else []
-        final, best = _mean_std(finals), _mean_std(bests)
+        lasts = [last_evals_score(r.evals) for r in self.runs if r.evals]
+        final, best, last_k = _mean_std(finals), _mean_std(bests), _mean_std(lasts)
         return {
             "task": self.task,
             "algo": self.algo,
@@ -153,6 +163,8 @@ class Group:
             "steps": self.steps,
             "final_mean": final[0],
             "final_std": final[1],
+            "last_evals_mean": last_k[0],
+            "last_evals_std": last_k[1],
             "best_mean": best[0],
             "best_std": best[1],
             "q_mean": _mean_std(q)[0],
@@ -282,22 +294,27 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
         w.writeheader()
         w.writerows(rows)
     lines = [
-        "| task | algo | seeds | steps | final score | best score | Q mean | penalty |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| task | algo | seeds | steps | final score | last {LAST_EVALS} evaluations | best score "
+        "| Q mean | penalty |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r, g in zip(rows, groups, strict=True):
         running = "" if r["finished"] == r["runs"] else f" ({r['runs'] - r['finished']} running)"
         pen = "–" if not r["penalty_name"] else f"{r['penalty']:.3g} ({r['penalty_name']})"
         lines.append(
             f"| {r['task']} | {g.label} | {r['seeds']}{running} | {r['steps']} | "
-            f"{_fmt(r['final_mean'], r['final_std'])} | {_fmt(r['best_mean'], r['best_std'])} | "
+            f"{_fmt(r['final_mean'], r['final_std'])} | "
+            f"{_fmt(r['last_evals_mean'], r['last_evals_std'])} | "
+            f"{_fmt(r['best_mean'], r['best_std'])} | "
             f"{r['q_mean']:.1f} | {pen} |"
         )
     lines += [
         "",
         "Scores are normalized returns (100 · (R − min) / (max − min), by each task's references: "
         "D4RL's, or a Minari dataset's own) of the deterministic policy at the run's last "
-        "evaluation (final) and its best one (best), mean ± std (ddof 0) over seeds. Q mean and "
+        f"evaluation (final), the mean of its last {LAST_EVALS} evaluations (steadier when single "
+        "episodes can fail) and its best evaluation (best; picking the best of many noisy "
+        "evaluations flatters a run), mean ± std (ddof 0) over seeds. Q mean and "
         "the penalty (before its coefficient: MICRO's U, MOBILE's std, MOPO's max‖σ‖) are the "
         "epoch means at the last evaluation, averaged over seeds.",
     ]

@@ -8,8 +8,9 @@ policy file alone, for ``eval.py``.
     python -m micro.results export RUN_DIR [--out FILE]
     python -m micro.results table [--root results]
 
-``run.json`` holds the task, algorithm, seed, whether it finished, steps done and planned, final
-and best normalized score (the deterministic evaluations in progress.csv), the wall time by
+``run.json`` holds the task, algorithm, seed, whether it finished, steps done and planned, the
+normalized score at the last evaluation, averaged over the last 5 and at the best one (the
+deterministic evaluations in progress.csv), the wall time by
 stage (timings.json, or the checkpoint's for an unfinished run; read back from TensorBoard for
 runs older than either), the machine it is shipped from
 (CPU model, GPU, torch), the dataset's SHA-256, the run's original folder and, from the run's
@@ -33,6 +34,7 @@ import yaml
 from micro import MicroError
 from micro.logger import logged_seconds
 from micro.provenance import SESSIONS_FILE, machine, read_sessions
+from micro.report import LAST_EVALS, last_evals_score
 from micro.trainer import TIMED_STAGES
 from micro.utils import atomic_path, atomic_write_text
 
@@ -71,6 +73,8 @@ def summarize(run_dir: Path, rows: list[dict], timings: dict | None, finished: b
         "final_score": scores[-1],
         "final_score_std": float(evals[-1]["eval_normalized_score_std"]),
         "final_step": int(evals[-1]["step"]),
+        "last_evals_score": last_evals_score(evals),
+        "last_evals_from_step": int(evals[-LAST_EVALS:][0]["step"]),
         "best_score": scores[best],
         "best_step": int(evals[best]["step"]),
         "eval_episodes": config.get("eval_episodes"),
@@ -157,21 +161,27 @@ def table(root: Path) -> str:
     if not runs:
         raise MicroError(f"no shipped run ({RUN_FILE}) under {root}")
     lines = [
-        "| dataset | algo | seed | steps | final score | best score (step) | wall time "
+        "| dataset | algo | seed | steps | final score "
+        f"| last {LAST_EVALS} evaluations (from step) | best score (step) | wall time "
         "| CPU / GPU |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in runs:
         seconds = sum((r.get("seconds") or {}).values())
         hours = f"{seconds / 3600:.1f} h" if seconds else "not recorded"
         # where it trained, when its sessions say; else where it was shipped from
         hardware = ", ".join(r.get("trained_on") or [r["machine"]["gpu"] or r["machine"]["cpu"]])
+        last_k = (
+            f"{r['last_evals_score']:.1f} ({r['last_evals_from_step']})"
+            if "last_evals_score" in r
+            else "–"  # shipped before run.json had it
+        )
         steps = str(r["steps"])
         if not r.get("finished", True):
             steps += f" of {r['steps_planned']} (in progress)"
         lines.append(
             f"| {r['dataset']} | {r['algo']} | {r['seed']} | {steps} | "
-            f"{r['final_score']:.1f} ± {r['final_score_std']:.1f} | "
+            f"{r['final_score']:.1f} ± {r['final_score_std']:.1f} | {last_k} | "
             f"{r['best_score']:.1f} ({r['best_step']}) | {hours} | {hardware} |"
         )
     return "\n".join(lines)

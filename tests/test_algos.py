@@ -192,6 +192,9 @@ def test_report_table_equals_the_progress_files(baseline_runs, tmp_path):
     assert float(mobile["final_mean"]) == pytest.approx(finals.mean())
     assert float(mobile["final_std"]) == pytest.approx(finals.std())  # ddof 0: 5.0
     assert float(mobile["best_mean"]) == pytest.approx(bests.mean())
+    lasts = np.array([np.mean(first[-5:]), np.mean(first[-5:]) + 10.0])
+    assert float(mobile["last_evals_mean"]) == pytest.approx(lasts.mean())
+    assert float(mobile["last_evals_std"]) == pytest.approx(lasts.std())
     assert mobile["penalty_name"] == "penalty"
     last = read_rows(baseline_runs["mobile"] / "progress.csv")[-1]
     assert float(mobile["q_mean"]) == pytest.approx(float(last["q_mean"]))

@@ -29,10 +29,15 @@ def test_ship_copies_the_small_files_and_records_the_run(smoke_run, tmp_path):
         evals = [r for r in csv.DictReader(fh) if r["eval_normalized_score"]]
     scores = [float(r["eval_normalized_score"]) for r in evals]
     assert record["final_score"] == scores[-1] and record["best_score"] == max(scores)
+    assert record["last_evals_score"] == pytest.approx(sum(scores[-5:]) / len(scores[-5:]))
+    assert record["last_evals_from_step"] == int(evals[-5:][0]["step"])
     assert (record["task"], record["algo"], record["seed"]) == ("hopper-medium-v2", "micro", 3)
     assert record["steps"] == int(evals[-1]["step"]) and record["machine"]["cpu"]
     row = table(tmp_path).splitlines()[2]
-    assert row.startswith(f"| hopper-random-tiny | micro | 3 | {record['steps']} |")
+    assert row.startswith(
+        f"| hopper-random-tiny | micro | 3 | {record['steps']} | {scores[-1]:.1f} ± "
+    )
+    assert f" | {record['last_evals_score']:.1f} ({record['last_evals_from_step']}) | " in row
 
     with pytest.raises(MicroError, match="pass --force"):
         ship(run_dir, "hopper-random-tiny", tmp_path)
@@ -213,3 +218,11 @@ def test_flips_finds_a_cheetah_on_its_back():
     still = type("StillPolicy", (), {"actor": Still()})()
     ret, flip = flips.episode(still, policy.sim.make(), seed=0)
     assert flip is None and abs(ret) < 50
+
+
+def test_last_evaluations_score_is_the_mean_of_the_last_five():
+    from micro.report import last_evals_score
+
+    evals = [{"eval_normalized_score": str(v)} for v in (90.0, 80.0, 2.0, 4.0, 6.0, 8.0, 10.0)]
+    assert last_evals_score(evals) == 6.0
+    assert last_evals_score(evals[:2]) == 85.0  # fewer than five: all of them
