@@ -341,6 +341,29 @@ def _eval(argv: list[str]) -> int:
         part, keys, episodes = sweep(args, policy, device, progress)
         parts.append(part)
         episode_parts.append(episodes)
+    rows = finish(args, task, policies, parts, episode_parts, keys, files)
+    took = time.time() - start
+    print(
+        f"{args.choice}: {len(policies)} polic{'ies' if several else 'y'}, {len(rows)} row(s), "
+        f"{args.eval_episodes} episodes each, {took:.0f}s"
+    )
+    for path in files.values():
+        print(f"wrote {path}")
+    return 0
+
+
+def finish(
+    args,
+    task: str,
+    policies: list[LoadedPolicy],
+    parts: list[list[dict]],
+    episode_parts: list[list[dict]],
+    keys: list[str],
+    files: dict[str, Path],
+) -> list[dict]:
+    """Every policy's rows into one table: written with its figure and summary (sweeps) or its
+    episodes (clean), and printed; returns the table."""
+    several = len(policies) > 1
     rows = tagged_rows(policies, parts, args.group)
     summary = write_results(args, task, rows, files, policies)
     print_table(rows, (["group"] if several else []) + keys)
@@ -351,14 +374,7 @@ def _eval(argv: list[str]) -> int:
         for policy, episodes in zip(policies, episode_parts, strict=True):
             scores = ", ".join(f"{e['normalized']:.1f}" for e in episodes)
             print(f"{policy.label + ': ' if several else ''}normalized score by episode: {scores}")
-    took = time.time() - start
-    print(
-        f"{args.choice}: {len(policies)} polic{'ies' if several else 'y'}, {len(rows)} row(s), "
-        f"{args.eval_episodes} episodes each, {took:.0f}s"
-    )
-    for path in files.values():
-        print(f"wrote {path}")
-    return 0
+    return rows
 
 
 def eval_main(argv: Sequence[str] | None = None) -> int:

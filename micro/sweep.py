@@ -387,8 +387,8 @@ def eval_one(policy_path: str, settings: dict, threads: int) -> dict:
     try:
         device = resolve_device(settings["device"])
         policy = load_policy(policy_path, None, device)
-        rows, keys = robustness_sweep(SimpleNamespace(**settings), policy, device, False)
-        return {"rows": rows, "keys": keys}
+        rows, keys, episodes = robustness_sweep(SimpleNamespace(**settings), policy, device, False)
+        return {"rows": rows, "keys": keys, "episodes": episodes}
     except MicroError as exc:
         return {"error": str(exc)}
 
@@ -454,11 +454,9 @@ def _sweep_eval(argv: list[str]) -> int:
         if not ok:
             continue
         policies = [load_policy(p, task, torch.device("cpu")) for p, _ in ok]
-        several = len(policies) > 1
-        rows = ev.tagged_rows(policies, [r["rows"] for _, r in ok], args.group)
-        ev.write_results(args, task, rows, files[task], several)
         print(f"{task}: {len(policies)} policies")
-        ev.print_table(rows, (["group"] if several else []) + ok[0][1]["keys"])
+        parts, episode_parts = [r["rows"] for _, r in ok], [r["episodes"] for _, r in ok]
+        ev.finish(args, task, policies, parts, episode_parts, ok[0][1]["keys"], files[task])
         for path in files[task].values():
             print(f"wrote {path}")
     return 1 if failed else 0

@@ -182,6 +182,14 @@ def test_a_grid_completes_then_reruns_as_a_no_op(ray_address, hopper_file, tiny_
         alone = list(csv.DictReader(fh))
     mine = [r for r in rows if r["policy"] == policy]
     assert [float(r["return_mean"]) for r in mine] == [float(r["return_mean"]) for r in alone]
+    summary = (logdir / "eval" / "hopper-medium-v2" / "attack-random-summary.md").read_text()
+    assert "| micro | random |" in summary  # the two seeds averaged, as in the figure
+    # the clean score with each policy's episodes
+    clean = ["--choice", "clean", "--eval_episodes", "2", "--n_envs", "1"]
+    sweep(["eval", "--logdir", str(logdir), *clean], ray_address)
+    with open(logdir / "eval" / "hopper-medium-v2" / "clean-episodes.csv", newline="") as fh:
+        episodes = list(csv.DictReader(fh))
+    assert len(episodes) == 4 and {e["episode"] for e in episodes} == {"0", "1"}
 
 
 def test_a_killed_worker_is_resumed_exactly_on_the_next_sweep(
