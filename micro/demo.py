@@ -114,6 +114,8 @@ def shipped_scores(policies: dict[str, list[Path]]) -> list[str]:
     """One line per shipped policy: its recorded final score and steps (run.json)."""
     import json
 
+    from micro.report import LAST_EVALS
+
     named = []
     for dataset, paths in policies.items():
         for path in paths:
@@ -127,9 +129,14 @@ def shipped_scores(policies: dict[str, list[Path]]) -> list[str]:
     lines = []
     for name, r in named:
         status = "shipped" if r.get("finished", True) else "shipped unfinished"
+        recent = (
+            f"; its last {LAST_EVALS} evaluations {r['last_evals_score']:.1f}"
+            if "last_evals_score" in r
+            else ""
+        )
         lines.append(
             f"{name:{width}s} {r['final_score']:6.1f} ± {r['final_score_std']:.1f} normalized "
-            f"({status}, {r['eval_episodes']} episodes)"
+            f"({status}, {r['eval_episodes']} episodes{recent})"
         )
     return lines
 

@@ -157,6 +157,8 @@ def test_the_demo_sweeps_shipped_policies(smoke_run, tmp_path, monkeypatch):
     assert len(rows) == 2 * 3 * 2 and {r["group"] for r in rows} == {"micro"}
     lines = demo.shipped_scores(found)
     assert len(lines) == 2 and lines[0].startswith("MICRO seed 3 (hopper-random-tiny,")
+    record = json.loads((dest / "run.json").read_text())
+    assert lines[0].endswith(f"its last 5 evaluations {record['last_evals_score']:.1f})")
 
 
 def test_wall_time_read_back_from_tensorboard_matches_the_runs_timings(smoke_run, tmp_path):
