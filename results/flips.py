@@ -6,6 +6,10 @@ each policy, this runs deterministic episodes one simulator at a time and prints
 normalized score and the step of its first flip:
 
     python results/flips.py results/halfcheetah-medium-200k/*/seed0/policy.pt [--episodes 10]
+    python results/flips.py --dataset data/halfcheetah-medium-200k.hdf5   # the behavior policy's
+
+With ``--dataset`` it counts the flipped episodes of a D4RL-format halfcheetah file instead
+(episodes end at ``terminals`` or ``timeouts``), with their mean return against the upright ones.
 
 Episode i uses seed ``--seed + i`` (eval.py's default seeds); eval.py steps five simulators in
 lockstep, whose batched products round differently, so which episodes flip can differ from its
@@ -42,12 +46,33 @@ def episode(policy, env, seed: int) -> tuple[float, int | None]:
     return total, flip
 
 
+def dataset_flips(path: str) -> str:
+    """How many of a halfcheetah dataset's episodes flip, and their mean return."""
+    from micro.data.d4rl import read_hdf5
+
+    raw = read_hdf5(path)
+    ends = np.flatnonzero(np.logical_or(raw["terminals"], raw["timeouts"])) + 1
+    episodes = np.split(np.arange(len(raw["rewards"])), ends[ends < len(raw["rewards"])])
+    flipped = [bool((np.abs(raw["observations"][e, ROOTY]) > math.pi / 2).any()) for e in episodes]
+    returns = np.array([raw["rewards"][e].sum() for e in episodes])
+    mask = np.array(flipped)
+    upright = f"{returns[~mask].mean():.0f}" if (~mask).any() else "–"
+    down = f"{returns[mask].mean():.0f}" if mask.any() else "–"
+    return (
+        f"{path}: {mask.sum()} of {len(episodes)} episodes flip; mean return {down} flipped, "
+        f"{upright} upright"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("policy_path", nargs="+")
+    p.add_argument("policy_path", nargs="*")
+    p.add_argument("--dataset", help="count the flipped episodes of this D4RL-format file")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=ROBUSTNESS_SEED)
     args = p.parse_args()
+    if args.dataset:
+        print(dataset_flips(args.dataset))
     for path in args.policy_path:
         policy = load_policy(path, None, torch.device("cpu"))
         if not policy.sim.env_id.startswith("HalfCheetah"):

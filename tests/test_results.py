@@ -228,3 +228,31 @@ def test_last_evaluations_score_is_the_mean_of_the_last_five():
     evals = [{"eval_normalized_score": str(v)} for v in (90.0, 80.0, 2.0, 4.0, 6.0, 8.0, 10.0)]
     assert last_evals_score(evals) == 6.0
     assert last_evals_score(evals[:2]) == 85.0  # fewer than five: all of them
+
+
+def test_flips_counts_a_datasets_flipped_episodes(hopper_file, tmp_path):
+    """--dataset: episodes split at terminals/timeouts; one set on its back is one flip, and
+    its return is reported apart from the others'."""
+    import importlib.util
+
+    import h5py
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("flips", ROOT / "results" / "flips.py")
+    flips = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(flips)
+    path = tmp_path / "d.hdf5"
+    shutil.copyfile(hopper_file, path)
+    with h5py.File(path, "r+") as f:
+        ends = np.flatnonzero(np.logical_or(f["terminals"][:], f["timeouts"][:])) + 1
+        starts = [0, *ends[ends < len(f["rewards"])]]
+        obs = f["observations"][:]
+        obs[starts[1] + 2, flips.ROOTY] = 3.0  # the second episode, on its back for a step
+        f["observations"][...] = obs
+        returns = [part.sum() for part in np.split(f["rewards"][:], starts[1:])]
+    assert len(returns) >= 3  # the tiny hopper data has many short episodes
+    upright = np.mean([r for i, r in enumerate(returns) if i != 1])
+    assert flips.dataset_flips(str(path)) == (
+        f"{path}: 1 of {len(returns)} episodes flip; mean return {returns[1]:.0f} flipped, "
+        f"{upright:.0f} upright"
+    )
