@@ -71,6 +71,7 @@ def cpu_model() -> str:
 
 
 def machine() -> dict:
+    """This machine as run.json records the one a run is shipped from."""
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -95,7 +96,11 @@ def session_record(argv: list[str] | None = None) -> dict:
         "argv": list(sys.argv if argv is None else argv),
         "code": code_record(),
         "libraries": libraries,
-        "machine": {**machine(), "torch_threads": torch.get_num_threads()},
+        "machine": {
+            "cpu": cpu_model(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch_threads": torch.get_num_threads(),
+        },
     }
 
 

@@ -76,5 +76,6 @@ def test_a_run_records_its_session(smoke_run):
     assert record["code"]["source_sha256"] == source_digest()
     assert record["code"].get("git_commit") == git_state().get("git_commit")
     assert set(record["libraries"]) == {"python", "torch", "numpy", "mujoco", "gymnasium"}
+    assert set(record["machine"]) == {"cpu", "gpu", "torch_threads"}
     assert record["machine"]["cpu"] and record["machine"]["torch_threads"] >= 1
     assert json.loads((run_dir / SESSIONS_FILE).read_text()) == record
