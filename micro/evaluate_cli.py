@@ -230,17 +230,7 @@ def clean(args, policy: LoadedPolicy, device) -> tuple[list[dict], list[dict]]:
     res = run_episodes(
         policy.actor, policy.sim, args.eval_episodes, args.seed, n_envs=args.n_envs, device=device
     )
-    episodes = [
-        {
-            "episode": i,
-            "seed": args.seed + i,
-            "return": float(r),
-            "normalized": policy.sim.normalized_score(float(r)),
-            "length": int(n),
-        }
-        for i, (r, n) in enumerate(zip(res.returns, res.lengths, strict=True))
-    ]
-    return [res.row()], episodes
+    return [res.row()], res.episode_rows(args.seed)
 
 
 def sweep(
@@ -380,5 +370,5 @@ def finish(
 def eval_main(argv: Sequence[str] | None = None) -> int:
     from micro.cli import guarded
 
-    torch.set_grad_enabled(False)
-    return guarded(_eval, list(sys.argv[1:] if argv is None else argv))
+    with torch.no_grad():  # scoped: the demo and tests call this in their own process
+        return guarded(_eval, list(sys.argv[1:] if argv is None else argv))

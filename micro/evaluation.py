@@ -37,6 +37,29 @@ class EvalResult:
         """The std of returns scaled by the normalization's slope (no offset)."""
         return self.std * self.sim.normalized_scale()
 
+    @property
+    def normalized_min(self) -> float:
+        """The worst episode's normalized score (one bad episode hides in a mean)."""
+        return self.sim.normalized_score(float(self.returns.min()))
+
+    @property
+    def normalized_max(self) -> float:
+        return self.sim.normalized_score(float(self.returns.max()))
+
+    def episode_rows(self, seed: int) -> list[dict]:
+        """One row per episode: its index, simulator seed (``run_episodes`` seeds episode i
+        with ``seed + i``), return, normalized score and length."""
+        return [
+            {
+                "episode": i,
+                "seed": seed + i,
+                "return": float(r),
+                "normalized": self.sim.normalized_score(float(r)),
+                "length": int(n),
+            }
+            for i, (r, n) in enumerate(zip(self.returns, self.lengths, strict=True))
+        ]
+
     def row(self) -> dict[str, float]:
         return {
             "episodes": len(self.returns),

@@ -1,8 +1,10 @@
 """Run logging: TensorBoard scalars and a CSV with one row per epoch, of whatever metrics the
-learner and the rollouts return (the CSV's columns are its first row's, plus the evaluation's).
+learner and the rollouts return (the CSV's columns are its first row's, plus the evaluation's),
+and ``eval-episodes.csv``, one row per evaluation episode (a mean of ten hides the one episode
+that fell over).
 
 On resume, CSV rows and TensorBoard events past the checkpoint are dropped (TensorBoard's
-``purge_step``), so a killed-and-resumed run has no duplicated or missing epochs; the CSV keeps
+``purge_step``), so a killed-and-resumed run has no duplicated or missing epochs; each CSV keeps
 its header.
 """
 
@@ -21,13 +23,33 @@ EVAL_COLUMNS = (
     "eval_return_std",
     "eval_normalized_score",
     "eval_normalized_score_std",
+    "eval_normalized_score_min",
+    "eval_normalized_score_max",
 )
+EPISODES_FILE = "eval-episodes.csv"
+EPISODE_COLUMNS = ("epoch", "step", "episode", "seed", "return", "normalized", "length")
+
+
+def _keep_rows_to(path: Path, epoch: int) -> list[str] | None:
+    """Rewrite the CSV at ``path`` keeping its rows of epochs up to ``epoch``; its columns
+    (None when it has none)."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        kept = [r for r in reader if int(r["epoch"]) <= epoch]
+        columns = list(reader.fieldnames or []) or None
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as out:
+        if columns is not None:
+            w = csv.DictWriter(out, fieldnames=columns)
+            w.writeheader()
+            w.writerows(kept)
+    return columns
 
 
 class RunLogger:
     def __init__(self, run_dir: Path, resume: bool = False) -> None:
         self.run_dir, self.resume = run_dir, resume
         self.csv_path = run_dir / "progress.csv"
+        self.episodes_path = run_dir / EPISODES_FILE
         # dynamics-fitting curves have their own folder: their x axis is the fitting epoch
         self._dynamics_writer: SummaryWriter | None = None
         self.writer: SummaryWriter | None = None
@@ -49,15 +71,9 @@ class RunLogger:
             str(self.run_dir / "tb"), purge_step=step + 1 if self.resume else None
         )
         if self.resume and self.csv_path.exists():
-            with open(self.csv_path, newline="") as fh:
-                reader = csv.DictReader(fh)
-                kept = [r for r in reader if int(r["epoch"]) <= epoch]
-                self._columns = list(reader.fieldnames or []) or None
-            with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as out:
-                if self._columns is not None:
-                    w = csv.DictWriter(out, fieldnames=self._columns)
-                    w.writeheader()
-                    w.writerows(kept)
+            self._columns = _keep_rows_to(self.csv_path, epoch)
+        if self.resume and self.episodes_path.exists():
+            _keep_rows_to(self.episodes_path, epoch)
 
     def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
         for key, value in values.items():
@@ -71,8 +87,19 @@ class RunLogger:
         self.scalars({**train, "actor_lr": lr}, step, "train/")
         self.scalars({k: v for k, v in rollout.items() if k != "transitions"}, step, "rollout/")
 
-    def eval_scalars(self, raw_return: float, normalized: float, step: int) -> None:
-        self.scalars({"return": raw_return, "normalized_score": normalized}, step, "eval/")
+    def eval_scalars(self, values: dict[str, float], step: int) -> None:
+        self.scalars(values, step, "eval/")
+
+    def episode_rows(self, rows: list[dict], epoch: int, step: int) -> None:
+        """Append one evaluation's episodes (``EvalResult.episode_rows``) to eval-episodes.csv,
+        which is new in runs started by this version: a run resumed from an older one gets
+        the file from its resume on."""
+        new = not self.episodes_path.exists()
+        with open(self.episodes_path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=EPISODE_COLUMNS)
+            if new:
+                w.writeheader()
+            w.writerows({"epoch": epoch, "step": step, **r} for r in rows)
 
     def time_scalar(self, seconds: float, step: int) -> None:
         self.scalars({"elapsed_s": seconds}, step, "time/")

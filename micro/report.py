@@ -8,7 +8,7 @@ SHA-256 included) and their step count; only runs in one group are averaged. A (
 with several groups gets one row per group, told apart by ``variant``, and the summary names the
 config keys that differ. Writes ``summary.md``, ``summary.csv``, ``curves-<task>.png`` (score, with
 the behavior policy's as a line) and ``diagnostics-<task>.png`` (Q mean, penalty, model rollout
-reward, critic loss against steps).
+reward, critic loss and, for runs that log it, each evaluation's worst episode, against steps).
 """
 
 from __future__ import annotations
@@ -202,6 +202,8 @@ DIAGNOSTICS = (
     ("penalty before its coefficient", PENALTY_COLUMNS),
     ("model rollout reward mean", ("rollout_reward_mean",)),
     ("critic loss", ("critic_loss",)),
+    # a mean of ten episodes hides the one that fell over (runs from before it lack the column)
+    ("worst evaluation episode (normalized)", ("eval_normalized_score_min",)),
 )
 
 

@@ -14,7 +14,8 @@ deterministic evaluations in progress.csv), the wall time by
 stage (timings.json, or the checkpoint's for an unfinished run; read back from TensorBoard for
 runs older than either), the machine it is shipped from
 (CPU model, GPU, torch), the dataset's SHA-256, the run's original folder and, from the run's
-``sessions.jsonl`` (shipped beside it), its number of sessions, their code and the CPUs/GPUs
+``sessions.jsonl`` (shipped beside it, as is ``eval-episodes.csv`` when the run has one),
+its number of sessions, their code and the CPUs/GPUs
 they trained on. ``table`` prints
 the Markdown table that ``results/README.md`` carries.
 """
@@ -32,22 +33,31 @@ from pathlib import Path
 import yaml
 
 from micro import MicroError
-from micro.logger import logged_seconds
+from micro.logger import EPISODES_FILE, logged_seconds
 from micro.provenance import SESSIONS_FILE, machine, read_sessions
 from micro.report import LAST_EVALS, last_evals_score
 from micro.trainer import TIMED_STAGES
 from micro.utils import atomic_path, atomic_write_text
 
 SHIPPED = ("policy.pt", "progress.csv", "config.yaml")
-OPTIONAL = ("timings.json", SESSIONS_FILE)
+OPTIONAL = ("timings.json", SESSIONS_FILE, EPISODES_FILE)
 RUN_FILE = "run.json"
 
 
-def read_progress(run_dir: Path, last_step: int | None = None) -> list[dict]:
-    """progress.csv's rows, up to ``last_step`` when given."""
-    with open(run_dir / "progress.csv", newline="") as fh:
+def read_progress(
+    run_dir: Path, last_step: int | None = None, name: str = "progress.csv"
+) -> list[dict]:
+    """progress.csv's (or another per-step CSV's) rows, up to ``last_step`` when given."""
+    with open(run_dir / name, newline="") as fh:
         rows = list(csv.DictReader(fh))
     return rows if last_step is None else [r for r in rows if int(r["step"]) <= last_step]
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def summarize(run_dir: Path, rows: list[dict], timings: dict | None, finished: bool = True) -> dict:
@@ -126,16 +136,18 @@ def ship(
                 "score is not in run.json; ship right after an evaluation epoch for that",
                 file=sys.stderr,
             )
-        with open(staging / "progress.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        _write_rows(staging / "progress.csv", rows)
         files = {
             "policy.pt": policy,
             "progress.csv": staging / "progress.csv",
             "config.yaml": run_dir / "config.yaml",
             SESSIONS_FILE: run_dir / SESSIONS_FILE,
         }
+        if (run_dir / EPISODES_FILE).is_file():  # runs from before it have none
+            episodes = read_progress(run_dir, progress.step, EPISODES_FILE)
+            if episodes:
+                _write_rows(staging / EPISODES_FILE, episodes)
+                files[EPISODES_FILE] = staging / EPISODES_FILE
         return _install(dest, files, {"dataset": dataset, **summary, "machine": machine()})
 
 

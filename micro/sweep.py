@@ -383,11 +383,13 @@ def eval_one(policy_path: str, settings: dict, threads: int) -> dict:
     from micro.utils import resolve_device
 
     torch.set_num_threads(max(1, threads))
-    torch.set_grad_enabled(False)
     try:
         device = resolve_device(settings["device"])
         policy = load_policy(policy_path, None, device)
-        rows, keys, episodes = robustness_sweep(SimpleNamespace(**settings), policy, device, False)
+        with torch.no_grad():
+            rows, keys, episodes = robustness_sweep(
+                SimpleNamespace(**settings), policy, device, False
+            )
         return {"rows": rows, "keys": keys, "episodes": episodes}
     except MicroError as exc:
         return {"error": str(exc)}

@@ -182,8 +182,21 @@ class Trainer:
                     eval_return_std=e.std,
                     eval_normalized_score=e.normalized_mean,
                     eval_normalized_score_std=e.normalized_std,
+                    eval_normalized_score_min=e.normalized_min,
+                    eval_normalized_score_max=e.normalized_max,
                 )
-                self.logger.eval_scalars(e.mean, e.normalized_mean, state.step)
+                self.logger.eval_scalars(
+                    {
+                        "return": e.mean,
+                        "normalized_score": e.normalized_mean,
+                        "normalized_score_min": e.normalized_min,
+                        "normalized_score_max": e.normalized_max,
+                    },
+                    state.step,
+                )
+                self.logger.episode_rows(
+                    e.episode_rows(cfg.seed + EVAL_SEED_OFFSET), state.epoch, state.step
+                )
                 bar.write(
                     f"epoch {state.epoch}: return {e.mean:.1f} ± {e.std:.1f}, "
                     f"normalized {e.normalized_mean:.1f}"

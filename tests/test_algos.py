@@ -217,6 +217,12 @@ def test_report_table_equals_the_progress_files(baseline_runs, tmp_path):
         assert steps.tolist() == [int(r["step"]) for r in rows]
         np.testing.assert_allclose(mean, [float(r[column]) for r in rows], rtol=1e-12)
         assert not std.any()  # the second MOBILE seed is a copy of the first's diagnostics
+    # each evaluation's worst episode, at the evaluation steps only
+    worst = panels["worst evaluation episode (normalized)"]
+    rows = [r for r in read_rows(baseline_runs["mopo"] / "progress.csv") if r["eval_return"]]
+    steps, mean, _ = worst["mopo"]
+    assert steps.tolist() == [int(r["step"]) for r in rows]
+    np.testing.assert_allclose(mean, [float(r["eval_normalized_score_min"]) for r in rows])
     proc = subprocess.run(
         [sys.executable, "report.py", str(tmp_path / "nothing")],
         cwd=ROOT,

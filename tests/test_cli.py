@@ -24,6 +24,8 @@ TAGS = {
     "dynamics/holdout_loss",
     "eval/return",
     "eval/normalized_score",
+    "eval/normalized_score_min",
+    "eval/normalized_score_max",
 }
 
 
@@ -35,6 +37,7 @@ def test_run_directory_layout(smoke_run, hopper_file):
         "config.yaml",
         "sessions.jsonl",
         "progress.csv",
+        "eval-episodes.csv",
         "policy.pt",
         "dynamics/model.pt",
         "dynamics/dynamics.json",
@@ -67,6 +70,28 @@ def test_progress_csv_has_one_row_per_epoch(smoke_run):
         )  # evaluated every epoch (eval_freq 1)
         assert float(r["alpha"]) == pytest.approx(0.1)  # hopper-medium: fixed alpha
         assert float(r["uncertainty"]) > 0
+
+
+def test_eval_episodes_csv_holds_each_evaluation_episode(smoke_run):
+    """One row per episode of every evaluation, which the progress row summarizes exactly."""
+    run_dir, _ = smoke_run
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    episodes = list(csv.DictReader((run_dir / "eval-episodes.csv").open()))
+    progress = list(csv.DictReader((run_dir / "progress.csv").open()))
+    n = cfg["eval_episodes"]
+    assert len(episodes) == n * len(progress)
+    for k, row in enumerate(progress):
+        mine = episodes[k * n : (k + 1) * n]
+        assert {(e["epoch"], e["step"]) for e in mine} == {(row["epoch"], row["step"])}
+        assert [int(e["episode"]) for e in mine] == list(range(n))
+        assert [int(e["seed"]) for e in mine] == [cfg["seed"] + 100_000 + i for i in range(n)]
+        returns = np.array([float(e["return"]) for e in mine])
+        normalized = np.array([float(e["normalized"]) for e in mine])
+        assert float(row["eval_return"]) == pytest.approx(returns.mean(), rel=1e-12)
+        assert float(row["eval_normalized_score"]) == pytest.approx(normalized.mean(), rel=1e-9)
+        assert float(row["eval_normalized_score_min"]) == pytest.approx(normalized.min(), rel=1e-12)
+        assert float(row["eval_normalized_score_max"]) == pytest.approx(normalized.max(), rel=1e-12)
+        assert all(1 <= int(e["length"]) <= 1000 for e in mine)
 
 
 def test_tensorboard_has_the_scalars(smoke_run):

@@ -97,6 +97,8 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(reference, hopper
     assert "--resume" in again["argv"] and again["code"] == first["code"]
     assert "started on other code" not in out.stderr
     assert (run_dir / "progress.csv").read_text() == (reference / "progress.csv").read_text()
+    episodes = (run_dir / "eval-episodes.csv").read_text()
+    assert episodes == (reference / "eval-episodes.csv").read_text()
     a = torch.load(run_dir / "policy.pt", weights_only=True)
     b = torch.load(reference / "policy.pt", weights_only=True)
     for key in a["actor"]:

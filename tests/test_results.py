@@ -22,7 +22,7 @@ def test_ship_copies_the_small_files_and_records_the_run(smoke_run, tmp_path):
     run_dir, _ = smoke_run
     dest = ship(run_dir, "hopper-random-tiny", tmp_path)
     assert dest == tmp_path / "hopper-random-tiny" / "micro" / "seed3"
-    for name in ("policy.pt", "progress.csv", "config.yaml", "timings.json"):
+    for name in ("policy.pt", "progress.csv", "config.yaml", "timings.json", "eval-episodes.csv"):
         assert (dest / name).read_bytes() == (run_dir / name).read_bytes()
     record = json.loads((dest / "run.json").read_text())
     with open(run_dir / "progress.csv", newline="") as fh:
@@ -104,14 +104,19 @@ def test_a_run_in_progress_ships_its_checkpoint_marked_unfinished(smoke_run, tmp
     extra = lines[-1].split(",")
     extra[0], extra[1] = "3", "60"
     (live / "progress.csv").write_text("\n".join([*lines, ",".join(extra)]) + "\n")
+    episodes = (live / "eval-episodes.csv").read_text().splitlines()
+    late = [",".join(["3", "60", *r.split(",")[2:]]) for r in episodes[-2:]]
+    (live / "eval-episodes.csv").write_text("\n".join([*episodes, *late]) + "\n")
     dest = ship(live, "tiny", tmp_path / "results", in_progress=True)
     record = json.loads((dest / "run.json").read_text())
     assert record["finished"] is False
     assert (record["steps"], record["steps_planned"], record["final_step"]) == (40, 40, 40)
     assert set(record["seconds"]) == set(TIMED_STAGES)
     assert (dest / "progress.csv").read_text().splitlines() == lines
+    assert (dest / "eval-episodes.csv").read_text().splitlines() == episodes
     assert sorted(p.name for p in dest.iterdir()) == [
         "config.yaml",
+        "eval-episodes.csv",
         "policy.pt",
         "progress.csv",
         "run.json",
@@ -155,6 +160,7 @@ def test_the_demo_sweeps_shipped_policies(smoke_run, tmp_path, monkeypatch):
     with open(folder / "attack-all.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 * 3 * 2 and {r["group"] for r in rows} == {"micro"}
+    assert torch.is_grad_enabled()  # eval.py's no_grad ends with it (training may follow)
     lines = demo.shipped_scores(found)
     assert len(lines) == 2 and lines[0].startswith("MICRO seed 3 (hopper-random-tiny,")
     record = json.loads((dest / "run.json").read_text())
