@@ -77,7 +77,10 @@ class Run:
 
     @property
     def experiment(self) -> dict:
-        return {k: v for k, v in self.config.items() if k not in NOT_EXPERIMENT_KEYS}
+        """The config that defines what the run computes; ``algo`` filled in for runs from
+        before it was recorded, so they group with later MICRO runs."""
+        kept = {k: v for k, v in self.config.items() if k not in NOT_EXPERIMENT_KEYS}
+        return {**kept, "algo": self.algo}
 
     @property
     def experiment_hash(self) -> str:

@@ -150,6 +150,22 @@ def test_fit_dynamics_alone_then_reuse(hopper_file, tiny_config, tmp_path, cli_e
     assert not (run_dir / "dynamics").exists()
 
 
+def test_report_groups_a_run_from_before_algo_was_recorded_with_later_micro_runs(tmp_path):
+    from micro.report import Run, group_runs
+
+    config = {"task": "halfcheetah-medium-v2", "seed": 0, "penalty_coef": 0.5}
+    rows = [{"epoch": "1", "step": "1000", "eval_normalized_score": "40.0"}]
+    old = Run(tmp_path / "a", dict(config), rows, True)
+    new = Run(tmp_path / "b", {**config, "seed": 1, "algo": "micro"}, rows, True)
+    mobile = Run(tmp_path / "c", {**config, "seed": 1, "algo": "mobile"}, rows, True)
+    groups, notes = group_runs([old, new, mobile])
+    assert [(g.algo, [r.seed for r in g.runs]) for g in groups] == [
+        ("micro", [0, 1]),
+        ("mobile", [1]),
+    ]
+    assert notes == []
+
+
 def test_report_table_equals_the_progress_files(baseline_runs, tmp_path):
     from micro.report import diagnostic_panels, find_runs, group_runs, write_report
 
