@@ -3,7 +3,7 @@
 # diagnostics; then, on the shipped MICRO and MOBILE policies, eval.py's clean score by episode,
 # its full sim2real grid (10 x 10, 10 episodes per cell) and all three attacks (10 budgets,
 # 10 episodes each), one figure each with its numbers in <name>-summary.md; and, for halfcheetah,
-# which of 10 clean episodes flip (flips.txt).
+# which of 50 clean episodes flip (flips.txt: the flip rate, and a 50-episode score).
 # Run from the repository root:  bash results/figures.sh [DATASET]
 set -euo pipefail
 DATASET=${1:-halfcheetah-medium-200k}
@@ -20,5 +20,5 @@ $PY eval.py --policy_path "${POLICIES[@]}" --choice sim2real --eval_episodes 10 
 $PY eval.py --policy_path "${POLICIES[@]}" --choice attack --attack_mode all --eval_episodes 10 \
     --out "$OUT" --force --no_progress
 if [[ $DATASET == halfcheetah-* ]]; then
-    $PY results/flips.py "${POLICIES[@]}" > "$OUT/flips.txt"
+    $PY results/flips.py "${POLICIES[@]}" --episodes 50 > "$OUT/flips.txt"
 fi
