@@ -8,10 +8,23 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 
 from micro.robustness_summary import group_cells
 from micro.utils import atomic_path
+
+
+def step_label(steps: float, _pos=None) -> str:
+    """A gradient-step tick: 50k, 1.5M (full numbers run into each other on a narrow axis)."""
+    if abs(steps) >= 1e6:
+        return f"{steps / 1e6:g}M"
+    return f"{steps / 1e3:g}k" if steps else "0"
+
+
+def _steps_axis(ax) -> None:
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(step_label))
+    ax.set_xlabel("gradient steps")
 
 
 def _save(fig, path: Path) -> None:
@@ -150,7 +163,7 @@ def score_curves(
         ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
     if reference is not None:
         ax.axhline(reference[1], color="gray", linestyle="--", linewidth=1, label=reference[0])
-    ax.set_xlabel("gradient steps")
+    _steps_axis(ax)
     ax.set_ylabel("normalized score")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -173,7 +186,7 @@ def diagnostic_curves(
             ax.plot(steps, mean, label=label, color=color)
             ax.fill_between(steps, mean - std, mean + std, alpha=0.2, color=color)
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel("gradient steps")
+        _steps_axis(ax)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10, y=1 + 0.3 / fig.get_figheight())

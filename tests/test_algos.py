@@ -150,6 +150,13 @@ def test_fit_dynamics_alone_then_reuse(hopper_file, tiny_config, tmp_path, cli_e
     assert not (run_dir / "dynamics").exists()
 
 
+def test_step_ticks_are_short():
+    from micro.plots import step_label
+
+    labels = [step_label(x) for x in (0, 2_000, 50_000, 150_000, 1_000_000, 2_500_000, 3e6)]
+    assert labels == ["0", "2k", "50k", "150k", "1M", "2.5M", "3M"]
+
+
 def test_report_groups_a_run_from_before_algo_was_recorded_with_later_micro_runs(tmp_path):
     from micro.report import Run, group_runs
 
