@@ -154,13 +154,17 @@ def score_curves(
     path: Path,
     title: str,
     reference: tuple[str, float] | None = None,
+    seeds: dict[str, list[tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> None:
     """Normalized score against gradient steps, one line per series (steps, mean, std over
-    seeds) with a ±1 std band; ``reference`` (label, score) is drawn as a dashed line."""
+    seeds) with a ±1 std band; ``seeds`` (label → each run's steps and scores) are drawn thin
+    in the series' colour; ``reference`` (label, score) is drawn as a dashed line."""
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
-    for label, (steps, mean, std) in series.items():
-        ax.plot(steps, mean, label=label)
-        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    for i, (label, (steps, mean, std)) in enumerate(series.items()):
+        ax.plot(steps, mean, label=label, color=f"C{i}")
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.2, color=f"C{i}")
+        for run_steps, scores in (seeds or {}).get(label, []):
+            ax.plot(run_steps, scores, color=f"C{i}", linewidth=0.6, alpha=0.45)
     if reference is not None:
         ax.axhline(reference[1], color="gray", linestyle="--", linewidth=1, label=reference[0])
     _steps_axis(ax)

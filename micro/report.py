@@ -6,9 +6,10 @@ Every folder below the given paths holding ``config.yaml`` and ``progress.csv`` 
 grouped by task, algorithm, the rest of their config (seed, paths and device aside; the dataset's
 SHA-256 included) and their step count; only runs in one group are averaged. A (task, algorithm)
 with several groups gets one row per group, told apart by ``variant``, and the summary names the
-config keys that differ. Writes ``summary.md``, ``summary.csv``, ``curves-<task>.png`` (score, with
-the behavior policy's as a line) and ``diagnostics-<task>.png`` (Q mean, penalty, model rollout
-reward, critic loss and, for runs that log it, each evaluation's worst episode, against steps).
+config keys that differ. Writes ``summary.md``, ``summary.csv``, ``curves-<task>.png`` (score,
+mean ± std over seeds with each seed drawn thin, and the behavior policy's as a line) and
+``diagnostics-<task>.png`` (Q mean, penalty, model rollout reward, critic loss and, for runs that
+log it, each evaluation's worst episode, against steps).
 """
 
 from __future__ import annotations
@@ -185,6 +186,17 @@ class Group:
         scores = np.array([[p[s] for s in steps] for p in per_run]).reshape(len(per_run), -1)
         return np.array(steps), scores.mean(0), scores.std(0)
 
+    def seed_curves(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each run's own evaluations (steps, normalized scores), for drawing the seeds under
+        their mean."""
+        return [
+            (
+                np.array([int(e["step"]) for e in r.evals]),
+                np.array([float(e["eval_normalized_score"]) for e in r.evals]),
+            )
+            for r in self.runs
+        ]
+
     def series(self, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """An epoch column (e.g. ``q_mean``) at the steps every run of the group logged it,
         mean and std over seeds; None when no run logs it."""
@@ -335,6 +347,7 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
             path,
             title=f"{task}: normalized score (mean ± std over seeds)",
             reference=None if behavior is None else ("behavior policy (dataset)", behavior),
+            seeds={g.label: g.seed_curves() for g in part if len(g.runs) > 1},
         )
         written[f"curves-{parse_task(task).slug}"] = path
         lines += ["", f"![{task}]({path.name})"]

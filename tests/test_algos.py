@@ -240,6 +240,14 @@ def test_report_table_equals_the_progress_files(baseline_runs, tmp_path):
         assert steps.tolist() == [int(r["step"]) for r in rows]
         np.testing.assert_allclose(mean, [float(r[column]) for r in rows], rtol=1e-12)
         assert not std.any()  # the second MOBILE seed is a copy of the first's diagnostics
+    # the seeds drawn under their mean: each run's own evaluations
+    (mobile_group,) = [g for g in group_runs(runs)[0] if g.algo == "mobile"]
+    (s3, v3), (s4, v4) = mobile_group.seed_curves()
+    assert (
+        s3.tolist() == s4.tolist() == [int(r["step"]) for r in read_rows(second / "progress.csv")]
+    )
+    np.testing.assert_allclose(v4, np.array(first) + 10.0)
+    np.testing.assert_allclose(v3, first)
     # each evaluation's worst episode, at the evaluation steps only
     worst = panels["worst evaluation episode (normalized)"]
     rows = [r for r in read_rows(baseline_runs["mopo"] / "progress.csv") if r["eval_return"]]
