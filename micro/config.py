@@ -87,6 +87,7 @@ class Config:
     eval_freq: int = 10  # evaluate every this many epochs (and after the last)
     eval_episodes: int = 10  # deterministic episodes per evaluation
     save_freq: int = 1  # checkpoint every this many epochs (and after the last)
+    snapshot_freq: int | None = None  # keep a policy file every this many epochs (snapshots/)
 
     def __post_init__(self) -> None:
         checks = [
@@ -128,6 +129,8 @@ class Config:
         checks.append((self.penalty_coef >= 0, "penalty_coef must be >= 0"))
         if self.dynamics_max_epochs is not None:
             checks.append((self.dynamics_max_epochs > 0, "dynamics_max_epochs must be positive"))
+        if self.snapshot_freq is not None:
+            checks.append((self.snapshot_freq > 0, "snapshot_freq must be positive (or none)"))
         for ok, message in checks:
             if not ok:
                 raise MicroError(f"bad config: {message}")

@@ -219,9 +219,19 @@ def group_names(policies: list[LoadedPolicy], mode: str) -> list[str]:
     if mode == "algo":
         return algos
     labels = [p.label for p in policies]
-    if len(set(labels)) < len(labels):  # same algorithm and seed: tell them apart by run
-        labels = [f"{p.label} ({p.path.parent.name})" for p in policies]
-    return labels
+    if len(set(labels)) == len(labels):
+        return labels
+    # same algorithm and seed: tell them apart by training step (snapshots of one run), else by run
+    by_step = [f"{p.label}, step {p.step}" for p in policies]
+    if None not in {p.step for p in policies} and len(set(by_step)) == len(by_step):
+        return by_step
+    return [f"{p.label} ({run_folder(p.path).name})" for p in policies]
+
+
+def run_folder(policy_path: Path) -> Path:
+    """The run a policy file belongs to: its folder, or the run above ``snapshots/``."""
+    folder = policy_path.parent
+    return folder.parent if folder.name == "snapshots" else folder
 
 
 def clean(args, policy: LoadedPolicy, device) -> tuple[list[dict], list[dict]]:

@@ -30,7 +30,7 @@ from micro.envs import SimSpec, parse_task
 from micro.evaluation import EvalResult
 from micro.logger import RunLogger
 from micro.nets import Actor, EnsembleCritic
-from micro.policy_file import save_policy
+from micro.policy_file import save_policy, snapshot_path
 from micro.provenance import record_session
 from micro.trainer import Trainer, TrainResult
 from micro.utils import resolve_device, set_seed
@@ -280,7 +280,7 @@ def export_policy(run_dir: str | Path, out: str | Path | None = None) -> tuple[P
     saved = yaml.safe_load(config_file.read_text())
     cfg = config_from_dict(saved)
     progress, weights = read_learner(checkpoint, cfg.task)
-    out = Path(out) if out else run_dir / "snapshots" / f"epoch{progress.epoch}.pt"
+    out = Path(out) if out else snapshot_path(run_dir, progress.epoch)
     if out.exists():
         raise MicroError(f"{out} exists; pass another output file")
     data = reload_task_data(parse_task(cfg.task), saved)

@@ -45,6 +45,12 @@ class LoadedPolicy:
         return self.algo if self.seed is None else f"{self.algo} seed {self.seed}"
 
 
+def snapshot_path(run_dir: Path, epoch: int) -> Path:
+    """Where a run keeps the policy of an earlier epoch (``--snapshot_freq``, or exported from
+    its checkpoint by ``python -m micro.results export``)."""
+    return Path(run_dir) / "snapshots" / f"epoch{epoch}.pt"
+
+
 def save_policy(
     path: Path,
     *,

@@ -34,6 +34,19 @@ def group_cells(rows: list[dict], keys: tuple[str, ...]) -> dict[str, Cells]:
     return result
 
 
+def averaged_over(rows: list[dict]) -> str:
+    """How a group's numbers were averaged beyond its episodes: over its seeds, or over its
+    policies when some share a seed (snapshots of one run)."""
+    policies: dict[str, set] = {}
+    for r in rows:
+        policies.setdefault(r["group"], set()).add((r.get("policy"), r.get("seed")))
+    if all(len(p) == 1 for p in policies.values()):
+        return ""
+    if all(len({seed for _, seed in p}) == len(p) for p in policies.values()):
+        return ", then over each algorithm's seeds"
+    return ", then over each group's policies (seeds and snapshots alike)"
+
+
 def _table(header: list[str], lines: list[list[str]]) -> list[str]:
     return [
         "| " + " | ".join(header) + " |",
@@ -63,13 +76,12 @@ def sim2real_summary(rows: list[dict]) -> str:
     masses = sorted({r["mass"] for r in rows})
     frictions = sorted({r["friction"] for r in rows})
     gravities = sorted({r["gravity"] for r in rows})
-    several = any(len({r.get("seed") for r in rows if r["group"] == g}) > 1 for g in groups)
     lead = ["group"] + (["mass"] if len(masses) > 1 else []) + ["all cells"]
     out = [
         "# sim2real: normalized score",
         "",
         f"Mean of {rows[0]['episodes']} deterministic episodes per cell"
-        + (", then over each algorithm's seeds" if several else "")
+        + averaged_over(rows)
         + f"; {len(frictions)} friction × {len(gravities)} gravity scales"
         + (f" × {len(masses)} mass scales" if len(masses) > 1 else "")
         + ".",
@@ -89,7 +101,6 @@ def attack_summary(rows: list[dict]) -> str:
     groups = group_cells(rows, ("attack_mode", "eps"))
     modes = list(dict.fromkeys(r["attack_mode"] for r in rows))
     eps = sorted({r["eps"] for r in rows})
-    several = any(len({r.get("seed") for r in rows if r["group"] == g}) > 1 for g in groups)
     lines = []
     for mode in modes:
         for group, cells in groups.items():
@@ -99,7 +110,7 @@ def attack_summary(rows: list[dict]) -> str:
         "# Observation attacks: normalized score",
         "",
         f"Mean of {rows[0]['episodes']} deterministic episodes per budget"
-        + (", then over each algorithm's seeds" if several else "")
+        + averaged_over(rows)
         + "; ε is the budget, × the data's observation std per dimension.",
         "",
         *_table(["group", "attack", *(f"ε {e:.3g}" for e in eps), "mean over ε"], lines),

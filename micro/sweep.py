@@ -37,14 +37,16 @@ SWEEP_FILE = "sweep.json"
 SWEEP_FORMAT = "micro-sweep-v1"
 WORKER_FILE = "worker.json"  # in a run directory: the process (pid, host) that trains it
 LOG_FILE = "train.log"  # in a run directory: what the run printed under the sweep
-NOT_HASHED = ("seed", "logdir", "device")
+# Keys that do not change what a run computes (snapshot_freq only adds files), so an existing
+# sweep's folders keep their names when they are given.
+NOT_HASHED = ("seed", "logdir", "device", "snapshot_freq")
 
 
 # --- the grid ------------------------------------------------------------------------------------
 
 
 def config_hash(cfg: Config, data_sha256: str | None = None) -> str:
-    """8 hex digits over the resolved config (seed, logdir and device aside) and, for a local
+    """8 hex digits over the resolved config (``NOT_HASHED`` aside) and, for a local
     dataset, its content: another file at the same path is another experiment."""
     body = {k: v for k, v in cfg.to_dict().items() if k not in NOT_HASHED}
     if data_sha256 is not None:

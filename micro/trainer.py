@@ -27,7 +27,7 @@ from micro.dynamics import EnsembleDynamics
 from micro.envs import SimSpec, termination_fn
 from micro.evaluation import EvalResult, run_episodes
 from micro.logger import RunLogger
-from micro.policy_file import save_policy
+from micro.policy_file import save_policy, snapshot_path
 from micro.rollout import model_rollout
 from micro.utils import EVAL_SEED_OFFSET, atomic_write_text
 
@@ -174,7 +174,8 @@ class Trainer:
                 "model_buffer_size": self.model_buffer.size,
             }
             self.logger.epoch_scalars(means, lr, rollout, state.step)
-            if state.epoch % cfg.eval_freq == 0 or state.epoch == cfg.epoch:
+            evaluated = state.epoch % cfg.eval_freq == 0 or state.epoch == cfg.epoch
+            if evaluated:
                 self.last_eval = e = self.evaluate()
                 state.last_eval = {"returns": e.returns.tolist(), "lengths": e.lengths.tolist()}
                 row.update(
@@ -205,6 +206,13 @@ class Trainer:
             self.logger.time_scalar(time.time() - start_time, state.step)
             # the epoch's time not spent in rollouts or evaluation (updates and logging)
             t["updates"] += time.time() - epoch_start - (t["rollouts"] + t["evaluation"] - outside)
+            if (
+                cfg.snapshot_freq
+                and state.epoch % cfg.snapshot_freq == 0
+                and state.epoch < cfg.epoch
+            ):
+                # before the checkpoint: a run killed in between redoes this epoch and rewrites it
+                self.save_policy(snapshot_path(self.run_dir, state.epoch), evaluated)
             if state.epoch % cfg.save_freq == 0 or state.epoch == cfg.epoch:
                 save_start = time.time()
                 state.timings = dict(t)
@@ -213,21 +221,26 @@ class Trainer:
                 )
                 t["checkpoints"] += time.time() - save_start
         bar.close()
-        save_policy(
-            self.run_dir / "policy.pt",
-            config=cfg.to_dict(),
-            actor=self.agent.actor,
-            critics=self.agent.critics,
-            obs_std=self.obs_std,
-            sim=self.sim,
-            step=state.step,
-            normalized_score=None if self.last_eval is None else self.last_eval.normalized_mean,
-        )
+        self.save_policy(self.run_dir / "policy.pt", evaluated=True)
         self.logger.close()
         atomic_write_text(
             self.run_dir / "timings.json", json.dumps({k: round(v, 1) for k, v in t.items()})
         )
         return TrainResult(self.run_dir, self.last_eval, dict(t))
+
+    def save_policy(self, path: Path, evaluated: bool) -> None:
+        """The current policy as a policy file, with this epoch's score if it was evaluated."""
+        e = self.last_eval if evaluated else None
+        save_policy(
+            path,
+            config=self.cfg.to_dict(),
+            actor=self.agent.actor,
+            critics=self.agent.critics,
+            obs_std=self.obs_std,
+            sim=self.sim,
+            step=self.state.step,
+            normalized_score=None if e is None else e.normalized_mean,
+        )
 
     def restore(self) -> None:
         """Continue from the run's checkpoint."""

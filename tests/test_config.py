@@ -136,6 +136,7 @@ def test_layering_order(tmp_path):
         (["--real_ratio", "2"], "bad config: real_ratio must be in [0, 1]"),
         (["--task", "hopper-v3"], "unknown task 'hopper-v3'"),
         (["--dynamics_max_epochs", "0"], "dynamics_max_epochs must be positive"),
+        (["--snapshot_freq", "0"], "snapshot_freq must be positive (or none)"),
         (["--matmul_precision", "low"], "matmul_precision must be one of highest, high, medium"),
     ],
 )

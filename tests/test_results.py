@@ -262,3 +262,45 @@ def test_flips_counts_a_datasets_flipped_episodes(hopper_file, tmp_path):
         f"{path}: 1 of {len(returns)} episodes flip; mean return {returns[1]:.0f} flipped, "
         f"{upright:.0f} upright"
     )
+
+
+def test_snapshot_freq_keeps_earlier_policies_without_changing_the_run(
+    hopper_file, tiny_config, tmp_path
+):
+    """--snapshot_freq 1 over 3 epochs keeps epochs 1 and 2 (the last is policy.pt), each the
+    policy of its epoch — re-evaluated, epoch 2's scores what the run logged there — and the run
+    computes what it computes without them."""
+    import os
+
+    from conftest import only_run_dir, run_train
+
+    from micro.evaluate_cli import group_names
+    from micro.evaluation import run_episodes
+    from micro.policy_file import load_policy
+    from micro.utils import EVAL_SEED_OFFSET
+
+    env = {**os.environ, "D4RL_DATASET_DIR": str(tmp_path / "no-cache")}
+    base = ["--task", "hopper-medium-v2", "--dataset", str(hopper_file), "--config"]
+    base += [str(tiny_config), "--seed", "3", "--epoch", "3", "--eval_freq", "2"]
+    run_train([*base, "--logdir", str(tmp_path / "a"), "--snapshot_freq", "1"], env)
+    run_train([*base, "--logdir", str(tmp_path / "b")], env)
+    a, b = only_run_dir(tmp_path / "a"), only_run_dir(tmp_path / "b")
+    assert sorted(p.name for p in (a / "snapshots").iterdir()) == ["epoch1.pt", "epoch2.pt"]
+    assert not (b / "snapshots").exists()
+    assert (a / "progress.csv").read_bytes() == (b / "progress.csv").read_bytes()
+    final_a = torch.load(a / "policy.pt", weights_only=True)["actor"]
+    final_b = torch.load(b / "policy.pt", weights_only=True)["actor"]
+    for name in final_a:
+        torch.testing.assert_close(final_a[name], final_b[name], rtol=0, atol=0)
+
+    with open(a / "progress.csv", newline="") as fh:
+        logged = {int(r["epoch"]): r["eval_normalized_score"] for r in csv.DictReader(fh)}
+    cpu = torch.device("cpu")
+    one, two = (load_policy(a / "snapshots" / f"epoch{e}.pt", None, cpu) for e in (1, 2))
+    assert (one.step, one.normalized_score, two.step) == (20, None, 40)
+    assert logged[1] == "" and float(logged[2]) == pytest.approx(two.normalized_score, abs=1e-9)
+    again = run_episodes(two.actor, two.sim, 2, 3 + EVAL_SEED_OFFSET, device=cpu)
+    assert again.normalized_mean == two.normalized_score
+    # eval.py tells snapshots of one run apart by their step
+    assert group_names([one, two], "policy") == ["micro seed 3, step 20", "micro seed 3, step 40"]
+    assert group_names([one, two], "algo") == ["micro", "micro"]

@@ -20,7 +20,12 @@ from micro.robustness import (
     gaussian_symmetric_kl,
     scaled_physics,
 )
-from micro.robustness_summary import attack_summary, group_cells, sim2real_summary
+from micro.robustness_summary import (
+    attack_summary,
+    averaged_over,
+    group_cells,
+    sim2real_summary,
+)
 from micro.utils import ROBUSTNESS_SEED
 
 ARRAYS = ("geom_friction", "body_mass", "body_inertia")
@@ -279,6 +284,18 @@ def test_attack_summary_scores_by_budget_and_their_mean():
         "| a | random | 40.0 | 20.0 | 30.0 |",
         "| a | min_Q | 40.0 | 5.0 | 22.5 |",
     ]
+
+
+def test_summary_says_what_a_group_averages_over():
+    def row(group, policy, seed):
+        return {**cell(group, seed, (1.0, 0.0)), "policy": policy}
+
+    alone = [row("a", "a.pt", 0), row("b", "b.pt", 0)]
+    seeds = [row("micro", "s0.pt", 0), row("micro", "s1.pt", 1), row("mobile", "m.pt", 0)]
+    snapshots = [row("micro", "s0/epoch5.pt", 0), row("micro", "s0/policy.pt", 0)]
+    assert averaged_over(alone) == ""
+    assert averaged_over(seeds) == ", then over each algorithm's seeds"
+    assert averaged_over(snapshots + seeds[1:]).endswith("(seeds and snapshots alike)")
 
 
 # --- eval.py ---

@@ -124,6 +124,11 @@ def test_run_places_follow_the_config(hopper_file, tiny_config, tmp_path):
     )
     assert changed[0].run_dir != a.run_dir  # a changed config never reuses a run's folder
     assert config_hash(configs[a.run_dir]) == a.config_hash
+    # keeping snapshots changes no number, so an existing sweep's folders keep their names
+    snapshots, _ = plan(
+        ["hopper-medium-v2"], ["micro"], [0], [str(tiny_config)], {"snapshot_freq": 5}, {}, tmp_path
+    )
+    assert snapshots[0].run_dir == a.run_dir
 
     # the content of a --dataset file is part of the experiment, not just its path
     data = tmp_path / "data.hdf5"
