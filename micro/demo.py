@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from micro.config import CONFIG_DIR, resolve_config
-from micro.data.collect import build, default_policy_path, write_dataset
+from micro.datagen.collect import build, default_policy_path, write_dataset
 from micro.envs import normalized_score
 
 DATA = Path("data/demo/hopper-medium.hdf5")

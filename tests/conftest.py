@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from micro.data.collect import collect, uniform_policy, write_dataset
+from micro.datagen.collect import collect, uniform_policy, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,9 +139,9 @@ def run_train(args, env, check=True):
 
 
 def run_collect(args, env=None):
-    """Run ``python -m micro.data.collect`` as a user does; the caller checks the outcome."""
+    """Run ``python -m micro.datagen.collect`` as a user does; the caller checks the outcome."""
     return subprocess.run(
-        [sys.executable, "-m", "micro.data.collect", "--no_progress", *args],
+        [sys.executable, "-m", "micro.datagen.collect", "--no_progress", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

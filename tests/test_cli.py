@@ -200,7 +200,7 @@ def test_unreachable_d4rl_fails_fast_with_a_way_out(tmp_path, cli_env):
     assert line.count("\n") == 0
     assert str(Path(cli_env["D4RL_DATASET_DIR"]) / "walker2d_medium_expert-v2.hdf5") in line
     assert "http://127.0.0.1:9/none/walker2d_medium_expert-v2.hdf5" in line
-    assert "--dataset" in line and "python -m micro.data.collect" in line
+    assert "--dataset" in line and "python -m micro.datagen.collect" in line
     assert not (tmp_path / "runs").exists()
     assert not any(Path(cli_env["D4RL_DATASET_DIR"]).glob("*"))
 

@@ -8,15 +8,15 @@ import torch
 from conftest import run_collect
 
 from micro import MicroError
-from micro.data.behavior import (
+from micro.data.d4rl import read_hdf5, validate
+from micro.datagen.behavior import (
     BehaviorSettings,
     export_policy,
     load_snapshot,
     pick_snapshots,
     train_behavior,
 )
-from micro.data.collect import actor_policy, build, collect, uniform_policy, write_dataset
-from micro.data.d4rl import read_hdf5, validate
+from micro.datagen.collect import actor_policy, build, collect, uniform_policy, write_dataset
 from micro.envs import make_env, parse_task
 
 TINY_SAC = BehaviorSettings(
@@ -202,7 +202,7 @@ def test_collect_cli_refuses_to_overwrite(tmp_path):
 
 
 def test_missing_policy_says_how_to_make_one(tmp_path):
-    with pytest.raises(MicroError, match=r"python -m micro\.data\.behavior"):
+    with pytest.raises(MicroError, match=r"python -m micro\.datagen\.behavior"):
         build(
             "medium",
             "hopper",

@@ -184,7 +184,7 @@ def test_download_failures_leave_nothing(server, monkeypatch, tmp_path, task, re
     msg = str(err.value)
     assert reason in msg and "\n" not in msg
     assert str(cache / t.d4rl_filename) in msg and f"{server}/{t.d4rl_filename}" in msg
-    assert "--dataset" in msg and "micro.data.collect" in msg
+    assert "--dataset" in msg and "micro.datagen.collect" in msg
     assert list(cache.iterdir()) == []
 
 

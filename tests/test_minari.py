@@ -25,9 +25,9 @@ from minari.storage.remotes.cloud_storage import CloudStorage
 from micro import MicroError
 from micro.config import CONFIG_DIR, Config, read_overrides, resolve_config
 from micro.data import minari_data
-from micro.data.collect import collect, uniform_policy
 from micro.data.d4rl import qlearning_dataset
 from micro.data.sources import load_task_data, reload_task_data
+from micro.datagen.collect import collect, uniform_policy
 from micro.envs import REF_RETURNS, SimSpec, parse_task, versioned_sim
 
 DATASET = "test/hopper/random-v0"

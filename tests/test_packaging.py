@@ -1,6 +1,9 @@
-"""The conda environment (MICRO.yml) installs what pyproject.toml requires."""
+"""The package as a whole: the conda environment (MICRO.yml) installs what pyproject.toml
+requires, and the modules import one another in one direction only."""
 
 from __future__ import annotations
+
+import ast
 
 import pytest
 import yaml
@@ -18,3 +21,26 @@ def test_conda_environment_matches_pyproject():
     wanted = {w for w in wanted if not w.startswith("torch")}
     assert wanted <= set(pip), wanted - set(pip)
     assert "torch==2.13.0" in pip and "-e ." in pip
+
+
+def micro_imports(path) -> set[str]:
+    """The ``micro`` modules a source file imports, at its top or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("micro"):
+            found |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("micro")}
+    return found
+
+
+def test_dataset_readers_are_the_bottom_of_the_house():
+    """micro.data (reading datasets) imports nothing above it — no learner, trainer or dataset
+    maker; micro.datagen (making them) sits on top of the learner."""
+    below = ("micro.MicroError", "micro.__version__", "micro.envs", "micro.utils", "micro.data.")
+    for path in sorted((ROOT / "micro" / "data").glob("*.py")):
+        imports = micro_imports(path) - {"micro", "micro.data"}
+        above = {m for m in imports if not m.startswith(below)}
+        assert not above, f"micro/data/{path.name} imports {sorted(above)}"
+    # the check can fail: a maker imports the learner
+    assert "micro.agent" in micro_imports(ROOT / "micro" / "datagen" / "behavior.py")

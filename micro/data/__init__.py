@@ -1,1 +1,2 @@
-"""Offline datasets: D4RL-format HDF5 files, read, written, downloaded and made in the simulator."""
+"""Offline datasets, read: D4RL-format HDF5 files (local or downloaded) and Minari datasets,
+as transitions plus the simulator to evaluate on. Making datasets is ``micro.datagen``'s job."""

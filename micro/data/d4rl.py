@@ -199,7 +199,7 @@ def find_or_download(task: Task) -> Path:
         raise MicroError(
             f"{task.name}: not in the D4RL cache ({path}) and the download from {url} failed "
             f"({exc}). Pass --dataset FILE.hdf5, set {BASE_URL_ENV} to a mirror, or make a local "
-            f"dataset: python -m micro.data.collect --env {task.env} --kind random "
+            f"dataset: python -m micro.datagen.collect --env {task.env} --kind random "
             f"--out data/{task.env}-random.hdf5"
         ) from None
 

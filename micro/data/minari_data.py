@@ -345,7 +345,7 @@ def mean_episode_return(path: Path) -> float | None:
 
 def split_episodes(arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     """Episodes (T+1 observations each) from contiguous D4RL-layout rows whose episodes end on a
-    terminal or a timeout (``micro.data.collect``'s layout)."""
+    terminal or a timeout (``micro.datagen.collect``'s layout)."""
     ends = np.flatnonzero(np.asarray(arrays["terminals"]) | np.asarray(arrays["timeouts"]))
     out, start = [], 0
     for end in ends:

@@ -1,4 +1,4 @@
-"""The files of a behavior SAC run (``micro.data.behavior``), written and read here only:
+"""The files of a behavior SAC run (``micro.datagen.behavior``), written and read here only:
 
 - the behavior policy (snapshot ``snapshots/step_<N>.pt``, or a shipped ``data/behavior/*.pt``):
   the actor and its evaluated return, format ``micro-behavior-v1``;

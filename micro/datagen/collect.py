@@ -1,7 +1,7 @@
 """Collect datasets in the real simulator, D4RL's way: D4RL-format HDF5 files, or Minari datasets.
 
-    python -m micro.data.collect --env hopper --kind medium --steps 1000000 --out FILE.hdf5
-    python -m micro.data.collect --env hopper --kind medium --steps 1000000 \
+    python -m micro.datagen.collect --env hopper --kind medium --steps 1000000 --out FILE.hdf5
+    python -m micro.datagen.collect --env hopper --kind medium --steps 1000000 \
         --format minari --dataset_id local/hopper/medium-v0
 
 A D4RL-format file is collected on the robot's ``-v4`` environment (D4RL's dynamics). A Minari
@@ -32,8 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from micro import MicroError, __version__
-from micro.data.behavior_files import load_snapshot, read_replay
 from micro.data.d4rl import write_hdf5
+from micro.datagen.behavior_files import load_snapshot, read_replay
 from micro.envs import (
     DATASET_KINDS,
     ENV_IDS,
@@ -203,7 +203,7 @@ def load_policy(path: str | Path, env_name: str) -> tuple[Actor, dict]:
     path = Path(path)
     if not path.is_file():
         raise MicroError(
-            f"behavior policy not found: {path}; train one with python -m micro.data.behavior "
+            f"behavior policy not found: {path}; train one with python -m micro.datagen.behavior "
             f"--env {env_name} --steps N --out DIR and pass --policy DIR/snapshots/step_N.pt"
         )
     actor, meta = load_snapshot(path)
@@ -290,7 +290,9 @@ def build(
 def main(argv: list[str] | None = None) -> int:
     from micro.cli import OneLineParser, guarded
 
-    parser = OneLineParser(prog="python -m micro.data.collect", description=__doc__.split("\n")[0])
+    parser = OneLineParser(
+        prog="python -m micro.datagen.collect", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--env", required=True, choices=list(ENV_IDS))
     parser.add_argument("--kind", required=True, choices=list(DATASET_KINDS))
     parser.add_argument(

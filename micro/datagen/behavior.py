@@ -1,10 +1,10 @@
 """Behavior policies the D4RL way: online SAC in the simulator, with evaluated snapshots.
 
-    python -m micro.data.behavior --env hopper --steps 1000000 --out runs/behavior/hopper
-    python -m micro.data.behavior pick RUN --target 44   # snapshots nearest a normalized score
-    python -m micro.data.behavior export RUN/snapshots/step_N.pt --to data/behavior/hopper-medium.pt
+    python -m micro.datagen.behavior --env hopper --steps 1000000 --out runs/behavior/hopper
+    python -m micro.datagen.behavior pick RUN --target 44   # snapshots nearest a normalized score
+    python -m micro.datagen.behavior export RUN/snapshots/step_N.pt --to data/behavior/NAME.pt
 
-SAC here is the project's own learner (``micro.agent.MICRO``) with the conservative parts switched
+SAC here is the project's own learner (``micro.agent.Learner``) with the conservative parts switched
 off: no model rows (real_ratio 1), no penalty, no target clamp, constant learning rates. The run
 folder holds ``state.pt`` (everything needed to resume: run the same command again),
 ``snapshots/step_<N>.pt`` (actor + evaluated return, every ``--snapshot_every`` steps),
@@ -29,13 +29,13 @@ from micro import MicroError
 from micro.agent import Learner
 from micro.buffer import Batch
 from micro.config import Config
-from micro.data.behavior_files import (
+from micro.datagen.behavior_files import (
     load_snapshot,
     read_replay,
     save_snapshot,
     write_replay_chunk,
 )
-from micro.data.collect import uniform_policy
+from micro.datagen.collect import uniform_policy
 from micro.envs import ENV_IDS, OBS_ACT_DIMS, make_env
 from micro.evaluation import EvalResult, run_episodes
 from micro.nets import Actor
@@ -340,7 +340,7 @@ def pick_main(argv: list[str]) -> int:
     from micro.cli import OneLineParser, guarded
 
     parser = OneLineParser(
-        prog="python -m micro.data.behavior pick",
+        prog="python -m micro.datagen.behavior pick",
         description="Find the snapshot nearest a normalized score (e.g. D4RL's medium level).",
     )
     parser.add_argument("run", help="a behavior run folder")
@@ -370,7 +370,7 @@ def export_main(argv: list[str]) -> int:
     from micro.cli import OneLineParser, guarded
 
     parser = OneLineParser(
-        prog="python -m micro.data.behavior export",
+        prog="python -m micro.datagen.behavior export",
         description="Turn a snapshot into a shipped behavior policy.",
     )
     parser.add_argument("snapshot", help="RUN/snapshots/step_N.pt")
@@ -403,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["pick"]:
         return pick_main(argv[1:])
 
-    parser = OneLineParser(prog="python -m micro.data.behavior", description=__doc__.split("\n")[0])
+    parser = OneLineParser(
+        prog="python -m micro.datagen.behavior", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--env", required=True, choices=list(ENV_IDS))
     parser.add_argument("--steps", type=int, required=True, help="total environment steps")
     parser.add_argument(
