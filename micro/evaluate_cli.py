@@ -45,7 +45,8 @@ def build_parser():
     p.add_argument(
         "--policy_path",
         nargs="+",
-        help="policy.pt file(s) from training runs (default: the newest under --logdir)",
+        help="policy files, or run folders (their policy.pt); default: the newest policy.pt "
+        "under --logdir",
     )
     p.add_argument("--logdir", default="runs", help="where to look for the newest policy.pt")
     p.add_argument(
@@ -185,9 +186,24 @@ def newest_policy(logdir: str | Path) -> Path:
     return found[-1]
 
 
+def policy_file_of(path: str) -> str:
+    """A ``--policy_path``: a policy file, or a run directory standing for its policy.pt."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return path
+    if (folder / "policy.pt").is_file():
+        return str(folder / "policy.pt")
+    if (folder / "checkpoints" / "last.pt").is_file():
+        raise MicroError(
+            f"run {folder} has no policy.pt yet (still training, or killed); export its last "
+            f"checkpoint with python -m micro.results export {folder} and pass that file"
+        )
+    raise MicroError(f"{folder} is a folder without policy.pt; pass a policy file or a run folder")
+
+
 def load_policies(args, device: torch.device) -> tuple[str, list[LoadedPolicy]]:
     """The task and the policies to sweep; all must be for one task."""
-    paths = args.policy_path
+    paths = [policy_file_of(p) for p in args.policy_path or []]
     if not paths:
         paths = [str(newest_policy(args.logdir))]
         print(f"policy: {paths[0]} (the newest under {args.logdir}/)")

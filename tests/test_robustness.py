@@ -434,6 +434,26 @@ def test_eval_cli_errors(smoke_run, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_a_run_folder_stands_for_its_policy_file(smoke_run, tmp_path):
+    from micro.evaluate_cli import policy_file_of
+
+    run_dir = smoke_run[0]
+    assert policy_file_of(str(run_dir)) == str(run_dir / "policy.pt")
+    assert policy_file_of("no/such/file.pt") == "no/such/file.pt"  # load_policy says it is missing
+    killed = tmp_path / "killed"
+    (killed / "checkpoints").mkdir(parents=True)
+    (killed / "checkpoints" / "last.pt").write_bytes(b"")
+    with pytest.raises(MicroError, match=r"no policy\.pt yet.*python -m micro\.results export"):
+        policy_file_of(str(killed))
+    with pytest.raises(MicroError, match=r"a folder without policy\.pt"):
+        policy_file_of(str(tmp_path / "killed" / "checkpoints"))
+    base = ["--choice", "clean", "--eval_episodes", "1", "--out"]
+    run_eval([*base, str(tmp_path / "by-file"), "--policy_path", str(run_dir / "policy.pt")])
+    run_eval([*base, str(tmp_path / "by-run"), "--policy_path", str(run_dir)])
+    by_file, by_run = (read_csv(tmp_path / d / "clean.csv") for d in ("by-file", "by-run"))
+    assert by_file == by_run and len(by_file) == 1
+
+
 def test_policy_with_a_pickled_object_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": "micro-policy-v1", "payload": object.__new__(Attack)}, path)
