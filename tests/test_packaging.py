@@ -44,3 +44,20 @@ def test_dataset_readers_are_the_bottom_of_the_house():
         assert not above, f"micro/data/{path.name} imports {sorted(above)}"
     # the check can fail: a maker imports the learner
     assert "micro.agent" in micro_imports(ROOT / "micro" / "datagen" / "behavior.py")
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a markdown heading: lower case, punctuation dropped, spaces to -."""
+    return "".join(c for c in heading.lower() if c.isalnum() or c in " -_").replace(" ", "-")
+
+
+@pytest.mark.parametrize("doc", ["README.md", "results/README.md", "data/README.md"])
+def test_links_within_the_docs_resolve(doc):
+    import re
+
+    text = (ROOT / doc).read_text()
+    anchors = {github_anchor(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+    for target in re.findall(r"\]\(#([^)]+)\)", text):
+        assert target in anchors, f"{doc}: link to #{target}, which no heading makes"
+    for target in re.findall(r"\]\((?!https?:|#)([^)#\s]+)", text):  # relative file links
+        assert (ROOT / doc).parent.joinpath(target).exists(), f"{doc}: link to missing {target}"
