@@ -292,14 +292,16 @@ def prepare_out(args, out: Path) -> dict[str, Path]:
 
 
 def tagged_rows(policies: list[LoadedPolicy], parts: list[list[dict]], group: str) -> list[dict]:
-    """Several policies' rows in one table, each row naming its policy, algorithm, seed and
-    the line/panel it belongs to; one policy's rows as they are."""
+    """Several policies' rows in one table, each row naming its policy (file, algorithm, seed,
+    and the label that tells it from the others) and the line/panel it belongs to; one policy's
+    rows as they are."""
     if len(policies) == 1:
         return list(parts[0])
     rows = []
-    for policy, name, part in zip(policies, group_names(policies, group), parts, strict=True):
+    labels, groups = group_names(policies, "policy"), group_names(policies, group)
+    for policy, label, name, part in zip(policies, labels, groups, parts, strict=True):
         who = {"policy": str(policy.path), "algo": policy.algo, "seed": policy.seed}
-        rows += [{**who, "group": name, **r} for r in part]
+        rows += [{**who, "label": label, "group": name, **r} for r in part]
     return rows
 
 

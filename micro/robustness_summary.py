@@ -5,7 +5,8 @@ group them: one group per policy, or per algorithm when its seeds are averaged. 
 
 - sim2real: each group's mean normalized score over the whole grid, and its means by gravity
   scale (over the friction scales) and by friction scale (over the gravity scales), per mass;
-- attack: each group's normalized score at every budget ε, per attack mode, and the mean over ε.
+- attack: each group's normalized score at every budget ε, per attack mode, and the mean over ε;
+- and, when a group averages several policies (seeds, snapshots), each policy's own mean.
 
 Text that quotes robustness numbers (a README, a paper) can then cite this file instead of
 numbers read off a heatmap.
@@ -45,6 +46,29 @@ def averaged_over(rows: list[dict]) -> str:
     if all(len({seed for _, seed in p}) == len(p) for p in policies.values()):
         return ", then over each algorithm's seeds"
     return ", then over each group's policies (seeds and snapshots alike)"
+
+
+def each_policy(rows: list[dict], columns: str, title: str) -> list[str]:
+    """When a group averages several policies: each policy's own mean over the sweep, one
+    column per value of ``columns`` (attack mode, or mass scale), so a reader sees whether
+    the seeds (or snapshots) agree or one of them makes the mean."""
+    if not averaged_over(rows) or "label" not in rows[0]:
+        return []
+    values = list(dict.fromkeys(r[columns] for r in rows))
+    means: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        means.setdefault((r["group"], r["label"]), {}).setdefault(r[columns], []).append(
+            r["normalized_mean"]
+        )
+    # in the order the policies were given; the group only says which line each one feeds
+    lines = [
+        [label, *(f"{np.mean(by[v]):.1f}" for v in values)] for (_, label), by in means.items()
+    ]
+    if columns == "attack_mode":
+        header = values
+    else:
+        header = [f"mass {v:g}" for v in values] if len(values) > 1 else ["all cells"]
+    return ["", title, "", *_table(["policy", *header], lines)]
 
 
 def _table(header: list[str], lines: list[list[str]]) -> list[str]:
@@ -93,6 +117,7 @@ def sim2real_summary(rows: list[dict]) -> str:
         "By friction scale (mean over the gravity scales):",
         "",
         *_table(lead + [f"{f:.3g}" for f in frictions], _by_axis(groups, masses, 1, frictions)),
+        *each_policy(rows, "mass", "Each policy (its mean over all cells):"),
     ]
     return "\n".join(out) + "\n"
 
@@ -114,5 +139,6 @@ def attack_summary(rows: list[dict]) -> str:
         + "; ε is the budget, × the data's observation std per dimension.",
         "",
         *_table(["group", "attack", *(f"ε {e:.3g}" for e in eps), "mean over ε"], lines),
+        *each_policy(rows, "attack_mode", "Each policy (its mean over ε):"),
     ]
     return "\n".join(out) + "\n"

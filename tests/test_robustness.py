@@ -298,6 +298,42 @@ def test_summary_says_what_a_group_averages_over():
     assert averaged_over(snapshots + seeds[1:]).endswith("(seeds and snapshots alike)")
 
 
+def test_a_group_of_several_policies_lists_each_policys_own_mean():
+    def row(label, seed, value, **keys):
+        return {**cell("micro", seed, (value, 0.0), **keys), "label": label, "policy": label}
+
+    attack = [
+        row(f"micro seed {s}", s, v + 10 * s, attack_mode=m, eps=e)
+        for s in (0, 1)
+        for m, v in (("random", 40.0), ("min_Q", 20.0))
+        for e, v in ((0.0, v), (0.1, v - 10))
+    ]
+    lines = attack_summary(attack).splitlines()
+    assert lines[lines.index("Each policy (its mean over ε):") + 2 :] == [
+        "| policy | random | min_Q |",
+        "| --- | --- | --- |",
+        "| micro seed 0 | 35.0 | 15.0 |",
+        "| micro seed 1 | 45.0 | 25.0 |",
+    ]
+    assert "| micro | random | 40.0 | 30.0 | 35.0 |" not in lines  # the group's line is the mean
+    assert "| micro | random | 45.0 | 35.0 | 40.0 |" in lines
+    physics = [
+        row(label, 0, v, friction=f, gravity=1.0, mass=1.0)
+        for label, v in (("micro seed 0, step 1000", 10.0), ("micro seed 0, step 2000", 30.0))
+        for f in (0.5, 1.5)
+    ]
+    lines = sim2real_summary(physics).splitlines()
+    assert lines[-4:] == [
+        "| policy | all cells |",
+        "| --- | --- |",
+        "| micro seed 0, step 1000 | 10.0 |",
+        "| micro seed 0, step 2000 | 30.0 |",
+    ]
+    # one policy per group: nothing to list
+    single = [r for r in attack if r["seed"] == 0]
+    assert "Each policy" not in attack_summary(single)
+
+
 # --- eval.py ---
 
 
