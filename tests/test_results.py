@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -304,3 +306,20 @@ def test_snapshot_freq_keeps_earlier_policies_without_changing_the_run(
     # eval.py tells snapshots of one run apart by their step
     assert group_names([one, two], "policy") == ["micro seed 3, step 20", "micro seed 3, step 40"]
     assert group_names([one, two], "algo") == ["micro", "micro"]
+
+    # results/snapshots.sh: the attacks on every snapshot and the final policy, each listed
+    script = [shutil.which("bash"), str(ROOT / "results" / "snapshots.sh")]
+    env = {**env, "PY": sys.executable, "EPISODES": "1"}
+    proc = subprocess.run(
+        [*script, str(tmp_path / "out"), str(a)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(tmp_path / "out" / "attack-all.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    assert labels == [f"micro seed 3, step {s}" for s in (20, 40, 60)]
+    assert {r["group"] for r in rows} == {"micro"} and len(rows) == 3 * 3 * 10
+    summary = (tmp_path / "out" / "attack-all-summary.md").read_text()
+    assert all(f"| {label} | " in summary for label in labels)
+    proc = subprocess.run([*script, str(tmp_path / "bad"), str(b)], env=env, capture_output=True)
+    assert proc.returncode == 1 and b"needs snapshots" in proc.stderr
