@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from micro import MicroError
 from micro.envs import parse_task
-from micro.evaluation import run_episodes
+from micro.evaluation import EvalResult, run_episodes
 from micro.policy_file import LoadedPolicy, load_policy, read_policy_task
 from micro.robustness import (
     ATTACK_MODES,
@@ -102,7 +102,17 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def sim2real(args, policy, device, progress: bool) -> list[dict]:
+def episode_rows(res: EvalResult, seed: int, cell: dict | None = None) -> list[dict]:
+    """Each episode of a cell (a physics setting, an attack budget, or the clean evaluation):
+    the cell's keys, then the episode's index, simulator seed (``env_seed``: ``seed`` is a
+    policy's own when several share a file), return, normalized score and length."""
+    return [
+        {**(cell or {}), **{("env_seed" if k == "seed" else k): v for k, v in r.items()}}
+        for r in res.episode_rows(seed)
+    ]
+
+
+def sim2real(args, policy, device, progress: bool) -> tuple[list[dict], list[dict]]:
     friction = args.friction or list(PUBLISHED_FRICTION)
     gravity = args.gravity or list(PUBLISHED_GRAVITY)
     _check_positive("friction", friction)
@@ -110,7 +120,7 @@ def sim2real(args, policy, device, progress: bool) -> list[dict]:
     _check_positive("mass", args.mass)
     envs = [policy.sim.make() for _ in range(args.n_envs)]
     cells = [(m, f, g) for m in args.mass for f in friction for g in gravity]
-    rows = []
+    rows, episodes = [], []
     for m, f, g in tqdm(cells, desc="sim2real", unit="cell", disable=not progress):
         res = run_episodes(
             policy.actor,
@@ -121,17 +131,19 @@ def sim2real(args, policy, device, progress: bool) -> list[dict]:
             envs=envs,
             device=device,
         )
-        rows.append({"friction": f, "gravity": g, "mass": m, **res.row()})
-    return rows
+        cell = {"friction": f, "gravity": g, "mass": m}
+        rows.append({**cell, **res.row()})
+        episodes += episode_rows(res, args.seed, cell)
+    return rows, episodes
 
 
-def attack(args, policy, device, progress: bool) -> list[dict]:
+def attack(args, policy, device, progress: bool) -> tuple[list[dict], list[dict]]:
     eps = args.eps or list(PUBLISHED_EPS)
     _check_positive("eps", eps, allow_zero=True)
     modes = list(ATTACK_MODES) if args.attack_mode == "all" else [args.attack_mode]
     envs = [policy.sim.make() for _ in range(args.n_envs)]
     cells = [(mode, e) for mode in modes for e in eps]
-    rows = []
+    rows, episodes = [], []
     for mode, e in tqdm(cells, desc="attack", unit="budget", disable=not progress):
         res = run_episodes(
             policy.actor,
@@ -144,8 +156,10 @@ def attack(args, policy, device, progress: bool) -> list[dict]:
             envs=envs,
             device=device,
         )
-        rows.append({"attack_mode": mode, "eps": e, **res.row()})
-    return rows
+        cell = {"attack_mode": mode, "eps": e}
+        rows.append({**cell, **res.row()})
+        episodes += episode_rows(res, args.seed, cell)
+    return rows, episodes
 
 
 def output_files(args, out: Path) -> dict[str, Path]:
@@ -156,6 +170,7 @@ def output_files(args, out: Path) -> dict[str, Path]:
         "csv": out / f"{stem}.csv",
         "png": out / f"{stem}.png",
         "summary": out / f"{stem}-summary.md",
+        "episodes": out / f"{stem}-episodes.csv",
     }
 
 
@@ -256,19 +271,21 @@ def clean(args, policy: LoadedPolicy, device) -> tuple[list[dict], list[dict]]:
     res = run_episodes(
         policy.actor, policy.sim, args.eval_episodes, args.seed, n_envs=args.n_envs, device=device
     )
-    return [res.row()], res.episode_rows(args.seed)
+    return [res.row()], episode_rows(res, args.seed)
 
 
 def sweep(
     args, policy: LoadedPolicy, device, progress: bool
 ) -> tuple[list[dict], list[str], list[dict]]:
-    """One policy's rows, the keys that name a row, and (clean only) its episodes' rows."""
+    """One policy's rows, the keys that name a row, and its episodes' rows."""
     if args.choice == "clean":
         rows, episodes = clean(args, policy, device)
         return rows, [], episodes
     if args.choice == "sim2real":
-        return sim2real(args, policy, device, progress), ["friction", "gravity", "mass"], []
-    return attack(args, policy, device, progress), ["attack_mode", "eps"], []
+        rows, episodes = sim2real(args, policy, device, progress)
+        return rows, ["friction", "gravity", "mass"], episodes
+    rows, episodes = attack(args, policy, device, progress)
+    return rows, ["attack_mode", "eps"], episodes
 
 
 def check_args(args) -> None:
@@ -379,16 +396,16 @@ def finish(
     keys: list[str],
     files: dict[str, Path],
 ) -> list[dict]:
-    """Every policy's rows into one table: written with its figure and summary (sweeps) or its
-    episodes (clean), and printed; returns the table."""
+    """Every policy's rows into one table, written with every episode's row (and, for sweeps,
+    the figure and summary) and printed; returns the table."""
     several = len(policies) > 1
     rows = tagged_rows(policies, parts, args.group)
     summary = write_results(args, task, rows, files, policies)
     print_table(rows, (["group"] if several else []) + keys)
     if summary:
         print(f"\n{summary}")
-    if "episodes" in files:
-        write_csv(files["episodes"], tagged_rows(policies, episode_parts, args.group))
+    write_csv(files["episodes"], tagged_rows(policies, episode_parts, args.group))
+    if args.choice == "clean":
         for policy, episodes in zip(policies, episode_parts, strict=True):
             scores = ", ".join(f"{e['normalized']:.1f}" for e in episodes)
             print(f"{policy.label + ': ' if several else ''}normalized score by episode: {scores}")

@@ -18,6 +18,7 @@ from micro.dynamics import EnsembleDynamics
 from micro.envs import termination_fn
 from micro.nets import Actor
 from micro.rollout import model_rollout
+from micro.utils import ROBUSTNESS_SEED
 
 
 def read_rows(path):
@@ -288,6 +289,8 @@ def test_eval_with_two_policies_draws_one_figure(baseline_runs, tmp_path):
     run_eval([*common, "--choice", "clean"])
     episodes = read_rows(out / "clean-episodes.csv")
     assert [(e["algo"], e["episode"]) for e in episodes] == [("micro", "0"), ("mobile", "0")]
+    # the policy's seed and the simulator's are separate columns
+    assert [(e["seed"], e["env_seed"]) for e in episodes] == [("3", str(ROBUSTNESS_SEED))] * 2
     # each policy's numbers equal a single-policy sweep of it
     alone = tmp_path / "alone"
     run_eval(

@@ -377,9 +377,36 @@ def test_eval_cli_sim2real_attack_clean(smoke_run, tmp_path):
     grid_mean = np.mean([float(r["normalized_mean"]) for r in rows])
     label = load_policy(policy, "hopper-medium-v2", torch.device("cpu")).label
     assert summary[8].startswith(f"| {label} | {grid_mean:.1f} |")
+    # every episode of every cell, whose mean is the cell's
+    episodes = read_csv(tmp_path / "sim2real-episodes.csv")
+    assert list(episodes[0]) == [
+        "friction",
+        "gravity",
+        "mass",
+        "episode",
+        "env_seed",
+        "return",
+        "normalized",
+        "length",
+    ]
+    assert len(episodes) == 4 * 2
+    for r in rows:
+        mine = [
+            e for e in episodes if (e["friction"], e["gravity"]) == (r["friction"], r["gravity"])
+        ]
+        assert [e["env_seed"] for e in mine] == [str(ROBUSTNESS_SEED), str(ROBUSTNESS_SEED + 1)]
+        returns = [float(e["return"]) for e in mine]
+        assert np.mean(returns) == pytest.approx(float(r["return_mean"]), rel=1e-12)
 
     run_eval([*base, "--choice", "attack", "--attack_mode", "all", "--eps", "0", "0.1"])
     rows = read_csv(tmp_path / "attack-all.csv")
+    episodes = read_csv(tmp_path / "attack-all-episodes.csv")
+    assert [(e["attack_mode"], e["eps"], e["episode"]) for e in episodes[:3]] == [
+        ("random", "0.0", "0"),
+        ("random", "0.0", "1"),
+        ("random", "0.1", "0"),
+    ]
+    assert len(episodes) == 3 * 2 * 2
     assert list(rows[0]) == [
         "attack_mode",
         "eps",
@@ -407,8 +434,8 @@ def test_eval_cli_sim2real_attack_clean(smoke_run, tmp_path):
     out = run_eval([*base, "--choice", "clean"])
     clean = read_csv(tmp_path / "clean.csv")[0]
     episodes = read_csv(tmp_path / "clean-episodes.csv")
-    assert list(episodes[0]) == ["episode", "seed", "return", "normalized", "length"]
-    assert [(e["episode"], e["seed"]) for e in episodes] == [
+    assert list(episodes[0]) == ["episode", "env_seed", "return", "normalized", "length"]
+    assert [(e["episode"], e["env_seed"]) for e in episodes] == [
         ("0", str(ROBUSTNESS_SEED)),
         ("1", str(ROBUSTNESS_SEED + 1)),
     ]
