@@ -206,6 +206,17 @@ class EnsembleDynamics(nn.Module):
         return model
 
 
+def read_dynamics_info(folder: str | Path) -> dict:
+    """A saved model folder's ``dynamics.json``: sizes, elites, holdout losses and what it was
+    fitted on (``robot``, ``task``, ``dataset_sha256``; older folders lack some). ``{}`` when
+    the file is missing or unreadable: ``model.pt`` alone still loads."""
+    try:
+        info = json.loads((Path(folder) / "dynamics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 @dataclass
 class FitResult:
     epochs: int

@@ -25,7 +25,7 @@ from micro.buffer import Batch, ReplayBuffer
 from micro.checkpoint import Progress, read_learner
 from micro.config import Config, config_files_note, config_from_dict, save_config
 from micro.data.sources import TaskData, Transitions, load_task_data, reload_task_data
-from micro.dynamics import EnsembleDynamics, fit_dynamics
+from micro.dynamics import EnsembleDynamics, fit_dynamics, read_dynamics_info
 from micro.envs import SimSpec, parse_task
 from micro.evaluation import EvalResult
 from micro.logger import RunLogger
@@ -72,10 +72,13 @@ def fit_or_load_dynamics(
     source: str | Path | None = None,
     on_epoch: Callable[[int, float, float], None] | None = None,
     progress: bool = True,
+    data_sha256: str | None = None,
 ) -> EnsembleDynamics:
     """Load the model saved in ``source`` if given, else fit one on ``real`` and save it to
-    ``folder`` (``model.pt`` and ``dynamics.json``). Returned frozen, on ``real``'s device."""
+    ``folder`` (``model.pt`` and ``dynamics.json``, which records the robot and the data's
+    SHA-256). Returned frozen, on ``real``'s device."""
     if source is not None:
+        check_dynamics_source(source, sim, data_sha256)
         model = EnsembleDynamics.load(source, sim.obs_dim, sim.act_dim)
         model.to(real.device).requires_grad_(False)
         print(f"dynamics: loaded from {source} (elites {model.elites.tolist()})")
@@ -114,6 +117,8 @@ def fit_or_load_dynamics(
             "holdout_losses": result.holdout_losses,
             "fit_seconds": round(seconds, 1),
             "task": cfg.task,
+            "robot": sim.robot,
+            "dataset_sha256": data_sha256,
         },
     )
     elite_mse = np.mean([result.holdout_losses[e] for e in result.elites])
@@ -122,6 +127,31 @@ def fit_or_load_dynamics(
         f"holdout MSE {elite_mse:.4f}"
     )
     return model
+
+
+def check_dynamics_source(source: str | Path, sim: SimSpec, data_sha256: str | None) -> None:
+    """Refuse a saved model fitted on another robot (halfcheetah and walker2d share their
+    observation and action sizes, so the sizes alone cannot tell); note one fitted on other data
+    of this robot, a legitimate experiment but rarely the intended one."""
+    info = read_dynamics_info(source)
+    robot = info.get("robot")
+    if robot is None and isinstance(info.get("task"), str):  # folders from before "robot"
+        try:
+            robot = parse_task(info["task"]).env
+        except MicroError:
+            robot = None
+    if robot is not None and robot != sim.robot:
+        raise MicroError(
+            f"the dynamics model in {source} was fitted on {robot} data ({info.get('task')}), "
+            f"not {sim.robot}; fit one for this task (fit_dynamics.py) or drop --load_dynamics_path"
+        )
+    fitted_on = info.get("dataset_sha256")
+    if fitted_on and data_sha256 and fitted_on != data_sha256:
+        print(
+            f"note: the dynamics model in {source} was fitted on other data (SHA-256 "
+            f"{fitted_on[:12]}…) than this run learns from ({data_sha256[:12]}…)",
+            file=sys.stderr,
+        )
 
 
 # --- the run directory -------------------------------------------------------------------------
@@ -163,7 +193,8 @@ def _trainer(cfg: Config, run_dir: Path, data: TaskData, progress: bool, resume:
     def log_fit(epoch: int, train_loss: float, holdout_loss: float) -> None:
         logger.dynamics_scalars({"train_loss": train_loss, "holdout_loss": holdout_loss}, epoch)
 
-    dynamics = fit_or_load_dynamics(cfg, sim, real, saved, source, log_fit, progress)
+    sha = data.record.get("dataset_sha256")
+    dynamics = fit_or_load_dynamics(cfg, sim, real, saved, source, log_fit, progress, sha)
     seconds = time.time() - start
     agent = Learner(cfg, sim.obs_dim, sim.act_dim, dynamics).to(device)
     trainer = Trainer(cfg, run_dir, real, dynamics, agent, logger, sim, progress)
@@ -263,7 +294,8 @@ def fit_dynamics_only(cfg: Config, out: str | Path, progress: bool = True) -> Pa
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     real = transitions_to_buffer(data.transitions, device)
     print(f"{describe(data)}\ndevice: {device}")
-    fit_or_load_dynamics(cfg, data.sim, real, out, progress=progress)
+    sha = data.record.get("dataset_sha256")
+    fit_or_load_dynamics(cfg, data.sim, real, out, progress=progress, data_sha256=sha)
     save_config(cfg, out / "config.yaml", data_record(data))
     print(f"dynamics model: {out}  (use it with --load_dynamics_path {out})")
     return out

@@ -159,6 +159,37 @@ def test_load_dynamics_path_skips_fitting(smoke_run, hopper_file, tiny_config, t
     assert not (new_run / "dynamics").exists()
 
 
+def test_dynamics_records_its_data_and_refuses_another_robot(smoke_run, tmp_path, capsys):
+    """halfcheetah and walker2d have the same observation and action sizes, so a model fitted
+    on one would load for the other without the robot dynamics.json records."""
+    import json
+
+    from micro import MicroError
+    from micro.dynamics import read_dynamics_info
+    from micro.envs import d4rl_sim
+    from micro.pipeline import check_dynamics_source
+
+    folder = smoke_run[0] / "dynamics"
+    info = read_dynamics_info(folder)
+    config = yaml.safe_load((smoke_run[0] / "config.yaml").read_text())
+    assert (info["robot"], info["task"]) == ("hopper", "hopper-medium-v2")
+    assert info["dataset_sha256"] == config["dataset_sha256"]
+    hopper, cheetah = d4rl_sim("hopper"), d4rl_sim("halfcheetah")
+    check_dynamics_source(folder, hopper, config["dataset_sha256"])
+    assert capsys.readouterr().err == ""
+    check_dynamics_source(folder, hopper, "f" * 64)  # other data of the same robot: a note
+    assert "was fitted on other data" in capsys.readouterr().err
+    with pytest.raises(MicroError, match=r"fitted on hopper data .*, not halfcheetah"):
+        check_dynamics_source(folder, cheetah, None)
+    old = tmp_path / "old"  # a folder from before "robot" was recorded: its task tells
+    old.mkdir()
+    (old / "dynamics.json").write_text(json.dumps({"task": "walker2d-medium-v2"}))
+    with pytest.raises(MicroError, match="fitted on walker2d data"):
+        check_dynamics_source(old, cheetah, None)
+    check_dynamics_source(tmp_path / "bare", cheetah, "f" * 64)  # nothing recorded, nothing to say
+    assert capsys.readouterr().err == ""
+
+
 # --- errors users will hit: one line, non-zero exit, nothing written ---
 
 
