@@ -79,6 +79,10 @@ def test_write_read_round_trip(tmp_path):
             "rewards holds NaN or inf (first at row 3)",
         ),
         (lambda r: r.update(terminals=np.zeros(5, bool)), "terminals has 5 rows"),
+        (  # made here on another robot (sizes alone cannot tell halfcheetah from walker2d)
+            lambda r: r.update({"metadata/env": b"Walker2d-v4"}),
+            "collected on Walker2d-v4 (metadata/env), but hopper-medium-v2 is a hopper task",
+        ),
     ],
 )
 def test_validate_rejects(mutate, message):
@@ -100,6 +104,7 @@ def test_truncated_and_missing_files(tmp_path, hopper_file):
 
 def test_simulator_dataset_is_consistent(hopper_file):
     raw = read_hdf5(hopper_file)
+    assert raw["metadata/env"].decode() == "Hopper-v4"  # checked against the task's robot
     validate(raw, HOPPER, str(hopper_file))
     t = load_transitions(hopper_file, HOPPER)
     n = len(raw["observations"])

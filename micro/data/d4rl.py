@@ -17,7 +17,7 @@ import numpy as np
 from micro import MicroError
 from micro.data.minari_data import is_minari_dataset
 from micro.data.sources import TaskData, Transitions
-from micro.envs import Task, d4rl_sim
+from micro.envs import Task, d4rl_sim, robot_of
 from micro.utils import atomic_path, sha256_file
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -87,6 +87,16 @@ def validate(raw: dict[str, Any], task: Task | None, source: str) -> None:
         if np.asarray(raw[key]).ndim != 2:
             raise MicroError(f"dataset {source}: {key} must be 2-D [N, dim]")
     if task is not None:
+        recorded = raw.get("metadata/env")  # datasets made here say where they were collected
+        if isinstance(recorded, bytes):
+            recorded = recorded.decode()
+        robot = robot_of(recorded) if isinstance(recorded, str) else None
+        if robot is not None and robot != task.env:
+            # halfcheetah and walker2d share their sizes: the check below cannot tell them apart
+            raise MicroError(
+                f"dataset {source} was collected on {recorded} (metadata/env), but {task.name} "
+                f"is a {task.env} task; pass a {robot} task"
+            )
         obs_dim, act_dim = raw["observations"].shape[1], raw["actions"].shape[1]
         if (obs_dim, act_dim) != (task.obs_dim, task.act_dim):
             raise MicroError(
