@@ -133,6 +133,9 @@ def test_medium_replay_is_the_run_in_order(behavior_run):
     assert len(arrays["observations"]) == 300  # up to the medium snapshot's step
     # the first 200 steps were uniform random (start_steps)
     assert np.allclose(arrays["infos/action_log_probs"][:200], -3 * np.log(2.0))
+    # a run of another robot is refused, even with --upto (no policy file to check it by)
+    with pytest.raises(MicroError, match="was made on hopper, not walker2d"):
+        build("medium-replay", "walker2d", 300, 0, 1, None, None, str(behavior_run), 300)
 
 
 def test_snapshot_round_trip_gives_identical_actions(behavior_run, tmp_path):

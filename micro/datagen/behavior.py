@@ -15,7 +15,6 @@ and ``tb/``.
 from __future__ import annotations
 
 import csv
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -32,8 +31,10 @@ from micro.config import Config
 from micro.datagen.behavior_files import (
     load_snapshot,
     read_replay,
+    read_settings,
     save_snapshot,
     write_replay_chunk,
+    write_settings,
 )
 from micro.datagen.collect import uniform_policy
 from micro.envs import ENV_IDS, OBS_ACT_DIMS, make_env
@@ -43,7 +44,6 @@ from micro.utils import (
     BEHAVIOR_EVAL_SEED_BASE,
     BEHAVIOR_EXPORT_SEED,
     EPISODE_SEED_STRIDE,
-    atomic_path,
     atomic_torch_save,
     safe_torch_load,
     set_seed,
@@ -159,22 +159,21 @@ def export_policy(snapshot: Path, to: Path, episodes: int = 10, force: bool = Fa
     return {k: v for k, v in blob.items() if k != "actor"}
 
 
+def _but_steps(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k != "steps"}
+
+
 def train_behavior(s: BehaviorSettings, out: Path, progress: bool = True) -> Path:
     """Online SAC for ``s.steps`` environment steps; resumes from ``out/state.pt`` if present."""
     obs_dim, act_dim = OBS_ACT_DIMS[s.env]
     out.mkdir(parents=True, exist_ok=True)
-    settings_file = out / "settings.json"
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in s.__dict__.items()}
-    if settings_file.exists():
-        saved = json.loads(settings_file.read_text())
-        if {k: v for k, v in saved.items() if k != "steps"} != {
-            k: v for k, v in settings.items() if k != "steps"
-        }:
-            raise MicroError(
-                f"{out} holds a behavior run with other settings ({saved}); use another --out"
-            )
-    with atomic_path(settings_file) as tmp:
-        tmp.write_text(json.dumps(settings, indent=2))
+    saved = read_settings(out)
+    if saved is not None and _but_steps(saved) != _but_steps(settings):  # a run may grow
+        raise MicroError(
+            f"{out} holds a behavior run with other settings ({saved}); use another --out"
+        )
+    write_settings(out, settings)
 
     set_seed(s.seed)
     agent = Learner(sac_config(s), obs_dim, act_dim, None)

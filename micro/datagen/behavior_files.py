@@ -3,11 +3,13 @@
 - the behavior policy (snapshot ``snapshots/step_<N>.pt``, or a shipped ``data/behavior/*.pt``):
   the actor and its evaluated return, format ``micro-behavior-v1``;
 - the replay log (``replay/<start>-<end>.npz`` chunks): every transition in order, with the
-  simulator state, the source of medium-replay datasets.
+  simulator state, the source of medium-replay datasets;
+- the run's settings (``settings.json``: robot, seed, schedule), which a resumed run must match.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +17,10 @@ import numpy as np
 from micro import MicroError
 from micro.envs import normalized_score
 from micro.nets import Actor
-from micro.utils import atomic_path, atomic_torch_save, safe_torch_load
+from micro.utils import atomic_path, atomic_torch_save, atomic_write_text, safe_torch_load
 
 SNAPSHOT_FORMAT = "micro-behavior-v1"
+SETTINGS_FILE = "settings.json"
 REPLAY_KEYS = (
     "observations",
     "actions",
@@ -97,3 +100,18 @@ def read_replay(folder: Path, upto: int) -> dict[str, np.ndarray]:
     if covered < upto:
         raise MicroError(f"{folder} holds {covered} transitions, {upto} were asked for")
     return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def write_settings(run: Path, settings: dict) -> None:
+    atomic_write_text(Path(run) / SETTINGS_FILE, json.dumps(settings, indent=2))
+
+
+def read_settings(run: Path) -> dict | None:
+    """A behavior run's settings, or None for a folder without them (not a run, or a new one)."""
+    path = Path(run) / SETTINGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise MicroError(f"{path} is not readable JSON; is {run} a behavior run?") from None

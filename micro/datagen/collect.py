@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from micro import MicroError, __version__
 from micro.data.d4rl import write_hdf5
-from micro.datagen.behavior_files import load_snapshot, read_replay
+from micro.datagen.behavior_files import load_snapshot, read_replay, read_settings
 from micro.envs import (
     DATASET_KINDS,
     ENV_IDS,
@@ -280,6 +280,9 @@ def build(
                 f"--kind medium-replay replays a behavior run made on {ENV_IDS[env_name]}, not "
                 f"{sim.env_id}; pass --env_version 4"
             )
+        made_on = (read_settings(Path(run)) or {}).get("env")
+        if made_on is not None and made_on != env_name:
+            raise MicroError(f"behavior run {run} was made on {made_on}, not {env_name}")
         if upto is None:
             medium_path = Path(policy) if policy else default_policy_path(env_name, "medium")
             upto = int(load_policy(medium_path, env_name)[1]["step"])
