@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from micro import MicroError
 from micro.nets import EnsembleLinear, Swish, ensemble_linear
-from micro.utils import adam, atomic_torch_save, atomic_write_text, safe_torch_load
+from micro.utils import adam, atomic_torch_save, atomic_write_text, bar_disable, safe_torch_load
 
 
 class EnsembleDynamics(nn.Module):
@@ -298,7 +298,7 @@ def fit_dynamics(
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
     epochs_since_update, epoch = 0, 0
     train_curve, hold_curve = [], []
-    bar = tqdm(desc="dynamics fit", unit="epoch", disable=not progress, leave=False)
+    bar = tqdm(desc="dynamics fit", unit="epoch", disable=bar_disable(progress), leave=False)
     while True:
         epoch += 1
         order = torch.argsort(

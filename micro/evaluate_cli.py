@@ -25,7 +25,7 @@ from micro.robustness import (
     Attack,
     Physics,
 )
-from micro.utils import ROBUSTNESS_SEED, atomic_path, atomic_write_text, resolve_device
+from micro.utils import ROBUSTNESS_SEED, atomic_path, atomic_write_text, bar_disable, resolve_device
 
 RESULT_COLUMNS = ["episodes", "return_mean", "return_std", "normalized_mean", "normalized_std"]
 
@@ -121,7 +121,7 @@ def sim2real(args, policy, device, progress: bool) -> tuple[list[dict], list[dic
     envs = [policy.sim.make() for _ in range(args.n_envs)]
     cells = [(m, f, g) for m in args.mass for f in friction for g in gravity]
     rows, episodes = [], []
-    for m, f, g in tqdm(cells, desc="sim2real", unit="cell", disable=not progress):
+    for m, f, g in tqdm(cells, desc="sim2real", unit="cell", disable=bar_disable(progress)):
         res = run_episodes(
             policy.actor,
             policy.sim,
@@ -144,7 +144,7 @@ def attack(args, policy, device, progress: bool) -> tuple[list[dict], list[dict]
     envs = [policy.sim.make() for _ in range(args.n_envs)]
     cells = [(mode, e) for mode in modes for e in eps]
     rows, episodes = [], []
-    for mode, e in tqdm(cells, desc="attack", unit="budget", disable=not progress):
+    for mode, e in tqdm(cells, desc="attack", unit="budget", disable=bar_disable(progress)):
         res = run_episodes(
             policy.actor,
             policy.sim,

@@ -29,7 +29,7 @@ from micro.evaluation import EvalResult, run_episodes
 from micro.logger import RunLogger
 from micro.policy_file import save_policy, snapshot_path
 from micro.rollout import model_rollout
-from micro.utils import EVAL_SEED_OFFSET, atomic_write_text
+from micro.utils import EVAL_SEED_OFFSET, atomic_write_text, bar_disable
 
 # Wall seconds by stage, written to timings.json and carried by checkpoints across resumes.
 # "updates" is an epoch's time outside rollouts and evaluation (gradient steps and logging).
@@ -155,7 +155,7 @@ class Trainer:
             initial=state.step,
             desc=self.agent.algo.name.upper(),
             unit="step",
-            disable=not self.progress,
+            disable=bar_disable(self.progress),
         )
         t = self.timings
         while state.epoch < cfg.epoch:

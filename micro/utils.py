@@ -154,3 +154,10 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MicroError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     return device
+
+
+def bar_disable(progress: bool) -> bool | None:
+    """tqdm's ``disable``: off when asked (``--no_progress``), else shown only where stderr is a
+    terminal, so a log file or CI gets no carriage-return bars (the lines printed between them
+    stay)."""
+    return None if progress else True

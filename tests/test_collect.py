@@ -204,6 +204,23 @@ def test_collect_cli_refuses_to_overwrite(tmp_path):
     assert len(read_hdf5(out)["observations"]) == 50
 
 
+def test_progress_bars_only_on_a_terminal(tmp_path):
+    """Without --no_progress a bar shows on a terminal; piped into a log (here, or in CI) the
+    carriage-return bar is left out and the lines the command prints stay."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "d.hdf5"
+    cmd = [sys.executable, "-m", "micro.datagen.collect", "--env", "hopper", "--kind", "random"]
+    cmd += ["--steps", "50", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "collect hopper" not in proc.stderr and "\r" not in proc.stderr
+    assert str(out) in proc.stdout
+
+
 def test_missing_policy_says_how_to_make_one(tmp_path):
     with pytest.raises(MicroError, match=r"python -m micro\.datagen\.behavior"):
         build(

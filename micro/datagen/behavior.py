@@ -45,6 +45,7 @@ from micro.utils import (
     BEHAVIOR_EXPORT_SEED,
     EPISODE_SEED_STRIDE,
     atomic_torch_save,
+    bar_disable,
     safe_torch_load,
     set_seed,
 )
@@ -210,7 +211,9 @@ def train_behavior(s: BehaviorSettings, out: Path, progress: bool = True) -> Pat
 
     writer = SummaryWriter(str(out / "tb"))
     t0 = time.time() - wall
-    bar = tqdm(total=s.steps, initial=step, desc=f"SAC {s.env}", unit="step", disable=not progress)
+    bar = tqdm(
+        total=s.steps, initial=step, desc=f"SAC {s.env}", unit="step", disable=bar_disable(progress)
+    )
     with open(log_path, "a", newline="") as log_file:
         log = csv.writer(log_file)
         if new_log:

@@ -44,7 +44,7 @@ from micro.envs import (
     versioned_sim,
 )
 from micro.nets import Actor, squash
-from micro.utils import EPISODE_SEED_STRIDE
+from micro.utils import EPISODE_SEED_STRIDE, bar_disable
 
 # policy(obs [n, obs_dim]) -> (actions [n, act_dim], log_probs [n])
 Policy = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -112,7 +112,7 @@ def collect(
     finished: list[dict[str, np.ndarray]] = []
     episode_returns: list[float] = []
     rows = 0
-    bar = tqdm(total=steps, desc=f"collect {env_name}", unit="step", disable=not progress)
+    bar = tqdm(total=steps, desc=f"collect {env_name}", unit="step", disable=bar_disable(progress))
     while rows < steps:
         actions, log_probs = policy(obs.astype(np.float32))
         for i, one in enumerate(envs):
