@@ -203,7 +203,7 @@ def test_dynamics_records_its_data_and_refuses_another_robot(smoke_run, tmp_path
         ),
         (
             ["--task", "walker2d-medium-v2", "--dataset", "DATA"],
-            "has observation/action sizes 11/3, but",
+            "collected on Hopper-v4 (metadata/env), but walker2d-medium-v2 is a walker2d task",
         ),
         (
             ["--task", "hopper-medium-v2", "--dataset", "/nonexistent.hdf5"],
