@@ -8,6 +8,8 @@
 set -euo pipefail
 DATASET=${1:-halfcheetah-medium-200k}
 PY=${PY:-.venv/bin/python}
+# one torch thread, as the committed figures were made: eval numbers move with the thread count
+export OMP_NUM_THREADS=1
 OUT=docs/results
 POLICIES=(results/"$DATASET"/micro/seed*/policy.pt results/"$DATASET"/mobile/seed*/policy.pt)
 mkdir -p "$OUT"

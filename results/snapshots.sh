@@ -14,6 +14,8 @@ fi
 OUT=$1
 shift
 PY=${PY:-.venv/bin/python}
+# one torch thread, as the committed figures were made: eval numbers move with the thread count
+export OMP_NUM_THREADS=1
 POLICIES=()
 for run in "$@"; do
     shopt -s nullglob
