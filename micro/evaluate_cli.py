@@ -4,6 +4,7 @@ several (e.g. MICRO and MOBILE seeds), drawn on one figure."""
 from __future__ import annotations
 
 import csv
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -25,7 +26,14 @@ from micro.robustness import (
     Attack,
     Physics,
 )
-from micro.utils import ROBUSTNESS_SEED, atomic_path, atomic_write_text, bar_disable, resolve_device
+from micro.utils import (
+    ROBUSTNESS_SEED,
+    atomic_path,
+    atomic_write_text,
+    bar_disable,
+    resolve_device,
+    sha256_file,
+)
 
 RESULT_COLUMNS = ["episodes", "return_mean", "return_std", "normalized_mean", "normalized_std"]
 
@@ -163,15 +171,21 @@ def attack(args, policy, device, progress: bool) -> tuple[list[dict], list[dict]
 
 
 def output_files(args, out: Path) -> dict[str, Path]:
-    if args.choice == "clean":
-        return {"csv": out / "clean.csv", "episodes": out / "clean-episodes.csv"}
-    stem = "sim2real" if args.choice == "sim2real" else f"attack-{args.attack_mode}"
-    return {
-        "csv": out / f"{stem}.csv",
-        "png": out / f"{stem}.png",
-        "summary": out / f"{stem}-summary.md",
-        "episodes": out / f"{stem}-episodes.csv",
-    }
+    stem = {"clean": "clean", "sim2real": "sim2real"}.get(args.choice, f"attack-{args.attack_mode}")
+    files = {"csv": out / f"{stem}.csv", "episodes": out / f"{stem}-episodes.csv"}
+    if args.choice != "clean":
+        files |= {"png": out / f"{stem}.png", "summary": out / f"{stem}-summary.md"}
+    return {**files, "provenance": out / f"{stem}-provenance.json"}
+
+
+def write_provenance(path: Path, policies: list[LoadedPolicy]) -> None:
+    """What made these numbers: the command, code, libraries and machine (torch's thread
+    count included: it moves the numbers slightly), and each policy file's SHA-256."""
+    from micro.provenance import session_record
+
+    record = session_record()
+    record["policies"] = [{"path": str(p.path), "sha256": sha256_file(p.path)} for p in policies]
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
 
 def print_table(rows: list[dict], keys: list[str]) -> None:
@@ -405,6 +419,7 @@ def finish(
     if summary:
         print(f"\n{summary}")
     write_csv(files["episodes"], tagged_rows(policies, episode_parts, args.group))
+    write_provenance(files["provenance"], policies)
     if args.choice == "clean":
         for policy, episodes in zip(policies, episode_parts, strict=True):
             scores = ", ".join(f"{e['normalized']:.1f}" for e in episodes)

@@ -377,6 +377,15 @@ def test_eval_cli_sim2real_attack_clean(smoke_run, tmp_path):
     grid_mean = np.mean([float(r["normalized_mean"]) for r in rows])
     label = load_policy(policy, "hopper-medium-v2", torch.device("cpu")).label
     assert summary[8].startswith(f"| {label} | {grid_mean:.1f} |")
+    # what made the numbers: command, code, machine, and the policy file's digest
+    import json
+
+    from micro.utils import sha256_file
+
+    made = json.loads((tmp_path / "sim2real-provenance.json").read_text())
+    assert made["policies"] == [{"path": str(policy), "sha256": sha256_file(policy)}]
+    assert "sim2real" in made["argv"] and made["machine"]["torch_threads"] >= 1
+    assert made["code"]["source_sha256"]
     # every episode of every cell, whose mean is the cell's
     episodes = read_csv(tmp_path / "sim2real-episodes.csv")
     assert list(episodes[0]) == [
