@@ -51,7 +51,9 @@ def github_anchor(heading: str) -> str:
     return "".join(c for c in heading.lower() if c.isalnum() or c in " -_").replace(" ", "-")
 
 
-@pytest.mark.parametrize("doc", ["README.md", "results/README.md", "data/README.md"])
+@pytest.mark.parametrize(
+    "doc", ["README.md", "results/README.md", "data/README.md", "CHANGELOG.md"]
+)
 def test_links_within_the_docs_resolve(doc):
     import re
 
