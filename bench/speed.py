@@ -1,14 +1,17 @@
 """Speed benchmark on synthetic data at SPEC's defaults.
 
-    python bench/speed.py            # a table
-    python bench/speed.py --json     # one JSON object per line
+    python bench/speed.py                  # a table
+    python bench/speed.py --json           # one JSON object per line
+    python bench/speed.py --device cuda    # on a GPU; steps also timed without CUDA graphs
 
 Cases: the MICRO gradient step (walker2d and hopper sizes; real_ratio 0.05 and 0.5), one model
 rollout of 50 000 start states x 5 steps, one dynamics-fitting epoch on 200 000 transitions, and,
 as ceilings on this machine, the walker2d step's and the epoch's matrix products alone.
 Each reports the median of repeated timings after warm-up, an analytic FLOP count (2 per
 multiply-add of every matrix product; backward passes counted as twice the forward), and the
-achieved fraction of the float32 matrix-product peak measured in the same run.
+achieved fraction of the float32 matrix-product peak measured in the same run. On CUDA a
+step case replays the step as one CUDA graph, as training does (``micro.graphs``); its
+``_eager`` twin launches every kernel from Python.
 """
 
 from __future__ import annotations
@@ -31,11 +34,19 @@ from micro.buffer import Batch, ReplayBuffer
 from micro.config import MATMUL_PRECISIONS, Config
 from micro.dynamics import EnsembleDynamics, fit_dynamics
 from micro.envs import termination_fn
+from micro.graphs import GraphedStep
 from micro.provenance import cpu_model, source_digest
 from micro.rollout import model_rollout
 from micro.utils import keep_freed_memory
 
 SIZES = {"walker2d": (17, 6), "hopper": (11, 3)}
+DEVICE = torch.device("cpu")  # --device; also torch's default device for every tensor made here
+
+
+def sync() -> None:
+    """Wait for the device's queued work (timings on CUDA must include it)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def source_commit() -> str | None:
@@ -63,8 +74,10 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
         fn()
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -80,14 +93,16 @@ def matmul_peak() -> float:
     would raise glibc's malloc thresholds and so change how the cases after it run
     (``--default_malloc`` would then not measure the default)."""
     best = 0.0
-    for n in (1024, 2048):
+    for n in (1024, 2048) if DEVICE.type == "cpu" else (4096, 8192):
         a, b, out = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
         _PEAK_TENSORS.extend([a, b, out])
         for _ in range(3):
             torch.mm(a, b, out=out)
         for _ in range(10):
+            sync()
             start = time.perf_counter()
             torch.mm(a, b, out=out)
+            sync()
             best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
     return best
 
@@ -126,9 +141,15 @@ def random_batch(b: int, obs: int, act: int) -> Batch:
 
 
 def bench_step(
-    env: str, real_ratio: float, repeats: int, warmup_s: float = 0.0, algo: str = "micro"
+    env: str,
+    real_ratio: float,
+    repeats: int,
+    warmup_s: float = 0.0,
+    algo: str = "micro",
+    eager: bool = False,
 ) -> dict:
-    """One gradient step of ``algo`` (MOPO's conservatism is in the rollouts, not the step)."""
+    """One gradient step of ``algo`` (MOPO's conservatism is in the rollouts, not the step);
+    on CUDA replayed as one CUDA graph unless ``eager``."""
     obs, act = SIZES[env]
     cfg = Config(task=f"{env}-medium-v2", real_ratio=real_ratio, algo=algo)
     torch.manual_seed(0)
@@ -136,15 +157,20 @@ def bench_step(
     b = cfg.batch_size
     batch = random_batch(b, obs, act)
     n_real = int(b * real_ratio)
-    steps = 10
+    graphed = DEVICE.type == "cuda" and not eager
+    step = (
+        GraphedStep(lambda: agent.update(batch, n_real), lambda: None, agent.optimizers())
+        if graphed
+        else lambda: agent.update(batch, n_real)
+    )
+    steps = 10 if DEVICE.type == "cpu" else 100
     start = time.perf_counter()
     while time.perf_counter() - start < warmup_s:
-        agent.update(batch, n_real)
-    seconds = (
-        median_time(lambda: [agent.update(batch, n_real) for _ in range(steps)], repeats) / steps
-    )
+        step()
+    seconds = median_time(lambda: [step() for _ in range(steps)], repeats) / steps
+    suffix = ("" if algo == "micro" else f"_{algo}") + ("_eager" if eager else "")
     return {
-        "case": f"step_{env}_real{real_ratio}" + ("" if algo == "micro" else f"_{algo}"),
+        "case": f"step_{env}_real{real_ratio}{suffix}",
         "steps_per_s": 1 / seconds,
         "ms_per_step": 1000 * seconds,
         "gflop": step_gflop(cfg, obs, act),
@@ -223,7 +249,7 @@ def bench_rollout(repeats: int, reward_penalty_coef: float | None = None) -> dic
     # nothing to roll out after the first step. Every row must survive all steps for the case
     # to be 50 000 x 5, so rows end only on non-finite states (halfcheetah's rule).
     done = termination_fn("halfcheetah")
-    buf = ReplayBuffer(cfg.rollout_batch_size * cfg.rollout_length, obs, act, torch.device("cpu"))
+    buf = ReplayBuffer(cfg.rollout_batch_size * cfg.rollout_length, obs, act, DEVICE)
 
     def rollout() -> None:
         buf.ptr = buf.size = 0
@@ -283,6 +309,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", nargs="+", help="case prefixes to run, e.g. step rollout")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
         "--default_malloc",
         action="store_true",
@@ -295,25 +322,36 @@ def main() -> int:
         help="float32 matmul precision for every case (the config key of the same name)",
     )
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda":
+        DEVICE = torch.device(
+            "cuda", torch.cuda.current_device() if DEVICE.index is None else DEVICE.index
+        )
+    torch.set_default_device(DEVICE)
     tuned = False if args.default_malloc else keep_freed_memory()
     peak = matmul_peak()  # always exact float32: the reference the fractions are of
     torch.set_float32_matmul_precision(args.matmul_precision)
     cases = [
         # The first case also absorbs the process's own warm-up (heap growth, clock ramp-up):
         # measured here, the first seconds of stepping run up to 20% slower.
-        lambda: bench_step("walker2d", 0.05, args.repeats, warmup_s=5.0),
-        lambda: bench_step("walker2d", 0.5, args.repeats),
-        lambda: bench_step("hopper", 0.05, args.repeats),
-        lambda: bench_step("hopper", 0.5, args.repeats),
-        lambda: bench_step_products(args.repeats),
-        lambda: bench_step("walker2d", 0.05, args.repeats, algo="mobile"),
-        lambda: bench_step("walker2d", 0.05, args.repeats, algo="mopo"),
-        lambda: bench_rollout(args.repeats),
-        lambda: bench_rollout(args.repeats, reward_penalty_coef=1.0),
-        lambda: bench_dynamics_epoch(max(1, args.repeats // 2)),
-        lambda: bench_dynamics_products(args.repeats),
+        ("step", lambda: bench_step("walker2d", 0.05, args.repeats, warmup_s=5.0)),
+        ("step", lambda: bench_step("walker2d", 0.5, args.repeats)),
+        ("step", lambda: bench_step("hopper", 0.05, args.repeats)),
+        ("step", lambda: bench_step("hopper", 0.5, args.repeats)),
+        ("step", lambda: bench_step_products(args.repeats)),
+        ("algo", lambda: bench_step("walker2d", 0.05, args.repeats, algo="mobile")),
+        ("algo", lambda: bench_step("walker2d", 0.05, args.repeats, algo="mopo")),
+        ("rollout", lambda: bench_rollout(args.repeats)),
+        ("rollout", lambda: bench_rollout(args.repeats, reward_penalty_coef=1.0)),
+        ("dynamics", lambda: bench_dynamics_epoch(max(1, args.repeats // 2))),
+        ("dynamics", lambda: bench_dynamics_products(args.repeats)),
     ]
-    names = ["step"] * 5 + ["algo", "algo", "rollout", "rollout", "dynamics", "dynamics"]
+    if DEVICE.type == "cuda":  # the same steps without CUDA graphs
+        cases[1:1] = [
+            ("step", lambda: bench_step("walker2d", 0.05, args.repeats, eager=True)),
+            ("step", lambda: bench_step("walker2d", 0.5, args.repeats, eager=True)),
+        ]
     header = {
         "case": "matmul_peak",
         "gflop_per_s": peak,
@@ -322,16 +360,19 @@ def main() -> int:
         "matmul_precision": args.matmul_precision,
         "torch": torch.__version__,
         "machine": cpu_model(),
+        "device": str(DEVICE),
+        "gpu": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else None,
         "source_sha256": source_digest(),
         "commit": source_commit(),
     }
     threads = torch.get_num_threads()
+    where = header["gpu"] or f"{threads} threads"
     summary = (
-        f"float32 matmul peak: {peak:.0f} GFLOP/s ({threads} threads, torch {torch.__version__}, "
+        f"float32 matmul peak: {peak:.0f} GFLOP/s ({where}, torch {torch.__version__}, "
         f"matmul_precision {args.matmul_precision})"
     )
     print(json.dumps(header) if args.json else summary)
-    for name, case in zip(names, cases, strict=True):
+    for name, case in cases:
         if args.only and not any(name.startswith(p) for p in args.only):
             continue
         r = case()

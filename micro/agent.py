@@ -97,6 +97,9 @@ class Learner(nn.Module):
             if not k.startswith("dynamics.")
         }
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [o for o in (self.critic_optim, self.actor_optim, self.alpha_optim) if o is not None]
+
     @property
     def alpha(self) -> torch.Tensor:
         """The temperature in use: clamp(exp(log α), 0, 1) when tuned, else the fixed α."""

@@ -41,6 +41,7 @@ class Config:
     dataset: str | None = None  # a D4RL-format HDF5 file (Minari: a dataset folder) to use
     logdir: str = "runs"  # runs go to <logdir>/<task>/<algo>/seed<seed>-<timestamp>/
     matmul_precision: str = "highest"  # highest (exact) | high (TF32) | medium (also bfloat16)
+    cuda_graph: bool = True  # on CUDA, replay each gradient step as one recorded CUDA graph
 
     # --- SAC -------------------------------------------------------------------------------
     actor_lr: float = 1e-4  # cosine-annealed over `epoch` epochs when lr_scheduler

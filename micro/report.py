@@ -34,6 +34,7 @@ from micro.utils import atomic_path, atomic_write_text
 # dataset_sha256, which stays; runs from before those keys were recorded group with later ones.)
 NOT_EXPERIMENT_KEYS = frozenset(
     {"seed", "logdir", "device", "dataset", "dataset_file", "load_dynamics_path", "snapshot_freq"}
+    | {"cuda_graph"}
     | {"dataset_source", "dataset_id", "minari_version", "dataset_episodes", "sim"}
 )
 # The logged penalty of each algorithm (before its coefficient), in the order looked for.

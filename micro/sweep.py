@@ -39,7 +39,7 @@ WORKER_FILE = "worker.json"  # in a run directory: the process (pid, host) that 
 LOG_FILE = "train.log"  # in a run directory: what the run printed under the sweep
 # Keys that do not change what a run computes (snapshot_freq only adds files), so an existing
 # sweep's folders keep their names when they are given.
-NOT_HASHED = ("seed", "logdir", "device", "snapshot_freq")
+NOT_HASHED = ("seed", "logdir", "device", "snapshot_freq", "cuda_graph")
 
 
 # --- the grid ------------------------------------------------------------------------------------

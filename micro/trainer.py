@@ -26,6 +26,7 @@ from micro.config import Config
 from micro.dynamics import EnsembleDynamics
 from micro.envs import SimSpec, termination_fn
 from micro.evaluation import EvalResult, run_episodes
+from micro.graphs import GraphedStep
 from micro.logger import RunLogger
 from micro.policy_file import save_policy, snapshot_path
 from micro.rollout import model_rollout
@@ -72,6 +73,9 @@ class Trainer:
         self.timings = dict.fromkeys(TIMED_STAGES, 0.0)
         self.state = Progress(rollout_info={})
         self.last_eval: EvalResult | None = None
+        self.graphed: GraphedStep | None = None
+        if self.device.type == "cuda" and cfg.cuda_graph:
+            self.graphed = GraphedStep(self.eager_step, self.graph_key, agent.optimizers())
 
     @property
     def checkpoint_path(self) -> Path:
@@ -99,6 +103,17 @@ class Trainer:
             return real, n_real
         return Batch.cat(real, self.model_buffer.sample(self.cfg.batch_size - n_real)), n_real
 
+    def eager_step(self) -> dict[str, torch.Tensor]:
+        """Sample a mixed batch and take one gradient step; the metrics stay on the device."""
+        batch, n_real = self.sample_batch()
+        return self.agent.update(batch, n_real)
+
+    def graph_key(self) -> tuple:
+        """What a recorded step (``GraphedStep``) freezes: the index bounds of both buffers and
+        the learning rates."""
+        lrs = tuple(g["lr"] for opt in self.agent.optimizers() for g in opt.param_groups)
+        return self.real.size, self.model_buffer.size, lrs
+
     def evaluate(self) -> EvalResult:
         start = time.time()
         result = run_episodes(
@@ -123,8 +138,7 @@ class Trainer:
                 t_rollout = time.time()
                 state.rollout_info = self.rollout()
                 self.timings["rollouts"] += time.time() - t_rollout
-            batch, n_real = self.sample_batch()
-            metrics = self.agent.update(batch, n_real)
+            metrics = self.graphed() if self.graphed is not None else self.eager_step()
             keys = keys or list(metrics)
             rows.append(torch.stack([metrics[k] for k in keys]))
             state.step += 1

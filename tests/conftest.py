@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from micro.datagen.collect import collect, uniform_policy, write_dataset
 
@@ -24,6 +25,15 @@ dynamics_max_epochs: 3
 hidden_dims: [32, 32]
 dynamics_hidden_dims: [32, 32, 32, 32]
 """
+
+
+# Device-dependent tests run on every device this machine has: the CPU, and CUDA when present.
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    return torch.device(request.param)
 
 
 @pytest.fixture(scope="session")

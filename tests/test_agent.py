@@ -1,6 +1,7 @@
 """The MICRO, MOBILE and MOPO targets and the SAC losses against plain loop re-derivations with
 the same weights and noise."""
 
+import copy
 import dataclasses
 
 import pytest
@@ -93,6 +94,15 @@ def make_noise(max_q=False, seed=2):
     )
 
 
+def on(device, agent, batch, noise=None):
+    """A copy of the agent, the batch and the noise on ``device``."""
+    moved = copy.deepcopy(agent).to(device)
+    batch = Batch(*(x.to(device) for x in batch.fields()))
+    if noise is not None:
+        noise = TargetNoise(*(x.to(device) for x in dataclasses.astuple(noise)))
+    return moved, batch, noise
+
+
 def target_ref(agent, batch, noise, n_real):
     """Row by row, elite by elite, sample by sample."""
     cfg, alpha = agent.cfg, agent.alpha
@@ -153,11 +163,13 @@ def target_ref(agent, batch, noise, n_real):
     [{}, {"deterministic_backup": True}, {"max_q_backup": True}, {"auto_alpha": False}],
     ids=["entropy", "deterministic_backup", "max_q_backup", "fixed_alpha"],
 )
-def test_target_equals_loop_re_derivation(overrides, algo):
+def test_target_equals_loop_re_derivation(overrides, algo, device):
+    """The batched target on each device against the loop on the CPU, same weights and noise."""
     agent = make_agent(algo=algo, **overrides)
     batch, noise = make_batch(), make_noise(max_q=overrides.get("max_q_backup", False))
     batch.rewards[N_REAL:] += 3.0  # keep MOBILE's r - beta P mostly above the clamp
-    y, u = agent.target(batch, N_REAL, noise)
+    moved, batch_d, noise_d = on(device, agent, batch, noise)
+    y, u = (t.cpu() for t in moved.target(batch_d, N_REAL, noise_d))
     y_ref, u_ref = target_ref(agent, batch, noise, N_REAL)
     torch.testing.assert_close(u, u_ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
@@ -226,10 +238,10 @@ def test_reward_penalty_is_the_largest_member_std_norm():
     torch.testing.assert_close(reward_penalty(logvar), torch.tensor([5.0]))
 
 
-def test_all_real_batch_skips_the_model():
-    agent = make_agent()
+def test_all_real_batch_skips_the_model(device):
+    agent, batch, noise = on(device, make_agent(), make_batch(), make_noise())
     agent.dynamics = None  # would fail if touched
-    y, u = agent.target(make_batch(), B, make_noise())
+    y, u = agent.target(batch, B, noise)
     assert (u == 0).all() and y.shape == (B,)
 
 
@@ -245,11 +257,11 @@ def test_losses():
     assert loss.item() == pytest.approx(-0.3 * (-3 + -5) / 2)
 
 
-def test_update_moves_networks_and_targets():
-    agent = make_agent()
+def test_update_moves_networks_and_targets(device):
+    agent, batch, _ = on(device, make_agent(), make_batch())
     before = {n: p.detach().clone() for n, p in agent.named_parameters()}
     target_before = [p.clone() for p in agent.target_critics.parameters()]
-    metrics = agent.update(make_batch(), N_REAL)
+    metrics = agent.update(batch, N_REAL)
     assert set(metrics) >= {
         "critic_loss",
         "actor_loss",
@@ -303,14 +315,16 @@ def test_chunked_uncertainty_equals_one_block(monkeypatch):
     torch.testing.assert_close(y_blocks, y_one)
 
 
-def test_reduced_matmul_precision_is_opt_in_and_close():
-    """matmul_precision=medium (bfloat16 products where the hardware has them) must stay within
-    bfloat16 rounding of the exact target; the default leaves float32 products exact."""
-    agent, batch, noise = make_agent(hidden_dims=(256, 256)), make_batch(), make_noise()
+@pytest.mark.parametrize("precision", ["high", "medium"])
+def test_reduced_matmul_precision_is_opt_in_and_close(precision, device):
+    """matmul_precision high (TF32 on CUDA) and medium (bfloat16 products where the hardware has
+    them) must stay within bfloat16 rounding of the exact target; the default leaves float32
+    products exact."""
+    agent, batch, noise = on(device, make_agent(hidden_dims=(256, 256)), make_batch(), make_noise())
     assert torch.get_float32_matmul_precision() == "highest"
     y_exact, u_exact = agent.target(batch, N_REAL, noise)
     try:
-        torch.set_float32_matmul_precision("medium")
+        torch.set_float32_matmul_precision(precision)
         y_fast, u_fast = agent.target(batch, N_REAL, noise)
     finally:
         torch.set_float32_matmul_precision("highest")

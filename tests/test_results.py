@@ -279,7 +279,7 @@ def test_snapshot_freq_keeps_earlier_policies_without_changing_the_run(
     from micro.evaluate_cli import group_names
     from micro.evaluation import run_episodes
     from micro.policy_file import load_policy
-    from micro.utils import EVAL_SEED_OFFSET
+    from micro.utils import EVAL_SEED_OFFSET, resolve_device
 
     env = {**os.environ, "D4RL_DATASET_DIR": str(tmp_path / "no-cache")}
     base = ["--task", "hopper-medium-v2", "--dataset", str(hopper_file), "--config"]
@@ -297,11 +297,11 @@ def test_snapshot_freq_keeps_earlier_policies_without_changing_the_run(
 
     with open(a / "progress.csv", newline="") as fh:
         logged = {int(r["epoch"]): r["eval_normalized_score"] for r in csv.DictReader(fh)}
-    cpu = torch.device("cpu")
-    one, two = (load_policy(a / "snapshots" / f"epoch{e}.pt", None, cpu) for e in (1, 2))
+    device = resolve_device("auto")  # the run's: re-evaluated where it was evaluated
+    one, two = (load_policy(a / "snapshots" / f"epoch{e}.pt", None, device) for e in (1, 2))
     assert (one.step, one.normalized_score, two.step) == (20, None, 40)
     assert logged[1] == "" and float(logged[2]) == pytest.approx(two.normalized_score, abs=1e-9)
-    again = run_episodes(two.actor, two.sim, 2, 3 + EVAL_SEED_OFFSET, device=cpu)
+    again = run_episodes(two.actor, two.sim, 2, 3 + EVAL_SEED_OFFSET, device=device)
     assert again.normalized_mean == two.normalized_score
     # eval.py tells snapshots of one run apart by their step
     assert group_names([one, two], "policy") == ["micro seed 3, step 20", "micro seed 3, step 40"]

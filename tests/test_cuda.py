@@ -1,0 +1,149 @@
+"""The GPU path: recorded steps against eager ones, and policies moving between devices.
+
+Skipped on machines without CUDA. There, the rest of the suite runs on CUDA as well: the
+``device`` fixture adds it to the device-dependent unit tests, and every CLI run uses
+``--device auto``, which picks the GPU.
+"""
+
+import pytest
+import torch
+from conftest import only_run_dir, run_eval, run_train
+
+from micro.agent import Learner
+from micro.buffer import Batch, ReplayBuffer
+from micro.config import Config
+from micro.dynamics import EnsembleDynamics
+from micro.envs import d4rl_sim
+from micro.policy_file import load_policy
+from micro.trainer import Trainer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+CUDA = torch.device("cuda")
+OBS, ACT = 17, 6  # halfcheetah: no termination, so every rollout row survives
+
+
+def make_trainer(tmp_path, cuda_graph: bool) -> Trainer:
+    """A small trainer on random data: 12 steps an epoch, a rollout every 5 steps whose rows
+    grow the model buffer until it holds 5 rollouts, cosine-annealed actor learning rate."""
+    cfg = Config(
+        task="halfcheetah-medium-v2",
+        seed=4,
+        epoch=3,
+        step_per_epoch=12,
+        rollout_freq=5,
+        rollout_batch_size=64,
+        rollout_length=1,
+        model_retain_epochs=5,
+        hidden_dims=(32, 32),
+        num_samples=4,
+        cuda_graph=cuda_graph,
+    )
+    g = torch.Generator().manual_seed(1)
+    n = 500
+    data = Batch(
+        torch.randn(n, OBS, generator=g),
+        torch.rand(n, ACT, generator=g) * 2 - 1,
+        torch.randn(n, OBS, generator=g),
+        torch.randn(n, 1, generator=g),
+        torch.zeros(n, 1),
+    )
+    real = ReplayBuffer(n, OBS, ACT, CUDA)
+    real.add(Batch(*(x.to(CUDA) for x in data.fields())))
+    torch.manual_seed(0)
+    dynamics = EnsembleDynamics(OBS, ACT, [32, 32], n_ensemble=4, n_elites=3, weight_decay=[0] * 3)
+    dynamics = dynamics.requires_grad_(False).to(CUDA)
+    agent = Learner(cfg, OBS, ACT, dynamics).to(CUDA)
+    torch.manual_seed(2)
+    return Trainer(cfg, tmp_path, real, dynamics, agent, None, d4rl_sim("halfcheetah"), False)
+
+
+def test_recorded_steps_compute_what_eager_steps_compute(tmp_path):
+    """Three epochs with rollouts between the steps: the recorded run is re-recorded whenever
+    the model buffer grows or the learning rate changes, and its metrics and weights equal the
+    eager run's, because both consume the same random draws."""
+    runs = []
+    for graphed in (False, True):
+        trainer = make_trainer(tmp_path / str(graphed), graphed)
+        means = []
+        for _ in range(3):
+            means.append(trainer.train_epoch())
+            trainer.agent.end_epoch()
+        torch.cuda.synchronize()
+        runs.append((trainer, means))
+    (eager, eager_means), (graphed, graphed_means) = runs
+    assert eager.graphed is None and graphed.graphed is not None
+    # Steps 0-2 eager; recorded at step 3, after the rollouts at steps 5, 10, 15 and 20 (the
+    # buffer grows to 5 x 64 rows) and at the epoch starts 12 and 24 (new actor lr) = 7.
+    assert graphed.graphed.recordings == 7
+    assert graphed.model_buffer.size == eager.model_buffer.size == 320
+    assert graphed_means == eager_means
+    for (name, a), b in zip(
+        eager.agent.state_dict().items(), graphed.agent.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+TINY = [
+    "--task",
+    "hopper-medium-v2",
+    "--seed",
+    "1",
+    "--epoch",
+    "2",
+    "--step_per_epoch",
+    "20",
+    "--rollout_freq",
+    "10",
+    "--rollout_batch_size",
+    "64",
+    "--eval_episodes",
+    "2",
+    "--dynamics_max_epochs",
+    "2",
+    "--hidden_dims",
+    "32",
+    "32",
+    "--dynamics_hidden_dims",
+    "32",
+    "32",
+    "32",
+    "32",
+]
+
+
+@pytest.mark.parametrize("trained_on", ["cuda", "cpu"])
+def test_a_policy_trained_on_one_device_evaluates_on_the_other(
+    trained_on, hopper_file, tmp_path, cli_env
+):
+    run_train(
+        [*TINY, "--dataset", str(hopper_file), "--logdir", str(tmp_path), "--device", trained_on],
+        cli_env,
+    )
+    run = only_run_dir(tmp_path)
+    other = "cpu" if trained_on == "cuda" else "cuda"
+    on_cpu = load_policy(run / "policy.pt", None, torch.device("cpu"))
+    on_cuda = load_policy(run / "policy.pt", None, CUDA)
+    obs = torch.randn(64, on_cpu.sim.obs_dim)
+    torch.testing.assert_close(
+        on_cuda.actor.deterministic(obs.to(CUDA)).cpu(),
+        on_cpu.actor.deterministic(obs),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    out = tmp_path / "eval"
+    run_eval(
+        [
+            "--policy_path",
+            str(run / "policy.pt"),
+            "--choice",
+            "clean",
+            "--eval_episodes",
+            "2",
+            "--device",
+            other,
+            "--out",
+            str(out),
+        ]
+    )
+    assert (out / "clean.csv").exists()
