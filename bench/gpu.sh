@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# What a lent GPU machine runs for this project (see bench/README or the issue notes): the test
-# suite on CUDA, then our step and the published code's step timed in the same process tree.
-#   bash bench/gpu.sh [tests|speed|profile|train]...   (default: tests speed)
+# What a lent GPU machine runs for this project (README, "On a GPU"): the test suite on CUDA,
+# our step and the published code's step timed in one command, a profile, and real runs.
+#   bash bench/gpu.sh "tests speed profile train"   (default: "tests speed"; $OUT: where logs go)
 # Wheels for packages the machine lacks are read from .whl/ (pip download on a networked
 # machine), the published code from .ref/micro (git archive of xiaoyinliu0714/MICRO).
 set -uo pipefail
@@ -20,9 +20,9 @@ for what in "${@:-tests speed}"; do
     case $w in
     tests)
         # -v: each result is printed as it comes, so a run cut by the timeout still says which
-        timeout 120 python3 -m pytest -v --tb=short -p no:cacheprovider tests/test_cuda.py 2>&1 \
+        timeout 120 python3 -m pytest -o addopts= -v --tb=short -p no:cacheprovider tests/test_cuda.py 2>&1 \
             | tee "$OUT/tests-cuda.log" | grep -E "PASSED|FAILED|ERROR|^E |passed|failed"
-        timeout ${TEST_TIMEOUT:-300} python3 -m pytest -v --tb=short -p no:cacheprovider -n 14 \
+        timeout ${TEST_TIMEOUT:-300} python3 -m pytest -o addopts= -v --tb=short -p no:cacheprovider -n 14 \
             tests > "$OUT/tests-all.log" 2>&1
         grep -E "FAILED|ERROR" "$OUT/tests-all.log" | grep -v "^FAILED\|^ERROR" | head -30
         grep -cE "PASSED" "$OUT/tests-all.log"; tail -3 "$OUT/tests-all.log" ;;
@@ -54,7 +54,8 @@ for what in "${@:-tests speed}"; do
         wait
         echo "4 runs x 10 epochs sharing the GPU: $(( $(date +%s) - start )) s wall"
         cat /tmp/four/*/micro/*/timings.json; echo
-        tar czf "$OUT/train-runs.tgz" -C /tmp one four four-*.log ;;
+        (cd /tmp && tar czf "$OUT/train-runs.tgz" four-*.log \
+            $(find one four -name '*.json' -o -name '*.csv' -o -name '*.yaml')) ;;
     *) echo "unknown part $w"; exit 2 ;;
     esac
   done

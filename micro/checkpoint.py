@@ -11,6 +11,7 @@ The format is ``micro-checkpoint-v1``, only ever added to; runs of every algorit
 from __future__ import annotations
 
 import random
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,16 +58,65 @@ def restore_rng(rng: dict[str, Any]) -> None:
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in rng["python"]))
 
 
+def _host_copy(obj: Any) -> Any:
+    """``obj`` with every tensor copied to host memory: a snapshot that later in-place updates
+    (optimizer steps, rollouts into the buffer) cannot reach."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_host_copy(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a background thread, so training goes on while the file (the model
+    buffer alone is ~200 MB at SPEC's sizes) is written and fsynced; the loop pays only for the
+    copy to host memory. One write at a time: a new one first waits for the last. ``wait``
+    re-raises a failed write's error in the training thread."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def write(self, path: Path, blob: dict[str, Any]) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(path, blob), name="checkpoint")
+        self._thread.start()
+
+    def _run(self, path: Path, blob: dict[str, Any]) -> None:
+        try:
+            atomic_torch_save(blob, path)
+        except BaseException as exc:  # handed to the training thread by wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
 def save_checkpoint(
-    path: Path, task: str, agent: Learner, model_buffer: ReplayBuffer, progress: Progress
+    path: Path,
+    task: str,
+    agent: Learner,
+    model_buffer: ReplayBuffer,
+    progress: Progress,
+    writer: CheckpointWriter | None = None,
 ) -> None:
+    """Write the checkpoint (atomically: the old one stays until the new one is complete); with
+    ``writer``, in the background from a snapshot taken now."""
     buf = model_buffer
     blob = {
         "format": CHECKPOINT_FORMAT,
         "task": task,
         "epoch": progress.epoch,
         "step": progress.step,
-        "agent": {k: v.cpu() for k, v in agent.state_dict().items()},
+        "agent": agent.state_dict(),
         "actor_optim": agent.actor_optim.state_dict(),
         "critic_optim": agent.critic_optim.state_dict(),
         "alpha_optim": None if agent.alpha_optim is None else agent.alpha_optim.state_dict(),
@@ -76,14 +126,18 @@ def save_checkpoint(
         "model_buffer": {
             "ptr": buf.ptr,
             "size": buf.size,
-            **{k: v[: buf.size].cpu() for k, v in buf.named_tensors().items()},
+            **{k: v[: buf.size] for k, v in buf.named_tensors().items()},
         },
         "rng": rng_state(),
         "last_eval": progress.last_eval,
         "rollout_info": dict(progress.rollout_info or {}),
         "timings": dict(progress.timings or {}),
     }
-    atomic_torch_save(blob, path)
+    blob = _host_copy(blob)
+    if writer is None:
+        atomic_torch_save(blob, path)
+    else:
+        writer.write(path, blob)
 
 
 def load_checkpoint(path: Path, task: str, agent: Learner, model_buffer: ReplayBuffer) -> Progress:

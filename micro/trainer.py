@@ -9,6 +9,7 @@ continue exactly as an uninterrupted run would (bit for bit on the CPU).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from micro import MicroError
 from micro.agent import Learner
 from micro.buffer import Batch, ReplayBuffer
-from micro.checkpoint import Progress, load_checkpoint, save_checkpoint
+from micro.checkpoint import CheckpointWriter, Progress, load_checkpoint, save_checkpoint
 from micro.config import Config
 from micro.dynamics import EnsembleDynamics
 from micro.envs import SimSpec, termination_fn
@@ -73,6 +74,7 @@ class Trainer:
         self.timings = dict.fromkeys(TIMED_STAGES, 0.0)
         self.state = Progress(rollout_info={})
         self.last_eval: EvalResult | None = None
+        self.checkpoints = CheckpointWriter()
         self.graphed: GraphedStep | None = None
         if self.device.type == "cuda" and cfg.cuda_graph:
             self.graphed = GraphedStep(self.eager_step, self.graph_key, agent.optimizers())
@@ -149,6 +151,7 @@ class Trainer:
         if bad.any():
             i, j = (int(x) for x in torch.nonzero(bad)[0])
             step = state.step - cfg.step_per_epoch + i + 1
+            self.checkpoints.wait()  # the last one may still be being written
             kept = (
                 f"the last good checkpoint is {self.checkpoint_path}"
                 if self.checkpoint_path.exists()
@@ -162,7 +165,6 @@ class Trainer:
 
     def train(self) -> TrainResult:
         cfg, state = self.cfg, self.state
-        start_time = time.time()
         self.logger.start(state.epoch, state.step)
         bar = tqdm(
             total=cfg.epoch * cfg.step_per_epoch,
@@ -172,6 +174,27 @@ class Trainer:
             disable=bar_disable(self.progress),
         )
         t = self.timings
+        try:
+            self._loop(bar)
+        except BaseException:
+            with contextlib.suppress(Exception):  # keep the last checkpoint whole; report the cause
+                self.checkpoints.wait()
+            raise
+        wait_start = time.time()
+        self.checkpoints.wait()
+        t["checkpoints"] += time.time() - wait_start
+        bar.close()
+        self.save_policy(self.run_dir / "policy.pt", evaluated=True)
+        self.logger.close()
+        atomic_write_text(
+            self.run_dir / "timings.json", json.dumps({k: round(v, 1) for k, v in t.items()})
+        )
+        return TrainResult(self.run_dir, self.last_eval, dict(t))
+
+    def _loop(self, bar: tqdm) -> None:
+        cfg, state, t = self.cfg, self.state, self.timings
+        start_time = time.time()
+        evaluated = False
         while state.epoch < cfg.epoch:
             epoch_start, outside = time.time(), t["rollouts"] + t["evaluation"]
             lr = self.agent.actor_optim.param_groups[0]["lr"]
@@ -231,16 +254,14 @@ class Trainer:
                 save_start = time.time()
                 state.timings = dict(t)
                 save_checkpoint(
-                    self.checkpoint_path, cfg.task, self.agent, self.model_buffer, state
+                    self.checkpoint_path,
+                    cfg.task,
+                    self.agent,
+                    self.model_buffer,
+                    state,
+                    self.checkpoints,  # written in the background; the copy is timed
                 )
                 t["checkpoints"] += time.time() - save_start
-        bar.close()
-        self.save_policy(self.run_dir / "policy.pt", evaluated=True)
-        self.logger.close()
-        atomic_write_text(
-            self.run_dir / "timings.json", json.dumps({k: round(v, 1) for k, v in t.items()})
-        )
-        return TrainResult(self.run_dir, self.last_eval, dict(t))
 
     def save_policy(self, path: Path, evaluated: bool) -> None:
         """The current policy as a policy file, with this epoch's score if it was evaluated."""

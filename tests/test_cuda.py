@@ -84,42 +84,13 @@ def test_recorded_steps_compute_what_eager_steps_compute(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
-TINY = [
-    "--task",
-    "hopper-medium-v2",
-    "--seed",
-    "1",
-    "--epoch",
-    "2",
-    "--step_per_epoch",
-    "20",
-    "--rollout_freq",
-    "10",
-    "--rollout_batch_size",
-    "64",
-    "--eval_episodes",
-    "2",
-    "--dynamics_max_epochs",
-    "2",
-    "--hidden_dims",
-    "32",
-    "32",
-    "--dynamics_hidden_dims",
-    "32",
-    "32",
-    "32",
-    "32",
-]
-
-
 @pytest.mark.parametrize("trained_on", ["cuda", "cpu"])
 def test_a_policy_trained_on_one_device_evaluates_on_the_other(
-    trained_on, hopper_file, tmp_path, cli_env
+    trained_on, hopper_file, tiny_config, tmp_path, cli_env
 ):
-    run_train(
-        [*TINY, "--dataset", str(hopper_file), "--logdir", str(tmp_path), "--device", trained_on],
-        cli_env,
-    )
+    args = ["--task", "hopper-medium-v2", "--dataset", str(hopper_file), "--config"]
+    args += [str(tiny_config), "--logdir", str(tmp_path), "--device", trained_on]
+    run_train(args, cli_env)
     run = only_run_dir(tmp_path)
     other = "cpu" if trained_on == "cuda" else "cuda"
     on_cpu = load_policy(run / "policy.pt", None, torch.device("cpu"))
