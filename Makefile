@@ -5,13 +5,16 @@ BIN := $(VENV)/bin
 .PHONY: install test lint demo clean
 
 # torch is pinned first so pip takes the CPU build on this kind of machine instead of a
-# multi-GB CUDA build; any torch >= 2.2 works with the package itself.
+# multi-GB CUDA build; any torch >= 2.2 works with the package itself. Override for a GPU, e.g.
+#   make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH ?= torch==2.13.0
+
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 install: $(BIN)/activate
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[dev,sweep]"
 
 lint:
