@@ -153,6 +153,15 @@ def resolve_device(name: str) -> torch.device:
         raise MicroError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MicroError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise MicroError(
+                f"device {name!r} requested but this machine has {count} CUDA device(s); "
+                f"use cuda:0 to cuda:{count - 1}"
+            )
+        # the process's current device too: streams and CUDA graphs are made on the current one
+        torch.cuda.set_device(device)
     return device
 
 
