@@ -18,11 +18,11 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from speed import SIZES, random_batch  # noqa: E402
+from speed import SIZES, random_batch
 
-from micro.agent import Learner  # noqa: E402
-from micro.config import MATMUL_PRECISIONS, Config  # noqa: E402
-from micro.dynamics import EnsembleDynamics  # noqa: E402
+from micro.agent import Learner
+from micro.config import MATMUL_PRECISIONS, Config
+from micro.dynamics import EnsembleDynamics
 
 
 def main() -> int:
@@ -36,7 +36,8 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=15, help="operators listed")
     args = p.parse_args()
     device = torch.device(args.device)
-    torch.set_default_device(device)
+    if device.type != "cpu":
+        torch.set_default_device(device)
     torch.set_float32_matmul_precision(args.matmul_precision)
     obs, act = SIZES[args.env]
     cfg = Config(task=f"{args.env}-medium-v2", real_ratio=args.real_ratio, algo=args.algo)
