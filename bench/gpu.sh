@@ -22,7 +22,7 @@ for what in "${@:-tests speed}"; do
         # -v: each result is printed as it comes, so a run cut by the timeout still says which
         timeout 120 python3 -m pytest -o addopts= -v --tb=short -p no:cacheprovider tests/test_cuda.py 2>&1 \
             | tee "$OUT/tests-cuda.log" | grep -E "PASSED|FAILED|ERROR|^E |passed|failed"
-        timeout ${TEST_TIMEOUT:-300} python3 -m pytest -o addopts= -v --tb=short -p no:cacheprovider -n 14 \
+        timeout ${TEST_TIMEOUT:-450} python3 -m pytest -o addopts= -v --tb=short -p no:cacheprovider -n 14 \
             tests > "$OUT/tests-all.log" 2>&1
         grep -E "FAILED|ERROR" "$OUT/tests-all.log" | grep -v "^FAILED\|^ERROR" | head -30
         grep -cE "PASSED" "$OUT/tests-all.log"; tail -3 "$OUT/tests-all.log" ;;
@@ -39,11 +39,14 @@ for what in "${@:-tests speed}"; do
             | tee "$OUT/speed-tf32.jsonl" ;;
     train)
         # A real run: halfcheetah-medium settings on 50k transitions made here by the shipped
-        # behavior policy, dynamics loaded (.ref/dyn-halfcheetah), then 4 runs sharing the GPU.
+        # behavior policy; the dynamics fitted once (at most 30 epochs, timed), then 30 epochs
+        # of training on them, then 4 runs sharing the GPU.
         python3 -m micro.datagen.collect --env halfcheetah --kind medium --steps 50000 --seed 0 \
             --out /tmp/hc.hdf5 --no_progress | tail -2
+        python3 fit_dynamics.py --task halfcheetah-medium-v2 --dataset /tmp/hc.hdf5 \
+            --dynamics_max_epochs 30 --out /tmp/dyn --no_progress 2>&1 | tail -3
         common=(--task halfcheetah-medium-v2 --dataset /tmp/hc.hdf5 --no_progress
-                --load_dynamics_path .ref/dyn-halfcheetah)
+                --load_dynamics_path /tmp/dyn)
         python3 train.py "${common[@]}" --epoch 30 --logdir /tmp/one 2>&1 | tail -4
         cat /tmp/one/*/micro/*/timings.json; echo
         start=$(date +%s)
