@@ -28,6 +28,7 @@ for what in "${@:-tests speed}"; do
         grep -cE "PASSED" "$OUT/tests-all.log"; tail -3 "$OUT/tests-all.log" ;;
     speed)
         python3 bench/speed.py --device cuda --only step algo --json | tee "$OUT/speed.jsonl"
+        python3 bench/speed.py --device cuda --only rollout dynamics --json | tee "$OUT/speed-fit.jsonl"
         python3 .ref/bench/ref_micro_speed.py --device cuda --ref .ref/micro --steps 200 \
             | tee "$OUT/ref-speed.txt" ;;
     profile)

@@ -273,7 +273,8 @@ def bench_rollout(repeats: int, reward_penalty_coef: float | None = None) -> dic
     }
 
 
-def bench_dynamics_epoch(repeats: int) -> dict:
+def bench_dynamics_epoch(repeats: int, eager: bool = False) -> dict:
+    """One fitting epoch; on CUDA its batches are replayed as a recorded graph unless ``eager``."""
     obs, act = SIZES["walker2d"]
     n = 200_000
     torch.manual_seed(0)
@@ -281,13 +282,14 @@ def bench_dynamics_epoch(repeats: int) -> dict:
     model = EnsembleDynamics(obs, act)
 
     def epoch() -> None:
-        fit_dynamics(model, *data, max_epochs=1, progress=False)
+        fit_dynamics(model, *data, max_epochs=1, progress=False, cuda_graph=not eager)
 
     seconds = median_time(epoch, repeats, warmup=1)
     dims = [obs + act, 200, 200, 200, 200, 2 * (obs + 1)]
     n_train = n - 1000
     gflop = (3 * 7 * mlp_flops(n_train, dims) + 7 * mlp_flops(1000, dims)) / 1e9
-    return {"case": "dynamics_epoch_200k", "seconds": seconds, "gflop": gflop}
+    case = "dynamics_epoch_200k" + ("_eager" if eager else "")
+    return {"case": case, "seconds": seconds, "gflop": gflop}
 
 
 def bench_dynamics_products(repeats: int) -> dict:
@@ -353,6 +355,7 @@ def main() -> int:
             ("step", lambda: bench_step("walker2d", 0.05, args.repeats, eager=True)),
             ("step", lambda: bench_step("walker2d", 0.5, args.repeats, eager=True)),
         ]
+        cases.append(("dynamics", lambda: bench_dynamics_epoch(1, eager=True)))
     header = {
         "case": "matmul_peak",
         "gflop_per_s": peak,

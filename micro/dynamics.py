@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from micro import MicroError
+from micro.graphs import GraphedStep
 from micro.nets import EnsembleLinear, Swish, ensemble_linear
 from micro.utils import adam, atomic_torch_save, atomic_write_text, bar_disable, safe_torch_load
 
@@ -275,9 +276,14 @@ def fit_dynamics(
     generator: torch.Generator | None = None,
     on_epoch: Callable[[int, float, float], None] | None = None,
     progress: bool = True,
+    cuda_graph: bool = True,
 ) -> FitResult:
     """Fit the ensemble by Gaussian NLL with holdout early stopping; keep each member's best
-    snapshot and choose the ``n_elites`` members with the lowest holdout MSE as elites."""
+    snapshot and choose the ``n_elites`` members with the lowest holdout MSE as elites.
+
+    On CUDA (unless ``cuda_graph`` is false) each full batch's step is replayed as one recorded
+    CUDA graph (``micro.graphs``), reading its rows through a fixed index buffer; it computes
+    what the eager step computes. An epoch's last, shorter batch runs eagerly."""
     device = obs.device
     inputs = torch.cat([obs, act], dim=-1)
     targets = torch.cat([next_obs - obs, rewards], dim=-1)
@@ -298,6 +304,22 @@ def fit_dynamics(
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
     epochs_since_update, epoch = 0, 0
     train_curve, hold_curve = [], []
+    total = torch.zeros((), device=device)
+
+    def batch_step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        mean, logvar = model(train_in[idx])
+        loss = gaussian_nll_loss(mean, logvar, train_tg[idx])
+        loss = loss + 0.01 * (model.max_logvar.sum() - model.min_logvar.sum())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total.add_(loss.detach())
+        return {}
+
+    rows = torch.empty(n_members, batch_size, dtype=torch.long, device=device)  # a full batch
+    full_batch: Callable[[], dict[str, torch.Tensor]] = lambda: batch_step(rows)  # noqa: E731
+    if device.type == "cuda" and cuda_graph:
+        full_batch = GraphedStep(full_batch, lambda: None, [optimizer])
     bar = tqdm(desc="dynamics fit", unit="epoch", disable=bar_disable(progress), leave=False)
     while True:
         epoch += 1
@@ -305,17 +327,16 @@ def fit_dynamics(
             torch.rand(n_members, n_train, device=device, generator=generator), dim=1
         )
         boot = torch.gather(boot, 1, order)
-        total, batches = torch.zeros((), device=device), 0
+        total.zero_()
+        batches = 0
         model.train()
         for start in range(0, n_train, batch_size):
             idx = boot[:, start : start + batch_size]
-            mean, logvar = model(train_in[idx])
-            loss = gaussian_nll_loss(mean, logvar, train_tg[idx])
-            loss = loss + 0.01 * (model.max_logvar.sum() - model.min_logvar.sum())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach()
+            if idx.shape[1] == batch_size:
+                rows.copy_(idx)
+                full_batch()
+            else:
+                batch_step(idx)
             batches += 1
         model.eval()
         hold = holdout_mse(model, hold_in, hold_tg).cpu()

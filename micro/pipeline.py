@@ -107,6 +107,7 @@ def fit_or_load_dynamics(
         max_epochs=cfg.dynamics_max_epochs,
         on_epoch=on_epoch,
         progress=progress,
+        cuda_graph=cfg.cuda_graph,
     )
     model.requires_grad_(False)
     seconds = time.time() - start

@@ -84,6 +84,39 @@ def test_recorded_steps_compute_what_eager_steps_compute(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
+def test_recorded_dynamics_fit_equals_the_eager_fit():
+    """Four epochs of 16 full batches (recorded) and one shorter batch (eager) each: the same
+    losses, elites and weights as the fit without graphs."""
+    from micro.dynamics import fit_dynamics
+
+    g = torch.Generator().manual_seed(0)
+    n = 1300  # 1040 training rows: 16 batches of 64 and one of 16 per epoch
+    data = [torch.randn(n, 5, generator=g), torch.rand(n, 2, generator=g)]
+    data += [torch.randn(n, 5, generator=g), torch.randn(n, 1, generator=g)]
+    fits = []
+    for graphed in (False, True):
+        torch.manual_seed(1)
+        model = EnsembleDynamics(5, 2, [16, 16], n_ensemble=4, n_elites=3, weight_decay=[1e-4] * 3)
+        result = fit_dynamics(
+            model.to(CUDA),
+            *(x.to(CUDA) for x in data),
+            batch_size=64,
+            max_epochs=4,
+            progress=False,
+            generator=torch.Generator(CUDA).manual_seed(2),
+            cuda_graph=graphed,
+        )
+        fits.append((model, result))
+    (eager, a), (graphed, b) = fits
+    assert (a.train_losses, a.holdout_losses, a.elites) == (
+        b.train_losses,
+        b.holdout_losses,
+        b.elites,
+    )
+    for (name, x), y in zip(eager.state_dict().items(), graphed.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, msg=name)
+
+
 @pytest.mark.parametrize("trained_on", ["cuda", "cpu"])
 def test_a_policy_trained_on_one_device_evaluates_on_the_other(
     trained_on, hopper_file, tiny_config, tmp_path, cli_env
