@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from micro import MicroError
-from micro.graphs import GraphedStep
+from micro.graphs import graphed
 from micro.nets import EnsembleLinear, Swish, ensemble_linear
 from micro.utils import adam, atomic_torch_save, atomic_write_text, bar_disable, safe_torch_load
 
@@ -319,7 +319,7 @@ def fit_dynamics(
     rows = torch.empty(n_members, batch_size, dtype=torch.long, device=device)  # a full batch
     full_batch: Callable[[], dict[str, torch.Tensor]] = lambda: batch_step(rows)  # noqa: E731
     if device.type == "cuda" and cuda_graph:
-        full_batch = GraphedStep(full_batch, lambda: None, [optimizer])
+        full_batch = graphed(full_batch, lambda: None, [optimizer])
     bar = tqdm(desc="dynamics fit", unit="epoch", disable=bar_disable(progress), leave=False)
     while True:
         epoch += 1

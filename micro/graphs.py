@@ -18,11 +18,31 @@ data-dependent shapes), and Adam with ``fused=True`` (its step counters live on 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
 Step = Callable[[], dict[str, torch.Tensor]]
+
+
+def fused(optimizers: Sequence[torch.optim.Optimizer]) -> bool:
+    return all(g.get("fused") for opt in optimizers for g in opt.param_groups)
+
+
+def graphed(
+    step: Step, key: Callable[[], Hashable], optimizers: Sequence[torch.optim.Optimizer]
+) -> Step:
+    """``step`` as a ``GraphedStep``, or ``step`` itself (with a warning) where Adam is not
+    fused: torch before 2.4 has no fused Adam for the CPU, where the optimizers are made."""
+    if fused(optimizers):
+        return GraphedStep(step, key, optimizers)
+    warnings.warn(
+        f"CUDA graphs are off: they need fused Adam, which torch {torch.__version__} did not "
+        "give here (torch >= 2.4 does); steps run eagerly",
+        stacklevel=2,
+    )
+    return step
 
 
 class GraphedStep:
@@ -36,9 +56,8 @@ class GraphedStep:
         optimizers: Sequence[torch.optim.Optimizer],
         warmup: int = 3,
     ) -> None:
-        for opt in optimizers:
-            if not all(g.get("fused") for g in opt.param_groups):
-                raise ValueError("CUDA graphs need fused Adam (micro.utils.adam on CUDA)")
+        if not fused(optimizers):
+            raise ValueError("CUDA graphs need fused Adam (micro.utils.adam on CUDA)")
         self.step, self.key, self.optimizers, self.warmup = step, key, list(optimizers), warmup
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_key: Hashable = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from micro.config import Config
 from micro.dynamics import EnsembleDynamics
 from micro.envs import SimSpec, termination_fn
 from micro.evaluation import EvalResult, run_episodes
-from micro.graphs import GraphedStep
+from micro.graphs import graphed
 from micro.logger import RunLogger
 from micro.policy_file import save_policy, snapshot_path
 from micro.rollout import model_rollout
@@ -75,9 +76,10 @@ class Trainer:
         self.state = Progress(rollout_info={})
         self.last_eval: EvalResult | None = None
         self.checkpoints = CheckpointWriter()
-        self.graphed: GraphedStep | None = None
+        # the step the loop calls: recorded and replayed on CUDA (micro.graphs), else eager
+        self.step: Callable[[], dict[str, torch.Tensor]] = self.eager_step
         if self.device.type == "cuda" and cfg.cuda_graph:
-            self.graphed = GraphedStep(self.eager_step, self.graph_key, agent.optimizers())
+            self.step = graphed(self.eager_step, self.graph_key, agent.optimizers())
 
     @property
     def checkpoint_path(self) -> Path:
@@ -140,7 +142,7 @@ class Trainer:
                 t_rollout = time.time()
                 state.rollout_info = self.rollout()
                 self.timings["rollouts"] += time.time() - t_rollout
-            metrics = self.graphed() if self.graphed is not None else self.eager_step()
+            metrics = self.step()
             keys = keys or list(metrics)
             rows.append(torch.stack([metrics[k] for k in keys]))
             state.step += 1

@@ -331,3 +331,16 @@ def test_reduced_matmul_precision_is_opt_in_and_close(precision, device):
     scale = y_exact.abs().max()
     assert (y_fast - y_exact).abs().max() <= 0.02 * scale
     assert (u_fast - u_exact).abs().max() <= 0.02 * scale
+
+
+def test_cuda_graphs_fall_back_to_eager_steps_without_fused_adam():
+    """torch < 2.4 makes the optimizers unfused (no fused Adam on the CPU, where they are
+    built): training goes on eagerly, with a warning, instead of failing to record."""
+    from micro.graphs import graphed
+
+    def step():
+        return {}
+
+    unfused = torch.optim.Adam([torch.zeros(2, requires_grad=True)], foreach=True)
+    with pytest.warns(UserWarning, match="need fused Adam"):
+        assert graphed(step, lambda: None, [unfused]) is step

@@ -14,6 +14,7 @@ from micro.buffer import Batch, ReplayBuffer
 from micro.config import Config
 from micro.dynamics import EnsembleDynamics
 from micro.envs import d4rl_sim
+from micro.graphs import GraphedStep
 from micro.policy_file import load_policy
 from micro.trainer import Trainer
 
@@ -72,10 +73,10 @@ def test_recorded_steps_compute_what_eager_steps_compute(tmp_path):
         torch.cuda.synchronize()
         runs.append((trainer, means))
     (eager, eager_means), (graphed, graphed_means) = runs
-    assert eager.graphed is None and graphed.graphed is not None
+    assert eager.step == eager.eager_step and isinstance(graphed.step, GraphedStep)
     # Steps 0-2 eager; recorded at step 3, after the rollouts at steps 5, 10, 15 and 20 (the
     # buffer grows to 5 x 64 rows) and at the epoch starts 12 and 24 (new actor lr) = 7.
-    assert graphed.graphed.recordings == 7
+    assert graphed.step.recordings == 7
     assert graphed.model_buffer.size == eager.model_buffer.size == 320
     assert graphed_means == eager_means
     for (name, a), b in zip(
