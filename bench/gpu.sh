@@ -60,6 +60,34 @@ for what in "${@:-tests speed}"; do
         cat /tmp/four/*/micro/*/timings.json; echo
         (cd /tmp && tar czf "$OUT/train-runs.tgz" four-*.log \
             $(find one four -name '*.json' -o -name '*.csv' -o -name '*.yaml')) ;;
+    longrun)
+        # Issue 14's long runs on the GPU: the 200k halfcheetah-medium dataset remade by its
+        # recipe (results/README.md; trained on only if its SHA-256 is the card's, so seeds share
+        # the data), the reference dynamics (.ref/dyn-halfcheetah, from the MICRO seed-0 run),
+        # the CPU runs' flags; $LONG_ALGOS run side by side for each of $LONG_SEEDS. Each run
+        # comes back as $OUT/long-ALGO-seedN.tgz (no checkpoints; snapshots from epoch 150).
+        python3 -m micro.datagen.collect --env halfcheetah --kind medium --steps 200000 \
+            --seed 0 --out /tmp/hc200k.hdf5 --no_progress | tail -1
+        sha=$(sha256sum /tmp/hc200k.hdf5 | cut -c1-64)
+        want=75ab9e6c71d436a48d3f2f421ec206a18b4f520442d6a96808e523dd1e8bced5
+        echo "dataset sha256 $sha"
+        [ "$sha" = "$want" ] || { echo "not the card's dataset: no long runs"; exit 3; }
+        for seed in ${LONG_SEEDS:-2}; do
+            for algo in ${LONG_ALGOS:-micro mobile}; do
+                python3 train.py --task halfcheetah-medium-v2 --algo $algo --seed $seed \
+                    --dataset /tmp/hc200k.hdf5 --load_dynamics_path .ref/dyn-halfcheetah \
+                    --dynamics_max_epochs 30 --epoch 200 --eval_freq 5 --eval_episodes 10 \
+                    --snapshot_freq 5 --logdir /tmp/long --no_progress > /tmp/long-$algo-$seed.log 2>&1 &
+            done
+            wait
+            for algo in ${LONG_ALGOS:-micro mobile}; do
+                run=$(ls -d /tmp/long/halfcheetah-medium-v2/$algo/seed$seed-*)
+                tail -2 /tmp/long-$algo-$seed.log; cat $run/timings.json; echo
+                find $run/snapshots -name 'epoch*.pt' | awk -F'epoch|[.]pt' '$2 < 150' | xargs -r rm
+                (cd $(dirname $run) && tar czf "$OUT/long-$algo-seed$seed.tgz" --exclude checkpoints \
+                    $(basename $run))
+            done
+        done ;;
     *) echo "unknown part $w"; exit 2 ;;
     esac
   done
