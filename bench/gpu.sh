@@ -2,9 +2,28 @@
 # What a lent GPU machine runs for this project (README, "On a GPU"): the test suite on CUDA,
 # our step and the published code's step timed in one command, a profile, and real runs.
 #   bash bench/gpu.sh "tests speed profile train"   (default: "tests speed"; $OUT: where logs go)
-# Wheels for packages the machine lacks are read from .whl/ (pip download on a networked
-# machine), the published code from .ref/micro (git archive of xiaoyinliu0714/MICRO).
+# Wheels for packages the machine lacks are read from .whl/, the published code from .ref/micro
+# (git archive of github.com/xiaoyinliu0714/MICRO) and its timing script from .ref/bench, the
+# reference dynamics from .ref/dyn-halfcheetah. Make them here first (both paths git-ignored via
+# .git/info/exclude), then carry .whl and .ref with the command:
+#   REF_GIT=<clone of the published code> REF_BENCH=<dir of ref_micro_speed.py> \
+#   DYN=<a run's dynamics/ folder> bash bench/gpu.sh prepare
 set -uo pipefail
+if [ "${1:-}" = prepare ]; then
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || printf '/.whl/\n/.ref/\n' >> .git/info/exclude
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --platform manylinux1_x86_64 -d .whl gymnasium==1.4.0 mujoco==4.0.0 mujoco-core==4.0.0 \
+        mujoco-studio==4.0.0 farama-notifications==0.0.6 glfw==2.11.0 pyopengl==3.1.10 \
+        websockets minari==0.5.4 || exit 1
+    mkdir -p .ref/micro .ref/bench
+    git -C "$REF_GIT" archive HEAD | tar x -C .ref/micro
+    cp "$REF_BENCH"/ref_micro_speed.py .ref/bench/
+    rm -rf .ref/dyn-halfcheetah && cp -r "$DYN" .ref/dyn-halfcheetah
+    du -sh .whl .ref
+    exit 0
+fi
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
 if [ -d .whl ] && ! python3 -c "import gymnasium, mujoco" 2>/dev/null; then
