@@ -179,6 +179,14 @@ def make_run_dir(cfg: Config) -> Path:
     raise MicroError(f"could not create a new run directory under {parent}")
 
 
+def describe_device(device: torch.device, cfg: Config) -> str:
+    """``cuda:0 (NVIDIA H100 80GB HBM3), CUDA graphs on``; ``cpu`` on the CPU."""
+    if device.type != "cuda":
+        return str(device)
+    graphs = "on" if cfg.cuda_graph else "off"
+    return f"{device} ({torch.cuda.get_device_name(device)}), CUDA graphs {graphs}"
+
+
 def _trainer(cfg: Config, run_dir: Path, data: TaskData, progress: bool, resume: bool) -> Trainer:
     """Stages 2 and 3 into a ready trainer. The RNG order is fixed (dynamics fit, then network
     initialisation) so that runs with the same seed are identical."""
@@ -245,7 +253,7 @@ def run(
     record_session(run_dir)
     print(
         f"run directory: {run_dir}\nalgorithm: {cfg.algo}; {config_files_note(cfg)}\n"
-        f"{describe(data)}\ndevice: {device}"
+        f"{describe(data)}\ndevice: {describe_device(device, cfg)}"
     )
     if on_start is not None:
         on_start(run_dir)
@@ -294,7 +302,7 @@ def fit_dynamics_only(cfg: Config, out: str | Path, progress: bool = True) -> Pa
     set_seed(cfg.seed)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     real = transitions_to_buffer(data.transitions, device)
-    print(f"{describe(data)}\ndevice: {device}")
+    print(f"{describe(data)}\ndevice: {describe_device(device, cfg)}")
     sha = data.record.get("dataset_sha256")
     fit_or_load_dynamics(cfg, data.sim, real, out, progress=progress, data_sha256=sha)
     save_config(cfg, out / "config.yaml", data_record(data))
