@@ -41,7 +41,7 @@ for what in "${@:-tests speed}"; do
         # -v: each result is printed as it comes, so a run cut by the timeout still says which
         timeout 120 python3 -m pytest -o addopts= -v --tb=short -p no:cacheprovider tests/test_cuda.py 2>&1 \
             | tee "$OUT/tests-cuda.log" | grep -E "PASSED|FAILED|ERROR|^E |passed|failed"
-        timeout ${TEST_TIMEOUT:-450} python3 -m pytest -o addopts= -v --tb=short -p no:cacheprovider -n 14 \
+        timeout ${TEST_TIMEOUT:-450} python3 -m pytest -o addopts= -v --tb=short -p no:cacheprovider -n 14 --dist loadfile \
             tests > "$OUT/tests-all.log" 2>&1
         grep -E "FAILED|ERROR" "$OUT/tests-all.log" | grep -v "^FAILED\|^ERROR" | head -30
         grep -cE "PASSED" "$OUT/tests-all.log"; tail -3 "$OUT/tests-all.log" ;;
