@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from micro.config import CONFIG_DIR, resolve_config
+from micro.data.d4rl import recorded_return
 from micro.datagen.collect import build, default_policy_path, write_dataset
 from micro.envs import normalized_score
 
@@ -39,8 +40,6 @@ SEED = 0
 
 def collect_demo_data() -> tuple[float, float]:
     """Returns (seconds spent, behavior policy's normalized score on the collected episodes)."""
-    import h5py
-
     start = time.time()
     if DATA.exists():
         print(f"demo dataset: reusing {DATA}")
@@ -49,8 +48,7 @@ def collect_demo_data() -> tuple[float, float]:
         print(f"demo dataset: {DEMO_STEPS} steps of {policy} in the simulator -> {DATA}")
         arrays, name = build("medium", "hopper", DEMO_STEPS, SEED, 8, str(policy), None, None, None)
         write_dataset(DATA, arrays, "hopper", name, SEED)
-    with h5py.File(DATA) as f:
-        score = normalized_score("hopper", float(f["metadata/return_mean"][()]))
+    score = normalized_score("hopper", recorded_return(DATA))
     return time.time() - start, score
 
 

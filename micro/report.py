@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from micro import MicroError
+from micro.data.d4rl import recorded_return
 from micro.envs import parse_task
 from micro.utils import atomic_path, atomic_write_text
 
@@ -36,6 +37,7 @@ NOT_EXPERIMENT_KEYS = frozenset(
     {"seed", "logdir", "device", "dataset", "dataset_file", "load_dynamics_path", "snapshot_freq"}
     | {"cuda_graph"}
     | {"dataset_source", "dataset_id", "minari_version", "dataset_episodes", "sim"}
+    | {"dataset_return_mean"}
 )
 # The logged penalty of each algorithm (before its coefficient), in the order looked for.
 PENALTY_COLUMNS = ("uncertainty", "penalty", "rollout_reward_penalty")
@@ -103,7 +105,9 @@ def read_run(path: Path) -> Run:
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Run]:
-    found: dict[Path, None] = {}
+    # keyed by the resolved path, so one run named two ways is read once; the value keeps the
+    # path as given (relative stays relative, so a committed report names no machine's folders)
+    found: dict[Path, Path] = {}
     for p in map(Path, paths):
         if not p.exists():
             raise MicroError(f"{p} does not exist")
@@ -111,8 +115,8 @@ def find_runs(paths: Sequence[str | Path]) -> list[Run]:
         candidates += [c.parent for c in sorted(p.glob("**/progress.csv"))]
         for c in candidates:
             if (c / "config.yaml").is_file() and (c / "progress.csv").is_file():
-                found[c.resolve()] = None
-    runs = [read_run(p) for p in found]
+                found.setdefault(c.resolve(), c)
+    runs = [read_run(p) for p in found.values()]
     if not runs:
         raise MicroError(
             "no runs (folders with config.yaml and progress.csv) under "
@@ -271,29 +275,25 @@ def run_sim(run: Run):
 
 
 def behavior_score(runs: list[Run]) -> float | None:
-    """The dataset's own score when every run used one dataset: the behavior policy's mean
-    return recorded in a file made here (metadata/return_mean), or the mean return of a Minari
-    dataset's episodes."""
-    files = {r.config.get("dataset_file") for r in runs}
-    if len(files) != 1 or None in files:
+    """The dataset's own score when every run used one dataset (one SHA-256): the behavior
+    policy's mean return that the runs recorded (``dataset_return_mean``: a file made here, or a
+    Minari dataset's episodes), or, for runs from before that was recorded, read from the
+    dataset where it still is."""
+    datasets = {r.config.get("dataset_sha256") or r.config.get("dataset_file") for r in runs}
+    if len(datasets) != 1 or None in datasets:
         return None
-    path = Path(files.pop())
-    if runs[0].config.get("dataset_source") == "minari":
-        from micro.data.minari_data import mean_episode_return
+    raw = next(
+        (r.config["dataset_return_mean"] for r in runs if "dataset_return_mean" in r.config), None
+    )
+    if raw is None:
+        path = Path(runs[0].config.get("dataset_file", ""))
+        if runs[0].config.get("dataset_source") == "minari":
+            from micro.data.minari_data import mean_episode_return
 
-        raw = mean_episode_return(path) if path.is_dir() else None
-    else:
-        raw = recorded_return(path) if path.is_file() else None
-    return None if raw is None else run_sim(runs[0]).normalized_score(raw)
-
-
-def recorded_return(path: Path) -> float | None:
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        if "metadata/return_mean" not in f:
-            return None
-        return float(f["metadata/return_mean"][()])
+            raw = mean_episode_return(path) if path.is_dir() else None
+        else:
+            raw = recorded_return(path) if path.is_file() else None
+    return None if raw is None else run_sim(runs[0]).normalized_score(float(raw))
 
 
 def _fmt(mean: float, std: float) -> str:

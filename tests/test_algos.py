@@ -5,6 +5,7 @@ import csv
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from conftest import ROOT, run_eval, run_train
 
 from micro.algos import reward_penalty
 from micro.buffer import ReplayBuffer
+from micro.data.d4rl import read_hdf5
 from micro.dynamics import EnsembleDynamics
 from micro.envs import termination_fn
 from micro.nets import Actor
@@ -172,6 +174,54 @@ def test_report_groups_a_run_from_before_algo_was_recorded_with_later_micro_runs
         ("mobile", [1]),
     ]
     assert notes == []
+
+
+def test_find_runs_keeps_paths_as_given_and_reads_a_run_once(baseline_runs, tmp_path, monkeypatch):
+    from micro.report import find_runs
+
+    logdir = tmp_path / "runs"
+    for algo, src in baseline_runs.items():
+        shutil.copytree(src, logdir / algo / src.name)
+    monkeypatch.chdir(tmp_path)
+    name = baseline_runs["micro"].name
+    # the MICRO run named three ways: its own folder (relative), the tree above it, and absolute
+    runs = find_runs([Path("runs/micro") / name, "runs", logdir / "micro" / name])
+    assert sorted(str(r.path) for r in runs) == sorted(
+        f"runs/{algo}/{src.name}" for algo, src in baseline_runs.items()
+    )
+
+
+def test_behavior_line_comes_from_the_runs_record(baseline_runs, hopper_file, tmp_path):
+    from micro.envs import normalized_score
+    from micro.report import behavior_score, find_runs
+
+    logdir = tmp_path / "runs"
+    for algo, src in baseline_runs.items():
+        shutil.copytree(src, logdir / algo / src.name)
+    recorded = float(read_hdf5(hopper_file)["metadata/return_mean"])
+    expected = normalized_score("hopper", recorded)
+
+    def edit(change):
+        for cfg_file in logdir.glob("*/*/config.yaml"):
+            cfg = yaml.safe_load(cfg_file.read_text())
+            change(cfg)
+            cfg_file.write_text(yaml.safe_dump(cfg))
+        return behavior_score(find_runs([logdir]))
+
+    assert behavior_score(find_runs([logdir])) == pytest.approx(expected, rel=1e-12)
+    # the dataset moved away (a clone of shipped results): the recorded return still draws it
+    assert edit(lambda c: c.update(dataset_file="/nowhere/d.hdf5")) == pytest.approx(expected)
+    # runs from before the return was recorded: read from the file where it still is ...
+    assert edit(lambda c: c.update(dataset_file=str(hopper_file))) == pytest.approx(expected)
+    assert edit(lambda c: c.pop("dataset_return_mean")) == pytest.approx(expected)
+    # ... and no line when it is gone
+    assert edit(lambda c: c.update(dataset_file="/nowhere/d.hdf5")) is None
+    # runs on two datasets: no single behavior policy to draw
+    (one,) = logdir.glob("mopo/*/config.yaml")
+    cfg = yaml.safe_load(one.read_text())
+    cfg.update(dataset_sha256="0" * 64, dataset_return_mean=1.0)
+    one.write_text(yaml.safe_dump(cfg))
+    assert behavior_score(find_runs([logdir])) is None
 
 
 def test_report_table_equals_the_progress_files(baseline_runs, tmp_path):

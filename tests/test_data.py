@@ -116,6 +116,16 @@ def test_simulator_dataset_is_consistent(hopper_file):
     )
 
 
+def test_load_records_the_behavior_return_of_a_file_made_here(hopper_file, tmp_path):
+    raw = read_hdf5(hopper_file)  # collect wrote the behavior policy's mean episode return
+    record = d4rl.load(hopper_file, HOPPER).record
+    assert record["dataset_return_mean"] == float(raw["metadata/return_mean"])
+    # a file without the metadata (D4RL's own): nothing recorded
+    bare = {k: v for k, v in raw.items() if not k.startswith("metadata/")}
+    write_hdf5(tmp_path / "bare.hdf5", bare)
+    assert "dataset_return_mean" not in d4rl.load(tmp_path / "bare.hdf5", HOPPER).record
+
+
 # --- download through a local HTTP server --------------------------------------------------------
 
 

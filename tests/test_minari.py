@@ -138,6 +138,9 @@ def test_the_simulator_and_references_come_from_the_dataset(store):
         "dataset_sha256": minari_data.content_sha256(store / DATASET),
         "dataset_transitions": len(data.transitions),
         "dataset_episodes": minari.load_dataset(DATASET).total_episodes,
+        "dataset_return_mean": np.mean(
+            [ep.rewards.sum() for ep in minari.load_dataset(DATASET).iterate_episodes()]
+        ),
     }
     env = data.sim.make()
     assert env.spec.id == "Hopper-v5" and env.spec.max_episode_steps == 1000

@@ -134,6 +134,15 @@ def qlearning_dataset(raw: dict[str, Any]) -> Transitions:
     )
 
 
+def recorded_return(path: str | Path) -> float | None:
+    """The behavior policy's mean episode return that a file made here records
+    (``metadata/return_mean``); None for files without it (D4RL's own)."""
+    with h5py.File(path, "r") as f:
+        if "metadata/return_mean" not in f:
+            return None
+        return float(f["metadata/return_mean"][()])
+
+
 def write_hdf5(path: str | Path, data: dict[str, Any]) -> None:
     """Write a dataset in D4RL's layout, atomically.
 
@@ -236,4 +245,7 @@ def load(path: Path, task: Task) -> TaskData:
         "dataset_sha256": sha256_file(path),
         "dataset_transitions": len(data),
     }
+    behavior = recorded_return(path)
+    if behavior is not None:
+        record["dataset_return_mean"] = behavior
     return TaskData(data, d4rl_sim(task.env), record)

@@ -328,6 +328,9 @@ def load(path: Path, task: Task) -> TaskData:
         "dataset_transitions": len(data),
         "dataset_episodes": int(dataset.total_episodes),
     }
+    behavior = mean_episode_return(path)
+    if behavior is not None:
+        record["dataset_return_mean"] = behavior
     return TaskData(data, sim, record)
 
 
