@@ -4,6 +4,7 @@ the robustness sweeps."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,6 +86,7 @@ def run_episodes(
     n_envs: int = 5,
     envs: list | None = None,
     device: torch.device | None = None,
+    observer: Callable[[int, int, np.ndarray], None] | None = None,
 ) -> EvalResult:
     """Run ``episodes`` episodes, ``n_envs`` simulators in lockstep with the policy batched.
 
@@ -93,7 +95,8 @@ def run_episodes(
     ``n_envs`` batches the policy differently, which can round differently.)
     The policy acts with tanh(μ(s)) when ``deterministic``, else samples from π(·|s). An attack
     perturbs only what the policy sees (budget scaled by ``obs_std``); ``physics`` scales the
-    simulators' models for the duration of the call.
+    simulators' models for the duration of the call. ``observer(i, t, obs)``, when given, sees
+    episode i's observation after its step t (0-based), e.g. to find when something happens.
     """
     device = device or torch.device("cpu")
     sim = as_sim(env)  # a robot name means D4RL's simulator and references
@@ -139,6 +142,8 @@ def run_episodes(
                         obs[i], reward, terminated, truncated, _ = env.step(action)
                         returns[i] += reward
                         lengths[i] += 1
+                        if observer is not None:
+                            observer(i, int(lengths[i]) - 1, obs[i])
                         if not (terminated or truncated):
                             still.append((i, env))
                     active = still

@@ -2,8 +2,8 @@
 
 A halfcheetah that turns onto its back (root pitch |rooty| > 90°) rarely gets up again and runs on
 at a fraction of its speed, so one flip in ten episodes moves a mean score by several points. For
-each policy, this runs deterministic episodes one simulator at a time and prints each episode's
-normalized score and the step of its first flip:
+each policy, this runs deterministic episodes and prints each episode's normalized score and the
+step of its first flip:
 
     python results/flips.py results/halfcheetah-medium-200k/*/seed0/policy.pt [--episodes 10]
     python results/flips.py --dataset data/halfcheetah-medium-200k.hdf5   # the behavior policy's
@@ -11,9 +11,9 @@ normalized score and the step of its first flip:
 With ``--dataset`` it counts the flipped episodes of a D4RL-format halfcheetah file instead
 (episodes end at ``terminals`` or ``timeouts``), with their mean return against the upright ones.
 
-Episode i uses seed ``--seed + i`` (eval.py's default seeds); eval.py steps five simulators in
-lockstep, whose batched products round differently, so which episodes flip can differ from its
-run while the count stays comparable.
+The episodes are eval.py's: the same runner, five simulators in lockstep, episode i seeded
+``--seed + i`` (eval.py's default seeds), so the first ten are the episodes of
+``eval.py --choice clean`` (at the same torch thread count).
 """
 
 from __future__ import annotations
@@ -24,26 +24,26 @@ import math
 import numpy as np
 import torch
 
+from micro.evaluation import EvalResult, run_episodes
 from micro.policy_file import load_policy
 from micro.utils import ROBUSTNESS_SEED
 
 ROOTY = 1  # HalfCheetah-v4 observation: qpos[1:] then qvel; qpos[2] is the root's pitch
 
 
-@torch.no_grad()
-def episode(policy, env, seed: int) -> tuple[float, int | None]:
-    """The return of one deterministic episode and the step of its first flip (or None)."""
-    obs, _ = env.reset(seed=seed)
-    total, flip = 0.0, None
-    for t in range(1000):
-        action = policy.actor.deterministic(torch.as_tensor(obs, dtype=torch.float32)[None])
-        obs, reward, terminated, truncated, _ = env.step(np.asarray(action[0]))
-        total += float(reward)
-        if flip is None and abs(obs[ROOTY]) > math.pi / 2:
-            flip = t
-        if terminated or truncated:
-            break
-    return total, flip
+def policy_flips(
+    policy, episodes: int, seed: int, envs: list | None = None
+) -> tuple[EvalResult, list[int | None]]:
+    """``episodes`` deterministic episodes of a policy file's actor (eval.py's runner and seeds),
+    and the step of each episode's first flip (None where it stays upright)."""
+    first: dict[int, int] = {}
+
+    def watch(i: int, t: int, obs: np.ndarray) -> None:
+        if i not in first and abs(obs[ROOTY]) > math.pi / 2:
+            first[i] = t
+
+    result = run_episodes(policy.actor, policy.sim, episodes, seed, envs=envs, observer=watch)
+    return result, [first.get(i) for i in range(episodes)]
 
 
 def dataset_flips(path: str) -> str:
@@ -77,16 +77,14 @@ def main() -> None:
         policy = load_policy(path, None, torch.device("cpu"))
         if not policy.sim.env_id.startswith("HalfCheetah"):
             raise SystemExit(f"{path} is a {policy.sim.env_id} policy; this is for halfcheetah")
-        env = policy.sim.make()
-        results = [episode(policy, env, args.seed + i) for i in range(args.episodes)]
-        scores = [policy.sim.normalized_score(r) for r, _ in results]
-        flips = [f for _, f in results if f is not None]
+        result, flips = policy_flips(policy, args.episodes, args.seed)
+        scores = [policy.sim.normalized_score(float(r)) for r in result.returns]
         print(
-            f"{policy.label}: {len(flips)} of {args.episodes} episodes flip; normalized "
-            f"{np.mean(scores):.1f} ± {np.std(scores):.1f}; "
+            f"{policy.label}: {sum(f is not None for f in flips)} of {args.episodes} episodes "
+            f"flip; normalized {np.mean(scores):.1f} ± {np.std(scores):.1f}; "
             + ", ".join(
                 f"{s:.1f}" + (f" (flips at {f})" if f is not None else "")
-                for s, (_, f) in zip(scores, results, strict=True)
+                for s, f in zip(scores, flips, strict=True)
             )
         )
 

@@ -196,13 +196,16 @@ def test_wall_time_read_back_from_tensorboard_matches_the_runs_timings(smoke_run
 
 def test_flips_finds_a_cheetah_on_its_back():
     """results/flips.py: an episode started upside down flips at its first step; one started
-    upright by a policy that does nothing does not."""
+    upright by a policy that does nothing does not; and its episodes are eval.py's."""
     import importlib.util
+    from types import SimpleNamespace
 
     import gymnasium as gym
     import numpy as np
 
+    from micro.evaluation import run_episodes
     from micro.policy_file import load_policy
+    from micro.utils import ROBUSTNESS_SEED
 
     spec = importlib.util.spec_from_file_location("flips", ROOT / "results" / "flips.py")
     flips = importlib.util.module_from_spec(spec)
@@ -219,16 +222,22 @@ def test_flips_finds_a_cheetah_on_its_back():
             self.env.unwrapped.set_state(qpos, self.env.unwrapped.init_qvel)
             return self.env.unwrapped._get_obs(), {}
 
-    _, flip = flips.episode(policy, UpsideDown(policy.sim.make()), seed=0)
-    assert flip == 0
+    _, at = flips.policy_flips(policy, 1, 0, envs=[UpsideDown(policy.sim.make())])
+    assert at == [0]
 
-    class Still:  # a policy that never moves: it stays on its feet, going nowhere
+    class Still(torch.nn.Module):  # a policy that never moves: it stays on its feet, going nowhere
         def deterministic(self, obs):
-            return torch.zeros(1, 6)
+            return torch.zeros(len(obs), 6)
 
-    still = type("StillPolicy", (), {"actor": Still()})()
-    ret, flip = flips.episode(still, policy.sim.make(), seed=0)
-    assert flip is None and abs(ret) < 50
+    still = SimpleNamespace(actor=Still(), sim=policy.sim)
+    result, at = flips.policy_flips(still, 2, 0)
+    assert at == [None, None] and (abs(result.returns) < 50).all()
+
+    # the same episodes as eval.py's runner with its default seeds and simulators
+    result, at = flips.policy_flips(policy, 5, ROBUSTNESS_SEED)
+    plain = run_episodes(policy.actor, policy.sim, 5, ROBUSTNESS_SEED)
+    np.testing.assert_array_equal(result.returns, plain.returns)
+    assert len(at) == 5
 
 
 def test_last_evaluations_score_is_the_mean_of_the_last_five():
