@@ -312,8 +312,17 @@ def load(path: Path, task: Task) -> TaskData:
             f"{task.name} names the {task.env} robot, but dataset {source} was collected on "
             f"{sim.env_id}"
         )
+    returns: list[float] = []  # each episode's, tallied on the one pass over the episodes
+
+    def tally(episodes: Iterable) -> Iterator:
+        for ep in episodes:
+            returns.append(float(np.sum(ep.rewards)))
+            yield ep
+
     try:
-        data = episode_transitions(dataset.iterate_episodes(), sim.obs_dim, sim.act_dim, source)
+        data = episode_transitions(
+            tally(dataset.iterate_episodes()), sim.obs_dim, sim.act_dim, source
+        )
     except (OSError, KeyError, ValueError) as exc:
         raise MicroError(
             f"cannot read Minari dataset {path} ({_one_line(exc)}); delete the folder and "
@@ -328,9 +337,8 @@ def load(path: Path, task: Task) -> TaskData:
         "dataset_transitions": len(data),
         "dataset_episodes": int(dataset.total_episodes),
     }
-    behavior = mean_episode_return(path)
-    if behavior is not None:
-        record["dataset_return_mean"] = behavior
+    if returns:
+        record["dataset_return_mean"] = float(np.mean(returns))
     return TaskData(data, sim, record)
 
 
