@@ -279,10 +279,20 @@ def test_attack_summary_scores_by_budget_and_their_mean():
         cell("a", 0, (5.0, 1.0), attack_mode="min_Q", eps=0.1),
     ]
     assert attack_summary(rows).splitlines()[4:] == [
-        "| group | attack | ε 0 | ε 0.1 | mean over ε |",
+        "| group | attack | ε 0 | ε 0.1 | mean over ε | cost (ε 0 − mean) |",
+        "| --- | --- | --- | --- | --- | --- |",
+        "| a | random | 40.0 | 20.0 | 30.0 | 10.0 |",
+        "| a | min_Q | 40.0 | 5.0 | 22.5 | 17.5 |",
+    ]
+    # without an unattacked budget there is nothing to measure a cost from
+    attacked = [
+        cell("a", 0, (20.0, 1.0), attack_mode="random", eps=0.1),
+        cell("a", 0, (10.0, 1.0), attack_mode="random", eps=0.2),
+    ]
+    assert attack_summary(attacked).splitlines()[4:] == [
+        "| group | attack | ε 0.1 | ε 0.2 | mean over ε |",
         "| --- | --- | --- | --- | --- |",
-        "| a | random | 40.0 | 20.0 | 30.0 |",
-        "| a | min_Q | 40.0 | 5.0 | 22.5 |",
+        "| a | random | 20.0 | 10.0 | 15.0 |",
     ]
 
 
@@ -308,15 +318,26 @@ def test_a_group_of_several_policies_lists_each_policys_own_mean():
         for m, v in (("random", 40.0), ("min_Q", 20.0))
         for e, v in ((0.0, v), (0.1, v - 10))
     ]
+    attack[-1]["normalized_mean"] = 0.0  # seed 1's min_Q at ε 0.1: 30 -> 0
     lines = attack_summary(attack).splitlines()
-    assert lines[lines.index("Each policy (its mean over ε):") + 2 :] == [
+    at = lines.index("Each policy (its mean over ε):")
+    assert lines[at + 2 : at + 6] == [
         "| policy | random | min_Q |",
         "| --- | --- | --- |",
         "| micro seed 0 | 35.0 | 15.0 |",
-        "| micro seed 1 | 45.0 | 25.0 |",
+        "| micro seed 1 | 45.0 | 15.0 |",
     ]
-    assert "| micro | random | 40.0 | 30.0 | 35.0 |" not in lines  # the group's line is the mean
-    assert "| micro | random | 45.0 | 35.0 | 40.0 |" in lines
+    # what each attack takes from each policy: its ε 0 score minus its mean over ε
+    at = lines.index("Each policy's cost (its ε 0 score − its mean over ε):")
+    assert lines[at + 2 :] == [
+        "| policy | random | min_Q |",
+        "| --- | --- | --- |",
+        "| micro seed 0 | 5.0 | 5.0 |",
+        "| micro seed 1 | 5.0 | 15.0 |",
+    ]
+    assert "| micro | random | 40.0 | 30.0 | 35.0 | 5.0 |" not in lines  # the group's: the mean
+    assert "| micro | random | 45.0 | 35.0 | 40.0 | 5.0 |" in lines
+    assert "| micro | min_Q | 25.0 | 5.0 | 15.0 | 10.0 |" in lines
     physics = [
         row(label, 0, v, friction=f, gravity=1.0, mass=1.0)
         for label, v in (("micro seed 0, step 1000", 10.0), ("micro seed 0, step 2000", 30.0))
@@ -437,7 +458,8 @@ def test_eval_cli_sim2real_attack_clean(smoke_run, tmp_path):
     summary = (tmp_path / "attack-all-summary.md").read_text().splitlines()
     for i, mode in enumerate(("random", "action_diff", "min_Q")):
         scores = [float(r["normalized_mean"]) for r in rows[2 * i : 2 * i + 2]]
-        cells = " | ".join(f"{s:.1f}" for s in [*scores, np.mean(scores)])
+        cost = scores[0] - np.mean(scores)  # the budgets are 0 and 0.1
+        cells = " | ".join(f"{s:.1f}" for s in [*scores, np.mean(scores), cost])
         assert f"| {label} | {mode} | {cells} |" in summary
 
     out = run_eval([*base, "--choice", "clean"])
