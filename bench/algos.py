@@ -17,8 +17,7 @@ import time
 import torch
 from speed import random_batch
 
-from micro.agent import Learner
-from micro.algos import ALGORITHMS
+from micro.algos import ALGORITHMS, algorithm_class
 from micro.config import Config
 from micro.dynamics import EnsembleDynamics
 from micro.utils import keep_freed_memory
@@ -35,7 +34,9 @@ def main() -> int:
     for algo in ALGORITHMS:
         torch.manual_seed(0)
         cfg = Config(task="walker2d-medium-v2", algo=algo)
-        agents[algo] = Learner(cfg, obs, act, EnsembleDynamics(obs, act).requires_grad_(False))
+        agents[algo] = algorithm_class(cfg.algo)(
+            cfg, obs, act, EnsembleDynamics(obs, act).requires_grad_(False)
+        )
     batch = random_batch(b, obs, act)
     n_real = int(b * 0.05)
     for agent in agents.values():  # warm-up

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from micro.agent import Learner
+from micro.algos import algorithm_class
 from micro.buffer import Batch, ReplayBuffer
 from micro.checkpoint import CheckpointWriter, Progress, save_checkpoint
 from micro.config import Config
@@ -25,7 +25,7 @@ from micro.config import Config
 
 def main() -> int:
     torch.manual_seed(0)
-    agent = Learner(Config(task="halfcheetah-medium-v2"), 17, 6, None)
+    agent = algorithm_class("micro")(Config(task="halfcheetah-medium-v2"), 17, 6, None)
     n = 1_250_000
     buf = ReplayBuffer(n, 17, 6, torch.device("cpu"))
     buf.add(

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from speed import SIZES, random_batch
 
-from micro.agent import Learner
+from micro.algos import algorithm_class
 from micro.config import MATMUL_PRECISIONS, Config
 from micro.dynamics import EnsembleDynamics
 
@@ -42,7 +42,9 @@ def main() -> int:
     obs, act = SIZES[args.env]
     cfg = Config(task=f"{args.env}-medium-v2", real_ratio=args.real_ratio, algo=args.algo)
     torch.manual_seed(0)
-    agent = Learner(cfg, obs, act, EnsembleDynamics(obs, act).requires_grad_(False))
+    agent = algorithm_class(cfg.algo)(
+        cfg, obs, act, EnsembleDynamics(obs, act).requires_grad_(False)
+    )
     batch, n_real = random_batch(cfg.batch_size, obs, act), int(cfg.batch_size * cfg.real_ratio)
     for _ in range(5):
         agent.update(batch, n_real)

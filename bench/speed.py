@@ -17,6 +17,7 @@ step case replays the step as one CUDA graph, as training does (``micro.graphs``
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import statistics
@@ -29,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from micro.agent import UNCERTAINTY_CHUNK, Learner
+from micro.algos import algorithm_class
+from micro.algos.penalized import UNCERTAINTY_CHUNK
 from micro.buffer import Batch, ReplayBuffer
 from micro.config import MATMUL_PRECISIONS, Config
 from micro.dynamics import EnsembleDynamics, fit_dynamics
@@ -153,7 +155,9 @@ def bench_step(
     obs, act = SIZES[env]
     cfg = Config(task=f"{env}-medium-v2", real_ratio=real_ratio, algo=algo)
     torch.manual_seed(0)
-    agent = Learner(cfg, obs, act, EnsembleDynamics(obs, act).requires_grad_(False))
+    agent = algorithm_class(cfg.algo)(
+        cfg, obs, act, EnsembleDynamics(obs, act).requires_grad_(False)
+    )
     b = cfg.batch_size
     batch = random_batch(b, obs, act)
     n_real = int(b * real_ratio)
@@ -240,10 +244,13 @@ def bench_rollout(repeats: int, reward_penalty_coef: float | None = None) -> dic
     """50 000 start states x 5 model steps through ``model_rollout``, as training makes them;
     with ``reward_penalty_coef`` (MOPO) every member is evaluated for the reward penalty."""
     obs, act = SIZES["walker2d"]
-    cfg = Config(task="walker2d-medium-v2")
+    mopo = (
+        {} if reward_penalty_coef is None else {"algo": "mopo", "penalty_coef": reward_penalty_coef}
+    )
+    cfg = Config(task="walker2d-medium-v2", **mopo)
     torch.manual_seed(0)
     dyn = EnsembleDynamics(obs, act).requires_grad_(False)
-    agent = Learner(cfg, obs, act, dyn)
+    agent = algorithm_class(cfg.algo)(cfg, obs, act, dyn)
     real = torch.randn(200_000, obs) * 0.1
     # An untrained model's next states would fail walker2d's health check at once, leaving
     # nothing to roll out after the first step. Every row must survive all steps for the case
@@ -254,7 +261,8 @@ def bench_rollout(repeats: int, reward_penalty_coef: float | None = None) -> dic
     def rollout() -> None:
         buf.ptr = buf.size = 0
         start = real[torch.randint(len(real), (cfg.rollout_batch_size,))]
-        model_rollout(agent.actor, dyn, start, cfg.rollout_length, done, buf, reward_penalty_coef)
+        step = functools.partial(agent.model_step, dyn)  # MOPO's evaluates every member
+        model_rollout(agent.actor, step, start, cfg.rollout_length, done, buf)
 
     seconds = median_time(rollout, repeats, warmup=1)
     rows = cfg.rollout_batch_size * cfg.rollout_length

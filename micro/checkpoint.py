@@ -1,11 +1,16 @@
 """The training checkpoint (``checkpoints/last.pt``): everything a killed run needs to continue
 exactly as an uninterrupted one would. Written and read here only.
 
-It holds the learner's networks, optimizers, scheduler and temperature, the model buffer, every
-RNG state (torch, CUDA, numpy, Python), the counters and the wall time spent so far by stage
-(older checkpoints lack the last; a run resumed from one counts from the resume). The frozen
-dynamics model is not in it: it lives in the run's ``dynamics/`` folder (``micro.dynamics``).
-The format is ``micro-checkpoint-v1``, only ever added to; runs of every algorithm use it.
+It holds the algorithm's training state whatever the algorithm (``Algorithm.training_state``:
+its networks, optimizers and schedulers by name), the model buffer, every RNG state (torch,
+CUDA, numpy, Python), the counters and the wall time spent so far by stage (older checkpoints
+lack the last; a run resumed from one counts from the resume). A frozen dynamics model is not in
+it: it lives in the run's ``dynamics/`` folder (``micro.dynamics``); an algorithm that trains
+its model has it, and its optimizer, in its training state.
+
+Format ``micro-checkpoint-v2`` holds that training state under ``learner``;
+``micro-checkpoint-v1`` (the SAC learner's weights under ``agent`` and its optimizers and
+scheduler under fixed keys) still loads.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ import numpy as np
 import torch
 
 from micro import MicroError
-from micro.agent import Learner
+from micro.algos.base import Algorithm
 from micro.buffer import ReplayBuffer
 from micro.utils import atomic_torch_save, safe_torch_load
 
-CHECKPOINT_FORMAT = "micro-checkpoint-v1"
+CHECKPOINT_FORMAT = "micro-checkpoint-v2"
+READABLE_FORMATS = ("micro-checkpoint-v1", CHECKPOINT_FORMAT)
 
 
 @dataclass
@@ -35,6 +41,7 @@ class Progress:
     step: int = 0
     last_eval: dict[str, list] | None = None  # {"returns": [...], "lengths": [...]}
     rollout_info: dict[str, float] | None = None
+    model_info: dict[str, float] | None = None  # the last model update's (algorithms that train it)
     timings: dict[str, float] | None = None  # wall seconds by stage, summed over all sessions
 
 
@@ -103,7 +110,7 @@ class CheckpointWriter:
 def save_checkpoint(
     path: Path,
     task: str,
-    agent: Learner,
+    agent: Algorithm,
     model_buffer: ReplayBuffer,
     progress: Progress,
     writer: CheckpointWriter | None = None,
@@ -116,13 +123,7 @@ def save_checkpoint(
         "task": task,
         "epoch": progress.epoch,
         "step": progress.step,
-        "agent": agent.state_dict(),
-        "actor_optim": agent.actor_optim.state_dict(),
-        "critic_optim": agent.critic_optim.state_dict(),
-        "alpha_optim": None if agent.alpha_optim is None else agent.alpha_optim.state_dict(),
-        "actor_scheduler": None
-        if agent.actor_scheduler is None
-        else agent.actor_scheduler.state_dict(),
+        "learner": agent.training_state(),
         "model_buffer": {
             "ptr": buf.ptr,
             "size": buf.size,
@@ -131,6 +132,7 @@ def save_checkpoint(
         "rng": rng_state(),
         "last_eval": progress.last_eval,
         "rollout_info": dict(progress.rollout_info or {}),
+        "model_info": progress.model_info,
         "timings": dict(progress.timings or {}),
     }
     blob = _host_copy(blob)
@@ -140,20 +142,31 @@ def save_checkpoint(
         writer.write(path, blob)
 
 
-def load_checkpoint(path: Path, task: str, agent: Learner, model_buffer: ReplayBuffer) -> Progress:
-    """Restore ``agent``, ``model_buffer`` and the RNGs in place; return the counters."""
+def _read(path: Path, task: str) -> dict[str, Any]:
     blob = safe_torch_load(path, "checkpoint")
-    if blob.get("format") != CHECKPOINT_FORMAT or blob.get("task") != task:
+    if blob.get("format") not in READABLE_FORMATS or blob.get("task") != task:
         raise MicroError(f"{path} is not a checkpoint of this {task} run")
-    missing, unexpected = agent.load_state_dict(blob["agent"], strict=False)
-    if unexpected or any(not k.startswith("dynamics.") for k in missing):
-        raise MicroError(f"{path} does not match this run's networks")
-    agent.actor_optim.load_state_dict(blob["actor_optim"])
-    agent.critic_optim.load_state_dict(blob["critic_optim"])
-    if agent.alpha_optim is not None:
-        agent.alpha_optim.load_state_dict(blob["alpha_optim"])
-    if agent.actor_scheduler is not None:
-        agent.actor_scheduler.load_state_dict(blob["actor_scheduler"])
+    if blob["format"] == "micro-checkpoint-v1":  # SAC's parts under fixed keys
+        optims = {"critic": "critic_optim", "actor": "actor_optim", "alpha": "alpha_optim"}
+        blob["learner"] = {
+            "networks": blob.pop("agent"),
+            "optimizers": {k: blob[v] for k, v in optims.items() if blob[v] is not None},
+            "schedulers": {"actor": blob["actor_scheduler"]}
+            if blob["actor_scheduler"] is not None
+            else {},
+        }
+    return blob
+
+
+def load_checkpoint(
+    path: Path, task: str, agent: Algorithm, model_buffer: ReplayBuffer
+) -> Progress:
+    """Restore ``agent``, ``model_buffer`` and the RNGs in place; return the counters."""
+    blob = _read(path, task)
+    try:
+        agent.load_training_state(blob["learner"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise MicroError(f"{path} does not match this run's learner ({exc})") from None
     saved = blob["model_buffer"]
     for key, store in model_buffer.named_tensors().items():
         store[: saved["size"]] = saved[key].to(store.device)
@@ -163,16 +176,19 @@ def load_checkpoint(path: Path, task: str, agent: Learner, model_buffer: ReplayB
 
 
 def read_learner(path: Path, task: str) -> tuple[Progress, dict[str, torch.Tensor]]:
-    """The counters and the learner's weights (``agent.state_dict()`` keys) of a checkpoint,
-    without building a trainer: what ``micro.pipeline.export_policy`` needs."""
-    blob = safe_torch_load(path, "checkpoint")
-    if blob.get("format") != CHECKPOINT_FORMAT or blob.get("task") != task:
-        raise MicroError(f"{path} is not a checkpoint of this {task} run")
-    return _progress(blob), blob["agent"]
+    """The counters and the learner's weights (``Algorithm.state_dict()`` keys) of a
+    checkpoint, without building a trainer: what exporting a policy from it needs."""
+    blob = _read(path, task)
+    return _progress(blob), blob["learner"]["networks"]
 
 
 def _progress(blob: dict) -> Progress:
     # "timings" is absent from checkpoints written before it was added
     return Progress(
-        blob["epoch"], blob["step"], blob["last_eval"], blob["rollout_info"], blob.get("timings")
+        blob["epoch"],
+        blob["step"],
+        blob["last_eval"],
+        blob["rollout_info"],
+        blob.get("model_info"),
+        blob.get("timings"),
     )

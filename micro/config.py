@@ -35,7 +35,7 @@ ALGOS = tuple(ALGORITHMS)
 class Config:
     # --- run -------------------------------------------------------------------------------
     task: str = "hopper-medium-v2"  # D4RL task or Minari dataset id: picks data, env and config
-    algo: str = "micro"  # micro | mobile | mopo: the conservatism (see micro/algos.py)
+    algo: str = "micro"  # micro | mobile | mopo: the conservatism (see micro/algos/)
     seed: int = 0  # seeds torch, numpy and the environments
     device: str = "auto"  # auto | cpu | cuda | cuda:N  (auto = cuda when available)
     dataset: str | None = None  # a D4RL-format HDF5 file (Minari: a dataset folder) to use

@@ -79,12 +79,11 @@ class RunLogger:
         for key, value in values.items():
             self.writer.add_scalar(f"{prefix}{key}", value, step)
 
-    def epoch_scalars(self, means: dict[str, float], lr: float, rollout: dict, step: int) -> None:
-        """The epoch's mean learner metrics (losses under loss/, the rest under train/) and the
-        last rollout's numbers (under rollout/)."""
+    def epoch_scalars(self, means: dict[str, float], rollout: dict, step: int) -> None:
+        """The epoch's learner metrics (losses under loss/, the rest, learning rates included,
+        under train/) and the last rollout's numbers (under rollout/)."""
         self.scalars({k: v for k, v in means.items() if k.endswith("_loss")}, step, "loss/")
-        train = {k: v for k, v in means.items() if not k.endswith("_loss")}
-        self.scalars({**train, "actor_lr": lr}, step, "train/")
+        self.scalars({k: v for k, v in means.items() if not k.endswith("_loss")}, step, "train/")
         self.scalars({k: v for k, v in rollout.items() if k != "transitions"}, step, "rollout/")
 
     def eval_scalars(self, values: dict[str, float], step: int) -> None:

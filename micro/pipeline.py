@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from micro import MicroError
-from micro.agent import Learner
+from micro.algos import algorithm_class
 from micro.buffer import Batch, ReplayBuffer
 from micro.checkpoint import Progress, read_learner
 from micro.config import Config, config_files_note, config_from_dict, save_config
@@ -205,7 +205,7 @@ def _trainer(cfg: Config, run_dir: Path, data: TaskData, progress: bool, resume:
     sha = data.record.get("dataset_sha256")
     dynamics = fit_or_load_dynamics(cfg, sim, real, saved, source, log_fit, progress, sha)
     seconds = time.time() - start
-    agent = Learner(cfg, sim.obs_dim, sim.act_dim, dynamics).to(device)
+    agent = algorithm_class(cfg.algo)(cfg, sim.obs_dim, sim.act_dim, dynamics).to(device)
     trainer = Trainer(cfg, run_dir, real, dynamics, agent, logger, sim, progress)
     trainer.timings["dynamics"] = seconds
     if resume and trainer.checkpoint_path.exists():

@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from micro import MicroError
+from micro.algos import penalty_columns
 from micro.data.d4rl import recorded_return
 from micro.envs import parse_task
 from micro.utils import atomic_path, atomic_write_text
@@ -40,7 +41,7 @@ NOT_EXPERIMENT_KEYS = frozenset(
     | {"dataset_return_mean"}
 )
 # The logged penalty of each algorithm (before its coefficient), in the order looked for.
-PENALTY_COLUMNS = ("uncertainty", "penalty", "rollout_reward_penalty")
+PENALTY_COLUMNS = penalty_columns()
 # The "last evaluations" score averages this many of a run's last evaluations.
 LAST_EVALS = 5
 

@@ -7,45 +7,42 @@ from collections.abc import Callable
 
 import torch
 
-from micro.algos import reward_penalty
 from micro.buffer import Batch, ReplayBuffer
-from micro.dynamics import EnsembleDynamics
 from micro.nets import Actor
+
+# (obs [N, obs_dim], act [N, act_dim]) -> next obs [N, obs_dim], stored reward [N, 1], and
+# per-row extras [N, 1] by name: an algorithm's ``model_step`` bound to the dynamics model
+ModelStep = Callable[
+    [torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
+]
 
 
 @torch.no_grad()
 def model_rollout(
     actor: Actor,
-    dynamics: EnsembleDynamics,
+    step: ModelStep,
     start_obs: torch.Tensor,
     length: int,
     done_fn: Callable[[torch.Tensor], torch.Tensor],
     buffer: ReplayBuffer,
-    reward_penalty_coef: float | None = None,
 ) -> dict[str, float]:
     """Roll the stochastic policy ``length`` steps in the model from ``start_obs`` [N, obs_dim];
-    a row stops once it terminates. With ``reward_penalty_coef`` λ (MOPO) every member is
-    evaluated and the stored reward is r − λ·max_e ‖σ_e(s, a)‖₂.
+    a row stops once it terminates. ``step`` takes each model step (``Algorithm.model_step``:
+    MOPO evaluates every member and stores r − λ·max_e ‖σ_e(s, a)‖₂).
 
-    Returns the mean stored reward, the number of transitions added and, with λ, the mean
-    penalty max_e ‖σ_e‖₂ before λ.
+    Returns the mean stored reward, the number of transitions added and the mean of each of
+    ``step``'s extras (MOPO: ``reward_penalty``, before λ).
     """
     device = start_obs.device
     obs = start_obs
-    reward_sum, penalty_sum, count = (
-        torch.zeros((), device=device),
-        torch.zeros((), device=device),
-        0,
-    )
+    reward_sum = torch.zeros((), device=device)
+    extra_sums: dict[str, torch.Tensor] = {}
+    count = 0
     for _ in range(length):
         act = actor.sample_action(obs)
-        if reward_penalty_coef is None:
-            next_obs, reward = dynamics.sample_step(obs, act)
-        else:
-            next_obs, reward, logvar = dynamics.sample_step_all_members(obs, act)
-            penalty = reward_penalty(logvar).unsqueeze(-1)
-            reward = reward - reward_penalty_coef * penalty
-            penalty_sum += penalty.sum()
+        next_obs, reward, extras = step(obs, act)
+        for key, value in extras.items():
+            extra_sums[key] = extra_sums.get(key, torch.zeros((), device=device)) + value.sum()
         done = done_fn(next_obs)
         buffer.add(Batch(obs, act, next_obs, reward, done.float().unsqueeze(-1)))
         reward_sum += reward.sum()
@@ -54,6 +51,6 @@ def model_rollout(
         if obs.shape[0] == 0:
             break
     info = {"reward_mean": float(reward_sum) / max(count, 1), "transitions": count}
-    if reward_penalty_coef is not None:
-        info["reward_penalty"] = float(penalty_sum) / max(count, 1)
+    for key, total in extra_sums.items():
+        info[key] = float(total) / max(count, 1)
     return info

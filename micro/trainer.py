@@ -10,6 +10,7 @@ continue exactly as an uninterrupted run would (bit for bit on the CPU).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from micro import MicroError
-from micro.agent import Learner
+from micro.algos.base import Algorithm
 from micro.buffer import Batch, ReplayBuffer
 from micro.checkpoint import CheckpointWriter, Progress, load_checkpoint, save_checkpoint
 from micro.config import Config
@@ -37,6 +38,7 @@ from micro.utils import EVAL_SEED_OFFSET, atomic_write_text, bar_disable
 # Wall seconds by stage, written to timings.json and carried by checkpoints across resumes.
 # "updates" is an epoch's time outside rollouts and evaluation (gradient steps and logging).
 TIMED_STAGES = ("dynamics", "rollouts", "updates", "evaluation", "checkpoints")
+# and, for an algorithm that trains its model, "model_updates" (also outside "updates")
 
 
 @dataclass
@@ -53,7 +55,7 @@ class Trainer:
         run_dir: Path,
         real: ReplayBuffer,
         dynamics: EnsembleDynamics,
-        agent: Learner,
+        agent: Algorithm,
         logger: RunLogger,
         sim: SimSpec,
         progress: bool = True,
@@ -72,7 +74,9 @@ class Trainer:
             sim.act_dim,
             self.device,
         )
-        self.timings = dict.fromkeys(TIMED_STAGES, 0.0)
+        stages = TIMED_STAGES + (("model_updates",) if agent.trains_model else ())
+        self.timings = dict.fromkeys(stages, 0.0)
+        self.model_updates = 0  # in this session: a recorded step must see the current model
         self.state = Progress(rollout_info={})
         self.last_eval: EvalResult | None = None
         self.checkpoints = CheckpointWriter()
@@ -91,12 +95,11 @@ class Trainer:
         start = torch.randint(self.real.size, (cfg.rollout_batch_size,), device=self.device)
         return model_rollout(
             self.agent.actor,
-            self.dynamics,
+            functools.partial(self.agent.model_step, self.dynamics),
             self.real.observations[start],
             cfg.rollout_length,
             self.done_fn,
             self.model_buffer,
-            cfg.penalty_coef if self.agent.algo.penalize_model_reward else None,
         )
 
     def sample_batch(self) -> tuple[Batch, int]:
@@ -114,9 +117,10 @@ class Trainer:
 
     def graph_key(self) -> tuple:
         """What a recorded step (``GraphedStep``) freezes: the index bounds of both buffers and
-        the learning rates."""
+        the learning rates, and the model (a model update invalidates the copies of its weights
+        that a recording holds)."""
         lrs = tuple(g["lr"] for opt in self.agent.optimizers() for g in opt.param_groups)
-        return self.real.size, self.model_buffer.size, lrs
+        return self.real.size, self.model_buffer.size, lrs, self.model_updates
 
     def evaluate(self) -> EvalResult:
         start = time.time()
@@ -138,6 +142,12 @@ class Trainer:
         rows: list[torch.Tensor] = []
         keys: list[str] = []
         for _ in range(cfg.step_per_epoch):
+            if self.agent.trains_model and state.step % self.agent.model_update_freq == 0:
+                # before the rollout of the same step, which then uses the updated model
+                t_model = time.time()
+                state.model_info = self.agent.model_update(self.real)
+                self.model_updates += 1
+                self.timings["model_updates"] += time.time() - t_model
             if state.step % cfg.rollout_freq == 0:
                 t_rollout = time.time()
                 state.rollout_info = self.rollout()
@@ -171,7 +181,7 @@ class Trainer:
         bar = tqdm(
             total=cfg.epoch * cfg.step_per_epoch,
             initial=state.step,
-            desc=self.agent.algo.name.upper(),
+            desc=self.agent.name.upper(),
             unit="step",
             disable=bar_disable(self.progress),
         )
@@ -198,8 +208,8 @@ class Trainer:
         start_time = time.time()
         evaluated = False
         while state.epoch < cfg.epoch:
-            epoch_start, outside = time.time(), t["rollouts"] + t["evaluation"]
-            lr = self.agent.actor_optim.param_groups[0]["lr"]
+            epoch_start, outside = time.time(), self._outside_updates()
+            at_start = self.agent.epoch_metrics()  # e.g. the actor's learning rate
             means = self.train_epoch(bar)
             state.epoch += 1
             self.agent.end_epoch()
@@ -208,11 +218,14 @@ class Trainer:
                 "epoch": state.epoch,
                 "step": state.step,
                 **means,
-                "actor_lr": lr,
+                **at_start,
                 **{f"rollout_{k}": v for k, v in rollout.items()},
+                **{f"model_{k}": v for k, v in (state.model_info or {}).items()},
                 "model_buffer_size": self.model_buffer.size,
             }
-            self.logger.epoch_scalars(means, lr, rollout, state.step)
+            self.logger.epoch_scalars({**means, **at_start}, rollout, state.step)
+            if state.model_info:
+                self.logger.scalars(state.model_info, state.step, "model/")
             evaluated = state.epoch % cfg.eval_freq == 0 or state.epoch == cfg.epoch
             if evaluated:
                 self.last_eval = e = self.evaluate()
@@ -244,7 +257,7 @@ class Trainer:
             self.logger.csv_row(row)
             self.logger.time_scalar(time.time() - start_time, state.step)
             # the epoch's time not spent in rollouts or evaluation (updates and logging)
-            t["updates"] += time.time() - epoch_start - (t["rollouts"] + t["evaluation"] - outside)
+            t["updates"] += time.time() - epoch_start - (self._outside_updates() - outside)
             if (
                 cfg.snapshot_freq
                 and state.epoch % cfg.snapshot_freq == 0
@@ -264,6 +277,10 @@ class Trainer:
                     self.checkpoints,  # written in the background; the copy is timed
                 )
                 t["checkpoints"] += time.time() - save_start
+
+    def _outside_updates(self) -> float:
+        t = self.timings
+        return t["rollouts"] + t["evaluation"] + t.get("model_updates", 0.0)
 
     def save_policy(self, path: Path, evaluated: bool) -> None:
         """The current policy as a policy file, with this epoch's score if it was evaluated."""

@@ -8,14 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from micro.agent import Learner, TargetNoise, actor_loss, alpha_loss, critic_loss
-from micro.algos import (
-    bellman_inconsistency,
-    conservative_target,
-    mobile_target,
-    reward_penalty,
-    state_uncertainty,
-)
+from micro.algos import algorithm_class
+from micro.algos.micro import conservative_target, state_uncertainty
+from micro.algos.mobile import bellman_inconsistency, mobile_target
+from micro.algos.mopo import reward_penalty
+from micro.algos.sac import TargetNoise, actor_loss, alpha_loss, critic_loss
 from micro.buffer import Batch
 from micro.config import Config
 from micro.dynamics import EnsembleDynamics
@@ -65,7 +62,7 @@ def make_agent(**overrides):
         dyn.input_mean.normal_()
         dyn.input_std.uniform_(0.5, 2.0)
         dyn.min_logvar.fill_(-3.0)
-    agent = Learner(cfg, OBS, ACT, dyn.requires_grad_(False))
+    agent = algorithm_class(cfg.algo)(cfg, OBS, ACT, dyn.requires_grad_(False))
     with torch.no_grad():  # targets differ from the online critics, and log α is not 0
         for p in agent.target_critics.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -281,14 +278,14 @@ def test_update_moves_networks_and_targets(device):
 
 def test_fixed_alpha_stays_fixed():
     cfg = Config(hidden_dims=(8,), auto_alpha=False)
-    agent = Learner(cfg, OBS, ACT, None)
+    agent = algorithm_class(cfg.algo)(cfg, OBS, ACT, None)
     assert agent.alpha.item() == pytest.approx(0.1)
     agent.update(make_batch(), B)
     assert agent.alpha.item() == pytest.approx(0.1) and agent.alpha_optim is None
 
 
 def test_auto_alpha_starts_at_one_and_is_clamped():
-    agent = Learner(Config(hidden_dims=(8,)), OBS, ACT, None)
+    agent = algorithm_class("micro")(Config(hidden_dims=(8,)), OBS, ACT, None)
     assert agent.alpha.item() == 1.0
     with torch.no_grad():
         agent.log_alpha.fill_(2.0)
@@ -305,11 +302,11 @@ def test_batch_cat_keeps_order():
 
 def test_chunked_uncertainty_equals_one_block(monkeypatch):
     """The CPU path evaluates U in row blocks; blocks must not change the result."""
-    import micro.agent
+    import micro.algos.penalized
 
     agent, batch, noise = make_agent(), make_batch(), make_noise()
     y_one, u_one = agent.target(batch, N_REAL, noise)
-    monkeypatch.setattr(micro.agent, "UNCERTAINTY_CHUNK", 5)  # 72 states -> 15 blocks
+    monkeypatch.setattr(micro.algos.penalized, "UNCERTAINTY_CHUNK", 5)  # 72 states -> 15 blocks
     y_blocks, u_blocks = agent.target(batch, N_REAL, noise)
     torch.testing.assert_close(u_blocks, u_one)
     torch.testing.assert_close(y_blocks, y_one)

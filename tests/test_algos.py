@@ -5,6 +5,7 @@ import csv
 import shutil
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ import torch
 import yaml
 from conftest import ROOT, run_eval, run_train
 
-from micro.algos import reward_penalty
+from micro.algos.mopo import MOPO, reward_penalty
 from micro.buffer import ReplayBuffer
+from micro.config import Config
 from micro.data.d4rl import read_hdf5
 from micro.dynamics import EnsembleDynamics
 from micro.envs import termination_fn
@@ -35,10 +37,11 @@ def test_mopo_rollout_stores_the_penalized_reward():
     start = torch.randn(30, 4) * 0.1
     done = termination_fn("halfcheetah")
     plain, penalized = ReplayBuffer(100, 4, 2, "cpu"), ReplayBuffer(100, 4, 2, "cpu")
+    mopo = MOPO(Config(algo="mopo", penalty_coef=0.7, hidden_dims=(8,)), 4, 2, dyn)
     torch.manual_seed(1)
-    info0 = model_rollout(actor, dyn, start, 2, done, plain)
+    info0 = model_rollout(actor, lambda o, a: (*dyn.sample_step(o, a), {}), start, 2, done, plain)
     torch.manual_seed(1)  # the same draws: the same states, only the rewards differ
-    info = model_rollout(actor, dyn, start, 2, done, penalized, reward_penalty_coef=0.7)
+    info = model_rollout(actor, partial(mopo.model_step, dyn), start, 2, done, penalized)
     a, b = plain.all(), penalized.all()
     assert len(a) == len(b) == 60 and info["transitions"] == info0["transitions"] == 60
     torch.testing.assert_close(b.next_observations, a.next_observations, rtol=1e-5, atol=1e-5)

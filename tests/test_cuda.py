@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import only_run_dir, run_eval, run_train
 
-from micro.agent import Learner
+from micro.algos import algorithm_class
 from micro.buffer import Batch, ReplayBuffer
 from micro.config import Config
 from micro.dynamics import EnsembleDynamics
@@ -54,7 +54,7 @@ def make_trainer(tmp_path, cuda_graph: bool) -> Trainer:
     torch.manual_seed(0)
     dynamics = EnsembleDynamics(OBS, ACT, [32, 32], n_ensemble=4, n_elites=3, weight_decay=[0] * 3)
     dynamics = dynamics.requires_grad_(False).to(CUDA)
-    agent = Learner(cfg, OBS, ACT, dynamics).to(CUDA)
+    agent = algorithm_class(cfg.algo)(cfg, OBS, ACT, dynamics).to(CUDA)
     torch.manual_seed(2)
     return Trainer(cfg, tmp_path, real, dynamics, agent, None, d4rl_sim("halfcheetah"), False)
 

@@ -136,12 +136,12 @@ def test_atomic_write_keeps_the_previous_file_when_interrupted(tmp_path):
 
 
 def _small_learner():
-    from micro.agent import Learner
+    from micro.algos.micro import MICRO
     from micro.buffer import Batch, ReplayBuffer
     from micro.config import Config
 
     torch.manual_seed(0)
-    agent = Learner(Config(hidden_dims=(8,)), 3, 2, None)
+    agent = MICRO(Config(hidden_dims=(8,)), 3, 2, None)
     buf = ReplayBuffer(10, 3, 2, torch.device("cpu"))
     buf.add(
         Batch(
@@ -202,20 +202,21 @@ def test_a_failed_background_write_is_raised_in_the_training_thread(tmp_path):
 def test_non_finite_loss_stops_at_its_step_keeping_the_checkpoint(
     hopper_file, tmp_path, monkeypatch
 ):
-    from micro import agent as agent_module
+    from micro.algos.sac import SAC
     from micro.pipeline import run
 
-    real_update = agent_module.Learner.update
+    real_update = SAC.update
     calls = {"n": 0}
 
     def update(self, batch, n_real):
         calls["n"] += 1
         metrics = real_update(self, batch, n_real)
         if calls["n"] == 20:  # step 20 = the 5th step of epoch 2 (15 steps per epoch)
-            metrics["critic_loss"] = torch.tensor(float("nan"))
+            # on the metrics' device: the loop stacks them there before reading them
+            metrics["critic_loss"] = torch.full_like(metrics["critic_loss"], float("nan"))
         return metrics
 
-    monkeypatch.setattr(agent_module.Learner, "update", update)
+    monkeypatch.setattr(SAC, "update", update)
     cfg = resolve_config(
         "hopper-medium-v2",
         overrides={

@@ -4,7 +4,7 @@
     python -m micro.datagen.behavior pick RUN --target 44   # snapshots nearest a normalized score
     python -m micro.datagen.behavior export RUN/snapshots/step_N.pt --to data/behavior/NAME.pt
 
-SAC here is the project's own learner (``micro.agent.Learner``) with the conservative parts switched
+SAC here is the project's own learner (``micro.algos.sac.SAC``) with the conservative parts switched
 off: no model rows (real_ratio 1), no penalty, no target clamp, constant learning rates. The run
 folder holds ``state.pt`` (everything needed to resume: run the same command again),
 ``snapshots/step_<N>.pt`` (actor + evaluated return, every ``--snapshot_every`` steps),
@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from micro import MicroError
-from micro.agent import Learner
+from micro.algos.sac import SAC
 from micro.buffer import Batch
 from micro.config import Config
 from micro.datagen.behavior_files import (
@@ -177,7 +177,7 @@ def train_behavior(s: BehaviorSettings, out: Path, progress: bool = True) -> Pat
     write_settings(out, settings)
 
     set_seed(s.seed)
-    agent = Learner(sac_config(s), obs_dim, act_dim, None)
+    agent = SAC(sac_config(s), obs_dim, act_dim)
     env = make_env(s.env)
     model = env.unwrapped.model
     replay = ReplayLog(s.steps, obs_dim, act_dim, model.nq, model.nv)

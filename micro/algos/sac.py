@@ -1,19 +1,23 @@
-"""The learner: SAC whose critic target carries an algorithm's conservatism (``micro.algos``).
+"""Soft actor-critic, the learner every algorithm here builds on (SPEC §2).
 
-The SAC maths lives in small pure functions of tensors (``critic_loss``, ``actor_loss``,
-``alpha_loss``); each algorithm's penalty and target are in ``micro.algos``. ``Learner`` wires
-them to the networks and optimizers; MICRO, MOBILE and MOPO differ only in ``cfg.algo``.
+The maths is in small pure functions of tensors (``soft_bellman_target``, ``critic_loss``,
+``actor_loss``, ``alpha_loss``); ``SAC`` wires them to the networks and optimizers. An
+algorithm's conservatism enters through two methods a subclass overrides: ``value_penalty``
+(a penalty per row, computed with the target networks) and ``bellman_target`` (how the penalty
+enters the target). Plain ``SAC`` has no penalty: with ``clamp_target`` false and
+``real_ratio`` 1 it is the online SAC that trains the behavior policies (``micro.datagen``).
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from micro.algos import get_algorithm
+from micro.algos.base import Algorithm, Metrics
 from micro.buffer import Batch
 from micro.config import Config
 from micro.dynamics import EnsembleDynamics
@@ -21,7 +25,6 @@ from micro.nets import Actor, EnsembleCritic, polyak_update
 from micro.utils import adam
 
 MAX_Q_BACKUP_ACTIONS = 10
-UNCERTAINTY_CHUNK = 2048  # rows per block when evaluating U(s, a) on the CPU
 
 
 @dataclass
@@ -39,6 +42,13 @@ class TargetNoise:
 
 
 # --- pure functions ------------------------------------------------------------------------------
+
+
+def soft_bellman_target(
+    rewards: torch.Tensor, terminals: torch.Tensor, next_value: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """The plain soft Bellman target r + γ (1 − d) V(s'); all inputs [B]."""
+    return rewards + gamma * (1.0 - terminals) * next_value
 
 
 def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -61,20 +71,21 @@ def alpha_loss(
 # --- the learner ---------------------------------------------------------------------------------
 
 
-class Learner(nn.Module):
+class SAC(Algorithm):
     """Actor, batched critics with Polyak targets, temperature, and their optimizers."""
 
+    name = "sac"
+    title = "SAC (Haarnoja et al., ICML 2018)"
+    # whether ``value_penalty`` computes one (then logged as ``penalty_metric``)
+    value_penalized: ClassVar[bool] = False
+
     def __init__(
-        self, cfg: Config, obs_dim: int, act_dim: int, dynamics: EnsembleDynamics | None
+        self, cfg: Config, obs_dim: int, act_dim: int, dynamics: EnsembleDynamics | None = None
     ) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.algo = get_algorithm(cfg.algo)
-        self.obs_dim, self.act_dim = obs_dim, act_dim
+        super().__init__(cfg, obs_dim, act_dim, dynamics)
         self.actor = Actor(obs_dim, act_dim, cfg.hidden_dims)
         self.critics = EnsembleCritic(obs_dim, act_dim, cfg.hidden_dims, cfg.num_q_ensemble)
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
-        self.dynamics = dynamics
         self.target_entropy = (
             float(-act_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
         )
@@ -90,15 +101,15 @@ class Learner(nn.Module):
             else None
         )
 
-    def state_dict(self, *args, **kwargs):  # the frozen dynamics model is saved on its own
-        return {
-            k: v
-            for k, v in super().state_dict(*args, **kwargs).items()
-            if not k.startswith("dynamics.")
-        }
+    def named_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        optims = {"critic": self.critic_optim, "actor": self.actor_optim, "alpha": self.alpha_optim}
+        return {k: o for k, o in optims.items() if o is not None}
 
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [o for o in (self.critic_optim, self.actor_optim, self.alpha_optim) if o is not None]
+    def named_schedulers(self) -> dict[str, Any]:
+        return {} if self.actor_scheduler is None else {"actor": self.actor_scheduler}
+
+    def epoch_metrics(self) -> dict[str, float]:
+        return {"actor_lr": self.actor_optim.param_groups[0]["lr"]}
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -124,66 +135,37 @@ class Learner(nn.Module):
         return value
 
     @torch.no_grad()
-    def elite_values(
+    def value_penalty(self, batch: Batch, n_real: int, noise: TargetNoise) -> torch.Tensor:
+        """The conservatism's penalty per row [B], 0 on the first ``n_real`` rows (real data);
+        0 everywhere for an algorithm without one (plain SAC, MOPO)."""
+        return torch.zeros(len(batch), device=batch.rewards.device)
+
+    def bellman_target(
         self,
-        obs: torch.Tensor,
-        act: torch.Tensor,
-        state_noise: torch.Tensor | None = None,
-        action_noise: torch.Tensor | None = None,
+        rewards: torch.Tensor,
+        terminals: torch.Tensor,
+        next_value: torch.Tensor,
+        penalty: torch.Tensor,
     ) -> torch.Tensor:
-        """V_ek = min_j Q̄_j(s''_ek, a''_ek) for ``num_samples`` next states s''_ek ~ N(μ_e, σ_e)
-        from each elite e, a''_ek ~ π(·|s''_ek): [K, n_elites, M] for M rows (s, a)."""
-        assert self.dynamics is not None, "the value penalty needs the dynamics model"
-        mean, std = self.dynamics.elite_mean_std(obs, act)
-        mean, std = mean[..., :-1], std[..., :-1]  # next-observation part: [E, M, obs_dim]
-        k = self.cfg.num_samples
-        if state_noise is None:
-            state_noise = torch.randn((k, *mean.shape), device=mean.device)
-        states = (mean + std * state_noise).reshape(-1, self.obs_dim)
-        if action_noise is None:
-            action_noise = torch.randn(states.shape[0], self.act_dim, device=states.device)
-        # Row blocks sized to stay in cache: the activations of all K·E·M states (12 200 x 256
-        # at the defaults) would be streamed through memory once per elementwise op.
-        chunk = UNCERTAINTY_CHUNK if states.device.type == "cpu" else states.shape[0]
-        values = torch.cat(
-            [
-                self.target_critics(s, self.actor.sample_action(s, n)).min(dim=0).values
-                for s, n in zip(states.split(chunk), action_noise.split(chunk), strict=True)
-            ]
-        )
-        return values.view(k, mean.shape[0], mean.shape[1])
+        """y from [B] inputs: the soft Bellman target, clamped at 0 when ``clamp_target``."""
+        y = soft_bellman_target(rewards, terminals, next_value, self.cfg.gamma)
+        return y.clamp(min=0.0) if self.cfg.clamp_target else y
 
     @torch.no_grad()
     def target(
         self, batch: Batch, n_real: int, noise: TargetNoise | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Target y [B] and the algorithm's value penalty [B] (0 on the first ``n_real`` rows,
-        which are real data, and for algorithms without one) for a mixed batch."""
+        """Target y [B] and the value penalty [B] for a mixed batch."""
         noise = noise or TargetNoise()
         next_value = self.next_value(batch.next_observations, noise.next_action)
-        penalty = torch.zeros_like(next_value)
-        value_penalty = self.algo.value_penalty
-        if value_penalty is not None and n_real < len(batch) and self.cfg.penalty_coef > 0:
-            values = self.elite_values(
-                batch.observations[n_real:],
-                batch.actions[n_real:],
-                noise.model_state,
-                noise.model_action,
-            )
-            penalty[n_real:] = value_penalty(values)
-        y = self.algo.target(
-            batch.rewards.squeeze(-1),
-            batch.terminals.squeeze(-1),
-            next_value,
-            penalty,
-            self.cfg.gamma,
-            self.cfg.penalty_coef,
-            self.cfg.clamp_target,
+        penalty = self.value_penalty(batch, n_real, noise)
+        y = self.bellman_target(
+            batch.rewards.squeeze(-1), batch.terminals.squeeze(-1), next_value, penalty
         )
         return y, penalty
 
     # --- one gradient step -----------------------------------------------------------------------
-    def update(self, batch: Batch, n_real: int) -> dict[str, torch.Tensor]:
+    def update(self, batch: Batch, n_real: int) -> Metrics:
         """Critic, actor and temperature steps, then the Polyak update. Returns detached
         scalars (left on the device: reading them is the caller's choice)."""
         y, penalty = self.target(batch, n_real)
@@ -211,8 +193,9 @@ class Learner(nn.Module):
             "target_mean": y.mean(),
             "log_prob": pi.log_prob.detach().mean(),
         }
-        if self.algo.value_penalty is not None:  # its mean over the model rows (0 without any)
-            metrics[self.algo.penalty_metric] = (
+        if self.value_penalized:
+            # its mean over the model rows (0 without any)
+            metrics[self.penalty_metric] = (
                 penalty[n_real:].mean() if n_real < len(batch) else penalty.sum()
             )
         if self.alpha_optim is not None:
@@ -225,7 +208,3 @@ class Learner(nn.Module):
 
         polyak_update(self.target_critics, self.critics, self.cfg.tau)
         return metrics
-
-    def end_epoch(self) -> None:
-        if self.actor_scheduler is not None:
-            self.actor_scheduler.step()

@@ -1,0 +1,69 @@
+"""SAC whose target carries a penalty computed from the values of the model's next states: the
+part MICRO and MOBILE share (SPEC §3, §6).
+
+For a model row (s, a), V_ek = min_j Q̄_j(s''_ek, a''_ek) for sample k of elite e,
+s''_ek ~ N(μ_e(s, a), σ_e(s, a)), a''_ek ~ π(·|s''_ek). A subclass reduces V [K, E, M] to a
+penalty per row (``penalty_from_values``) and says how it enters the target (``bellman_target``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from micro.algos.sac import SAC, TargetNoise
+from micro.buffer import Batch
+
+UNCERTAINTY_CHUNK = 2048  # rows per block when evaluating V_ek on the CPU
+
+
+class ValuePenalizedSAC(SAC):
+    value_penalized = True
+
+    @staticmethod
+    def penalty_from_values(values: torch.Tensor) -> torch.Tensor:
+        """[K, E, M] per-elite values -> [M] penalty."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def elite_values(
+        self,
+        obs: torch.Tensor,
+        act: torch.Tensor,
+        state_noise: torch.Tensor | None = None,
+        action_noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """V_ek = min_j Q̄_j(s''_ek, a''_ek) for ``num_samples`` next states s''_ek ~ N(μ_e, σ_e)
+        from each elite e, a''_ek ~ π(·|s''_ek): [K, n_elites, M] for M rows (s, a)."""
+        assert self.dynamics is not None, "the value penalty needs the dynamics model"
+        mean, std = self.dynamics.elite_mean_std(obs, act)
+        mean, std = mean[..., :-1], std[..., :-1]  # next-observation part: [E, M, obs_dim]
+        k = self.cfg.num_samples
+        if state_noise is None:
+            state_noise = torch.randn((k, *mean.shape), device=mean.device)
+        states = (mean + std * state_noise).reshape(-1, self.obs_dim)
+        if action_noise is None:
+            action_noise = torch.randn(states.shape[0], self.act_dim, device=states.device)
+        # Row blocks sized to stay in cache: the activations of all K·E·M states (12 200 x 256
+        # at the defaults) would be streamed through memory once per elementwise op.
+        chunk = UNCERTAINTY_CHUNK if states.device.type == "cpu" else states.shape[0]
+        values = torch.cat(
+            [
+                self.target_critics(s, self.actor.sample_action(s, n)).min(dim=0).values
+                for s, n in zip(states.split(chunk), action_noise.split(chunk), strict=True)
+            ]
+        )
+        return values.view(k, mean.shape[0], mean.shape[1])
+
+    @torch.no_grad()
+    def value_penalty(self, batch: Batch, n_real: int, noise: TargetNoise) -> torch.Tensor:
+        """The penalty on the model rows (after the first ``n_real``), 0 on real rows."""
+        penalty = super().value_penalty(batch, n_real, noise)  # zeros
+        if n_real < len(batch) and self.cfg.penalty_coef > 0:
+            values = self.elite_values(
+                batch.observations[n_real:],
+                batch.actions[n_real:],
+                noise.model_state,
+                noise.model_action,
+            )
+            penalty[n_real:] = self.penalty_from_values(values)
+        return penalty
