@@ -72,5 +72,12 @@ class ReplayBuffer:
         return Batch(*(x[: self.size] for x in self.storage.fields()))
 
     def observation_std(self) -> torch.Tensor:
-        """Per-dimension std of the stored observations (the attacks' budget scale), on CPU."""
-        return self.all().observations.std(0, unbiased=False).cpu()
+        """``observation_std`` of the stored observations."""
+        return observation_std(self.all().observations)
+
+
+def observation_std(observations: torch.Tensor) -> torch.Tensor:
+    """Per-dimension std of observations [N, obs_dim] (the attacks' budget scale, which policy
+    files carry), computed on the CPU whatever their device, so that every copy of it (the
+    trainer's, one exported from a checkpoint) is the same number."""
+    return observations.cpu().std(0, unbiased=False)

@@ -19,15 +19,17 @@ import random
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from micro import MicroError
-from micro.algos.base import Algorithm
 from micro.buffer import ReplayBuffer
 from micro.utils import atomic_torch_save, safe_torch_load
+
+if TYPE_CHECKING:
+    from micro.algos.base import Algorithm
 
 CHECKPOINT_FORMAT = "micro-checkpoint-v2"
 READABLE_FORMATS = ("micro-checkpoint-v1", CHECKPOINT_FORMAT)
@@ -114,9 +116,11 @@ def save_checkpoint(
     model_buffer: ReplayBuffer,
     progress: Progress,
     writer: CheckpointWriter | None = None,
+    obs_std: torch.Tensor | None = None,
 ) -> None:
     """Write the checkpoint (atomically: the old one stays until the new one is complete); with
-    ``writer``, in the background from a snapshot taken now."""
+    ``writer``, in the background from a snapshot taken now. ``obs_std``, the data's observation
+    std that policy files carry, lets a policy be exported from it without the data."""
     buf = model_buffer
     blob = {
         "format": CHECKPOINT_FORMAT,
@@ -134,6 +138,7 @@ def save_checkpoint(
         "rollout_info": dict(progress.rollout_info or {}),
         "model_info": progress.model_info,
         "timings": dict(progress.timings or {}),
+        "obs_std": obs_std,
     }
     blob = _host_copy(blob)
     if writer is None:
@@ -175,11 +180,14 @@ def load_checkpoint(
     return _progress(blob)
 
 
-def read_learner(path: Path, task: str) -> tuple[Progress, dict[str, torch.Tensor]]:
-    """The counters and the learner's weights (``Algorithm.state_dict()`` keys) of a
-    checkpoint, without building a trainer: what exporting a policy from it needs."""
+def read_learner(
+    path: Path, task: str
+) -> tuple[Progress, dict[str, torch.Tensor], torch.Tensor | None]:
+    """The counters, the learner's weights (``Algorithm.state_dict()`` keys) and the data's
+    observation std (None in checkpoints from before it was saved) of a checkpoint, without
+    building a learner: what exporting a policy from it needs."""
     blob = _read(path, task)
-    return _progress(blob), blob["learner"]["networks"]
+    return _progress(blob), blob["learner"]["networks"], blob.get("obs_std")
 
 
 def _progress(blob: dict) -> Progress:

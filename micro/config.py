@@ -28,7 +28,6 @@ CONFIG_DIR = Path(
 
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")
-ALGOS = tuple(ALGORITHMS)
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ class Config:
             (0.0 < self.gamma <= 1.0, "gamma must be in (0, 1]"),
             (0.0 < self.tau <= 1.0, "tau must be in (0, 1]"),
             (0.0 < self.dynamics_holdout_ratio < 1.0, "dynamics_holdout_ratio must be in (0, 1)"),
-            (self.algo in ALGOS, f"algo must be one of {', '.join(ALGOS)}"),
+            (self.algo in ALGORITHMS, f"algo must be one of {', '.join(ALGORITHMS)}"),
             (
                 self.matmul_precision in MATMUL_PRECISIONS,
                 f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}",
@@ -294,8 +293,8 @@ def resolve_config(
     for preset in presets:
         preset_values.update(read_overrides(Path(preset)))
     algo = overrides.get("algo", preset_values.get("algo", FIELDS["algo"].default))
-    if algo not in ALGOS:
-        raise MicroError(f"unknown algo {algo!r}; choose one of {', '.join(ALGOS)}")
+    if algo not in ALGORITHMS:
+        raise MicroError(f"unknown algo {algo!r}; choose one of {', '.join(ALGORITHMS)}")
     values: dict[str, Any] = {}
     for path in algo_config_paths(algo, task):
         if path.exists():

@@ -24,6 +24,7 @@ from micro.config import CONFIG_DIR, resolve_config
 from micro.data.d4rl import recorded_return
 from micro.datagen.collect import build, default_policy_path, write_dataset
 from micro.envs import normalized_score
+from micro.run_dir import POLICY_FILE, RunDir
 
 DATA = Path("data/demo/hopper-medium.hdf5")
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -85,7 +86,7 @@ def shipped_policies(root: Path = RESULTS) -> dict[str, list[Path]]:
     """The shipped MICRO and MOBILE policies, by dataset."""
     out: dict[str, list[Path]] = {}
     for algo in SHIPPED_ALGOS:
-        for path in sorted(root.glob(f"*/{algo}/seed*/policy.pt")):
+        for path in sorted(root.glob(f"*/{algo}/seed*/{POLICY_FILE}")):
             out.setdefault(path.parents[2].name, []).append(path)
     return out
 
@@ -153,7 +154,7 @@ def main() -> int:
             overrides={"dataset": str(DATA), "seed": SEED, "logdir": "runs/demo"},
         )
         out["cfg"], out["run"] = cfg, run(cfg)
-        out["robustness_s"] = robustness(out["run"].run_dir / "policy.pt")
+        out["robustness_s"] = robustness(RunDir(out["run"].run_dir).policy_file)
         start = time.time()
         out["shipped"] = shipped_policies()
         stamp = time.strftime("%Y%m%d-%H%M%S")

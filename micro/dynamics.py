@@ -78,12 +78,14 @@ class EnsembleDynamics(nn.Module):
     def _member_params(self, members: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each layer's weight and bias for ``members`` only.
 
-        Outside autograd (a graph needs fresh copies) the gathered copies are kept and reused
-        while nothing changes: an optimizer step or a load writes the parameters in place,
-        which bumps their version counters, and so does a new elite set written into
-        ``elites``; ``.to()`` moves their data. Any such change, or other tensors, gathers
-        anew. (Writes through ``.data`` bypass version counters; nothing here makes them.)"""
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+        For a frozen model (no parameter requires grad) the gathered copies are kept and
+        reused while nothing changes: a load writes the parameters in place, which bumps their
+        version counters, and so does a new elite set written into ``elites``; ``.to()`` moves
+        their data. Any such change, or other tensors, gathers anew. A model being trained
+        (fitted, or updated by an algorithm such as RAMBO) is gathered at every call: fused
+        Adam writes parameters without bumping their version counters, so a cache could not
+        see its steps. (Writes through ``.data`` bypass version counters too.)"""
+        if any(p.requires_grad for p in self.parameters()):
             return [(layer.weight[members], layer.bias[members]) for layer in self.layers]
         tensors = [members, *(t for layer in self.layers for t in (layer.weight, layer.bias))]
         versions = [(t._version, t.data_ptr(), t.dtype) for t in tensors]

@@ -26,6 +26,7 @@ from micro.robustness import (
     Attack,
     Physics,
 )
+from micro.run_dir import EVAL_DIR, POLICY_FILE, SNAPSHOTS_DIR, RunDir
 from micro.utils import (
     ROBUSTNESS_SEED,
     atomic_path,
@@ -206,7 +207,7 @@ def print_table(rows: list[dict], keys: list[str]) -> None:
 
 def newest_policy(logdir: str | Path) -> Path:
     """The most recently written ``policy.pt`` below ``logdir``."""
-    found = sorted(Path(logdir).glob("**/policy.pt"), key=lambda p: p.stat().st_mtime)
+    found = sorted(Path(logdir).glob(f"**/{POLICY_FILE}"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise MicroError(
             f"no --policy_path given and no policy.pt under {logdir}/; "
@@ -220,9 +221,10 @@ def policy_file_of(path: str) -> str:
     folder = Path(path)
     if not folder.is_dir():
         return path
-    if (folder / "policy.pt").is_file():
-        return str(folder / "policy.pt")
-    if (folder / "checkpoints" / "last.pt").is_file():
+    run = RunDir(folder)
+    if run.policy_file.is_file():
+        return str(run.policy_file)
+    if run.checkpoint_file.is_file():
         raise MicroError(
             f"run {folder} has no policy.pt yet (still training, or killed); export its last "
             f"checkpoint with python -m micro.results export {folder} and pass that file"
@@ -276,7 +278,7 @@ def group_names(policies: list[LoadedPolicy], mode: str) -> list[str]:
 def run_folder(policy_path: Path) -> Path:
     """The run a policy file belongs to: its folder, or the run above ``snapshots/``."""
     folder = policy_path.parent
-    return folder.parent if folder.name == "snapshots" else folder
+    return folder.parent if folder.name == SNAPSHOTS_DIR else folder
 
 
 def clean(args, policy: LoadedPolicy, device) -> tuple[list[dict], list[dict]]:
@@ -379,7 +381,7 @@ def _eval(argv: list[str]) -> int:
     elif several:
         out = Path(args.logdir) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     else:
-        out = policies[0].path.resolve().parent / "eval"
+        out = policies[0].path.resolve().parent / EVAL_DIR
     files = prepare_out(args, out)
     progress = not args.no_progress
     start = time.time()

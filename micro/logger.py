@@ -15,6 +15,7 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
+from micro.run_dir import RunDir
 from micro.utils import atomic_path
 
 # Always in the CSV header, even when the first rows have no evaluation.
@@ -26,7 +27,6 @@ EVAL_COLUMNS = (
     "eval_normalized_score_min",
     "eval_normalized_score_max",
 )
-EPISODES_FILE = "eval-episodes.csv"
 EPISODE_COLUMNS = ("epoch", "step", "episode", "seed", "return", "normalized", "length")
 
 
@@ -48,8 +48,9 @@ def _keep_rows_to(path: Path, epoch: int) -> list[str] | None:
 class RunLogger:
     def __init__(self, run_dir: Path, resume: bool = False) -> None:
         self.run_dir, self.resume = run_dir, resume
-        self.csv_path = run_dir / "progress.csv"
-        self.episodes_path = run_dir / EPISODES_FILE
+        self.csv_path = RunDir(run_dir).progress_file
+        self.episodes_path = RunDir(run_dir).episodes_file
+        self.tb_dir = RunDir(run_dir).tb_dir
         # dynamics-fitting curves have their own folder: their x axis is the fitting epoch
         self._dynamics_writer: SummaryWriter | None = None
         self.writer: SummaryWriter | None = None
@@ -58,7 +59,7 @@ class RunLogger:
 
     def dynamics_scalars(self, values: dict[str, float], epoch: int) -> None:
         if self._dynamics_writer is None:
-            self._dynamics_writer = SummaryWriter(str(self.run_dir / "tb" / "dynamics"))
+            self._dynamics_writer = SummaryWriter(str(self.tb_dir / "dynamics"))
         for key, value in values.items():
             self._dynamics_writer.add_scalar(f"dynamics/{key}", value, epoch)
 
@@ -67,9 +68,7 @@ class RunLogger:
         written after that point by an earlier, interrupted process."""
         if self._dynamics_writer is not None:
             self._dynamics_writer.close()
-        self.writer = SummaryWriter(
-            str(self.run_dir / "tb"), purge_step=step + 1 if self.resume else None
-        )
+        self.writer = SummaryWriter(str(self.tb_dir), purge_step=step + 1 if self.resume else None)
         if self.resume and self.csv_path.exists():
             self._columns = _keep_rows_to(self.csv_path, epoch)
         if self.resume and self.episodes_path.exists():
@@ -143,13 +142,10 @@ def logged_seconds(run_dir: Path) -> dict[str, float] | None:
                     )
 
     loop = 0.0
-    for events in sorted((run_dir / "tb").glob("events.out.tfevents.*")):
+    tb = RunDir(run_dir).tb_dir
+    for events in sorted(tb.glob("events.out.tfevents.*")):
         loop += max((x for _, x in values(events, "time/elapsed_s")), default=0.0)
-    fit = [
-        t
-        for f in sorted((run_dir / "tb" / "dynamics").glob("events.*"))
-        for t, _ in values(f, None)
-    ]
+    fit = [t for f in sorted((tb / "dynamics").glob("events.*")) for t, _ in values(f, None)]
     if not loop and not fit:
         return None
     return {"dynamics": max(fit) - min(fit) if fit else 0.0, "training loop": loop}

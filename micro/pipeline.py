@@ -12,26 +12,22 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from micro import MicroError
 from micro.algos import algorithm_class
 from micro.buffer import Batch, ReplayBuffer
-from micro.checkpoint import Progress, read_learner
 from micro.config import Config, config_files_note, config_from_dict, save_config
-from micro.data.sources import TaskData, Transitions, load_task_data, reload_task_data
+from micro.data.sources import load_task_data, reload_task_data
+from micro.data.types import TaskData, Transitions
 from micro.dynamics import EnsembleDynamics, fit_dynamics, read_dynamics_info
 from micro.envs import SimSpec, parse_task
-from micro.evaluation import EvalResult
 from micro.logger import RunLogger
-from micro.nets import Actor, EnsembleCritic
-from micro.policy_file import save_policy, snapshot_path
 from micro.provenance import record_session
+from micro.run_dir import RunDir
 from micro.trainer import Trainer, TrainResult
 from micro.utils import resolve_device, set_seed
 
@@ -155,30 +151,6 @@ def check_dynamics_source(source: str | Path, sim: SimSpec, data_sha256: str | N
         )
 
 
-# --- the run directory -------------------------------------------------------------------------
-
-
-def make_run_dir(cfg: Config) -> Path:
-    """A new, unique ``<logdir>/<task>/<algo>/seed<seed>-<timestamp>`` folder."""
-    parent = Path(cfg.logdir).expanduser() / cfg.task / cfg.algo  # Minari ids nest folders
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        for attempt in range(1000):
-            name = f"seed{cfg.seed}-{stamp}" + (f"-{attempt}" if attempt else "")
-            try:
-                (parent / name).mkdir()
-                return parent / name
-            except FileExistsError:
-                continue
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise MicroError(
-            f"cannot create the run directory under {parent} ({reason}); pass --logdir DIR"
-        ) from None
-    raise MicroError(f"could not create a new run directory under {parent}")
-
-
 def describe_device(device: torch.device, cfg: Config) -> str:
     """``cuda:0 (NVIDIA H100 80GB HBM3), CUDA graphs on``; ``cpu`` on the CPU."""
     if device.type != "cuda":
@@ -195,7 +167,7 @@ def _trainer(cfg: Config, run_dir: Path, data: TaskData, progress: bool, resume:
     torch.set_float32_matmul_precision(cfg.matmul_precision)  # process-wide, like the CLI
     real = transitions_to_buffer(data.transitions, device)
     logger = RunLogger(run_dir, resume=resume)
-    saved = run_dir / "dynamics"
+    saved = RunDir(run_dir).dynamics_dir
     source = cfg.load_dynamics_path or (saved if resume and (saved / "model.pt").exists() else None)
     start = time.time()
 
@@ -220,18 +192,8 @@ def _report(result: TrainResult) -> None:
             f"final: return {e.mean:.1f} ± {e.std:.1f}, normalized score "
             f"{e.normalized_mean:.1f} ± {e.normalized_std:.1f}"
         )
-    print(f"policy: {result.run_dir / 'policy.pt'}\ntensorboard --logdir {result.run_dir / 'tb'}")
-
-
-def claim_run_dir(path: Path) -> Path:
-    """``path`` as a new run directory: created, or taken over only if it is empty."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MicroError(f"cannot create the run directory {path} ({exc.strerror})") from None
-    if any(path.iterdir()):
-        raise MicroError(f"{path} is not empty; a new run needs a new folder")
-    return path
+    run = RunDir(result.run_dir)
+    print(f"policy: {run.policy_file}\ntensorboard --logdir {run.tb_dir}")
 
 
 def run(
@@ -248,8 +210,9 @@ def run(
     device = resolve_device(cfg.device)
     data = load_task_data(task, cfg.dataset)
     set_seed(cfg.seed)
-    run_dir = make_run_dir(cfg) if run_dir is None else claim_run_dir(Path(run_dir))
-    save_config(cfg, run_dir / "config.yaml", {**data_record(data), **(extra_config or {})})
+    run = RunDir.create(cfg.logdir, cfg.task, cfg.algo, cfg.seed) if run_dir is None else None
+    run_dir = (run or RunDir.claim(run_dir)).path
+    save_config(cfg, RunDir(run_dir).config_file, {**data_record(data), **(extra_config or {})})
     record_session(run_dir)
     print(
         f"run directory: {run_dir}\nalgorithm: {cfg.algo}; {config_files_note(cfg)}\n"
@@ -269,15 +232,13 @@ def resume(
     on_start: Callable[[Path], None] | None = None,
 ) -> TrainResult:
     """Continue a killed run from its last checkpoint (or from its start if it has none)."""
-    run_dir = Path(run_dir)
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise MicroError(f"{run_dir} is not a run directory (no config.yaml)")
-    saved = yaml.safe_load(config_file.read_text())
+    run = RunDir(run_dir)
+    run_dir = run.path
+    saved = run.read_config()
     cfg = config_from_dict(saved)  # runs from before `algo` existed are MICRO runs
     if device_name:
         cfg = config_from_dict({**cfg.to_dict(), "device": device_name})
-    if (run_dir / "policy.pt").exists():
+    if run.finished:
         raise MicroError(f"{run_dir} already finished (policy.pt exists); start a new run instead")
     data = reload_task_data(parse_task(cfg.task), saved)
     note = record_session(run_dir)
@@ -305,48 +266,6 @@ def fit_dynamics_only(cfg: Config, out: str | Path, progress: bool = True) -> Pa
     print(f"{describe(data)}\ndevice: {describe_device(device, cfg)}")
     sha = data.record.get("dataset_sha256")
     fit_or_load_dynamics(cfg, data.sim, real, out, progress=progress, data_sha256=sha)
-    save_config(cfg, out / "config.yaml", data_record(data))
+    save_config(cfg, RunDir(out).config_file, data_record(data))
     print(f"dynamics model: {out}  (use it with --load_dynamics_path {out})")
     return out
-
-
-def export_policy(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, Progress]:
-    """A policy file from a run's last checkpoint: a run in progress, or one killed before it
-    wrote policy.pt. It goes to ``out`` (default ``RUN/snapshots/epoch<N>.pt``), never over an
-    existing file. Its score is the checkpoint's evaluation when one ran at that epoch."""
-    run_dir = Path(run_dir)
-    config_file, checkpoint = run_dir / "config.yaml", run_dir / "checkpoints" / "last.pt"
-    if not config_file.is_file() or not checkpoint.is_file():
-        raise MicroError(f"{run_dir} has no checkpoint to export (checkpoints/last.pt)")
-    saved = yaml.safe_load(config_file.read_text())
-    cfg = config_from_dict(saved)
-    progress, weights = read_learner(checkpoint, cfg.task)
-    out = Path(out) if out else snapshot_path(run_dir, progress.epoch)
-    if out.exists():
-        raise MicroError(f"{out} exists; pass another output file")
-    data = reload_task_data(parse_task(cfg.task), saved)
-    obs_std = transitions_to_buffer(data.transitions, torch.device("cpu")).observation_std()
-    sim = data.sim
-    actor = Actor(sim.obs_dim, sim.act_dim, cfg.hidden_dims)
-    critics = EnsembleCritic(sim.obs_dim, sim.act_dim, cfg.hidden_dims, cfg.num_q_ensemble)
-    for prefix, net in (("actor.", actor), ("critics.", critics)):
-        net.load_state_dict(
-            {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
-        )
-    score = None
-    evaluated = progress.epoch % cfg.eval_freq == 0 or progress.epoch == cfg.epoch
-    if progress.last_eval is not None and evaluated:
-        e = progress.last_eval
-        score = EvalResult(np.asarray(e["returns"]), np.asarray(e["lengths"]), sim).normalized_mean
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_policy(
-        out,
-        config=cfg.to_dict(),
-        actor=actor,
-        critics=critics,
-        obs_std=obs_std,
-        sim=sim,
-        step=progress.step,
-        normalized_score=score,
-    )
-    return out, progress

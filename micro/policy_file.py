@@ -18,8 +18,13 @@ import numpy as np
 import torch
 
 from micro import MicroError
+from micro.buffer import observation_std
+from micro.checkpoint import Progress, read_learner
+from micro.config import config_from_dict
 from micro.envs import SimSpec, d4rl_sim, parse_task
+from micro.evaluation import EvalResult
 from micro.nets import Actor, EnsembleCritic
+from micro.run_dir import RunDir
 from micro.utils import atomic_torch_save, safe_torch_load
 
 POLICY_FORMAT = "micro-policy-v3"
@@ -45,10 +50,12 @@ class LoadedPolicy:
         return self.algo if self.seed is None else f"{self.algo} seed {self.seed}"
 
 
-def snapshot_path(run_dir: Path, epoch: int) -> Path:
-    """Where a run keeps the policy of an earlier epoch (``--snapshot_freq``, or exported from
-    its checkpoint by ``python -m micro.results export``)."""
-    return Path(run_dir) / "snapshots" / f"epoch{epoch}.pt"
+def networks(
+    obs_dim: int, act_dim: int, hidden_dims: list[int] | tuple[int, ...], num_q_ensemble: int
+) -> tuple[Actor, EnsembleCritic]:
+    """The actor and critics a policy file holds, untrained."""
+    actor = Actor(obs_dim, act_dim, hidden_dims)
+    return actor, EnsembleCritic(obs_dim, act_dim, hidden_dims, num_q_ensemble)
 
 
 def save_policy(
@@ -109,8 +116,7 @@ def load_policy(path: str | Path, task: str | None, device: torch.device) -> Loa
         raise MicroError(
             f"policy {path} has observation/action sizes {blob['obs_dim']}/{blob['act_dim']}"
         )
-    actor = Actor(sim.obs_dim, sim.act_dim, blob["hidden_dims"])
-    critics = EnsembleCritic(sim.obs_dim, sim.act_dim, blob["hidden_dims"], blob["num_q_ensemble"])
+    actor, critics = networks(sim.obs_dim, sim.act_dim, blob["hidden_dims"], blob["num_q_ensemble"])
     try:
         actor.load_state_dict(blob["actor"])
         critics.load_state_dict(blob["critics"])
@@ -131,3 +137,50 @@ def load_policy(path: str | Path, task: str | None, device: torch.device) -> Loa
         normalized_score=blob.get("normalized_score"),
         seed=config.get("seed"),
     )
+
+
+def export_checkpoint_policy(
+    run_dir: str | Path, out: str | Path | None = None
+) -> tuple[Path, Progress]:
+    """A policy file from a run's last checkpoint: a run in progress, or one killed before it
+    wrote policy.pt. It goes to ``out`` (default ``RUN/snapshots/epoch<N>.pt``), never over an
+    existing file. Its score is the checkpoint's evaluation when one ran at that epoch.
+    Checkpoints from before they carried the data's observation std read the run's data."""
+    run = RunDir(run_dir)
+    if not run.config_file.is_file() or not run.checkpoint_file.is_file():
+        raise MicroError(f"{run.path} has no checkpoint to export (checkpoints/last.pt)")
+    saved = run.read_config()
+    cfg = config_from_dict(saved)
+    progress, weights, obs_std = read_learner(run.checkpoint_file, cfg.task)
+    out = Path(out) if out else run.snapshot_file(progress.epoch)
+    if out.exists():
+        raise MicroError(f"{out} exists; pass another output file")
+    sim = SimSpec.from_dict(saved["sim"]) if "sim" in saved else None
+    if obs_std is None or sim is None:
+        from micro.data.sources import reload_task_data
+
+        data = reload_task_data(parse_task(cfg.task), saved)
+        obs_std = observation_std(torch.as_tensor(data.transitions.observations))
+        sim = data.sim
+    actor, critics = networks(sim.obs_dim, sim.act_dim, cfg.hidden_dims, cfg.num_q_ensemble)
+    for prefix, net in (("actor.", actor), ("critics.", critics)):
+        net.load_state_dict(
+            {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
+        )
+    score = None
+    evaluated = progress.epoch % cfg.eval_freq == 0 or progress.epoch == cfg.epoch
+    if progress.last_eval is not None and evaluated:
+        e = progress.last_eval
+        score = EvalResult(np.asarray(e["returns"]), np.asarray(e["lengths"]), sim).normalized_mean
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_policy(
+        out,
+        config=cfg.to_dict(),
+        actor=actor,
+        critics=critics,
+        obs_std=obs_std,
+        sim=sim,
+        step=progress.step,
+        normalized_score=score,
+    )
+    return out, progress

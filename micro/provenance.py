@@ -25,9 +25,9 @@ from importlib import metadata
 from pathlib import Path
 
 from micro import __version__
+from micro.run_dir import RunDir
 from micro.utils import atomic_write_text
 
-SESSIONS_FILE = "sessions.jsonl"
 PACKAGE_DIR = Path(__file__).resolve().parent
 LIBRARIES = ("torch", "numpy", "mujoco", "gymnasium")
 
@@ -105,7 +105,7 @@ def session_record(argv: list[str] | None = None) -> dict:
 
 
 def read_sessions(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / SESSIONS_FILE
+    path = RunDir(run_dir).sessions_file
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -118,7 +118,7 @@ def record_session(run_dir: Path, record: dict | None = None) -> str | None:
     record = session_record() if record is None else record
     earlier = read_sessions(run_dir)
     lines = [json.dumps(r) for r in [*earlier, record]]
-    atomic_write_text(run_dir / SESSIONS_FILE, "\n".join(lines) + "\n")
+    atomic_write_text(RunDir(run_dir).sessions_file, "\n".join(lines) + "\n")
     if not earlier:
         return None
     first, now = earlier[0]["code"], record["code"]

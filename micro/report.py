@@ -23,23 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from micro import MicroError
 from micro.algos import penalty_columns
 from micro.data.d4rl import recorded_return
 from micro.envs import parse_task
+from micro.run_dir import RunDir, experiment, find_run_dirs
 from micro.utils import atomic_path, atomic_write_text
 
-# Not part of what a run computes: runs differing only in these are seeds of one experiment.
-# (What the data determines — its source, version, episodes, simulator — follows from
-# dataset_sha256, which stays; runs from before those keys were recorded group with later ones.)
-NOT_EXPERIMENT_KEYS = frozenset(
-    {"seed", "logdir", "device", "dataset", "dataset_file", "load_dynamics_path", "snapshot_freq"}
-    | {"cuda_graph"}
-    | {"dataset_source", "dataset_id", "minari_version", "dataset_episodes", "sim"}
-    | {"dataset_return_mean"}
-)
 # The logged penalty of each algorithm (before its coefficient), in the order looked for.
 PENALTY_COLUMNS = penalty_columns()
 # The "last evaluations" score averages this many of a run's last evaluations.
@@ -82,10 +73,8 @@ class Run:
 
     @property
     def experiment(self) -> dict:
-        """The config that defines what the run computes; ``algo`` filled in for runs from
-        before it was recorded, so they group with later MICRO runs."""
-        kept = {k: v for k, v in self.config.items() if k not in NOT_EXPERIMENT_KEYS}
-        return {**kept, "algo": self.algo}
+        """The config that defines what the run computes (``micro.run_dir.experiment``)."""
+        return experiment(self.config)
 
     @property
     def experiment_hash(self) -> str:
@@ -94,30 +83,20 @@ class Run:
 
 
 def read_run(path: Path) -> Run:
+    run = RunDir(path)
+    config = run.read_config()
     try:
-        config = yaml.safe_load((path / "config.yaml").read_text())
-        with open(path / "progress.csv", newline="") as fh:
+        with open(run.progress_file, newline="") as fh:
             rows = list(csv.DictReader(fh))
-    except (OSError, yaml.YAMLError, csv.Error) as exc:
+    except (OSError, csv.Error) as exc:
         raise MicroError(f"cannot read run {path}: {exc}".splitlines()[0]) from None
-    if not isinstance(config, dict) or "task" not in config or "seed" not in config:
-        raise MicroError(f"{path / 'config.yaml'} is not a run's config")
-    return Run(path, config, rows, (path / "policy.pt").exists())
+    return Run(run.path, config, rows, run.finished)
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Run]:
-    # keyed by the resolved path, so one run named two ways is read once; the value keeps the
-    # path as given (relative stays relative, so a committed report names no machine's folders)
-    found: dict[Path, Path] = {}
-    for p in map(Path, paths):
-        if not p.exists():
-            raise MicroError(f"{p} does not exist")
-        candidates = [p] if (p / "config.yaml").is_file() else []
-        candidates += [c.parent for c in sorted(p.glob("**/progress.csv"))]
-        for c in candidates:
-            if (c / "config.yaml").is_file() and (c / "progress.csv").is_file():
-                found.setdefault(c.resolve(), c)
-    runs = [read_run(p) for p in found.values()]
+    # each run once, named from the path as given (relative stays relative, so a committed
+    # report names no machine's folders)
+    runs = [read_run(run.path) for run in find_run_dirs(paths)]
     if not runs:
         raise MicroError(
             "no runs (folders with config.yaml and progress.csv) under "

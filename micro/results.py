@@ -30,22 +30,30 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 from micro import MicroError
-from micro.logger import EPISODES_FILE, logged_seconds
-from micro.provenance import SESSIONS_FILE, machine, read_sessions
+from micro.logger import logged_seconds
+from micro.policy_file import export_checkpoint_policy
+from micro.provenance import machine, read_sessions
 from micro.report import LAST_EVALS, last_evals_score
-from micro.trainer import TIMED_STAGES
+from micro.run_dir import (
+    CONFIG_FILE,
+    EPISODES_FILE,
+    POLICY_FILE,
+    PROGRESS_FILE,
+    SESSIONS_FILE,
+    TIMED_STAGES,
+    TIMINGS_FILE,
+    RunDir,
+)
 from micro.utils import atomic_path, atomic_write_text
 
-SHIPPED = ("policy.pt", "progress.csv", "config.yaml")
-OPTIONAL = ("timings.json", SESSIONS_FILE, EPISODES_FILE)
+SHIPPED = (POLICY_FILE, PROGRESS_FILE, CONFIG_FILE)
+OPTIONAL = (TIMINGS_FILE, SESSIONS_FILE, EPISODES_FILE)
 RUN_FILE = "run.json"
 
 
 def read_progress(
-    run_dir: Path, last_step: int | None = None, name: str = "progress.csv"
+    run_dir: Path, last_step: int | None = None, name: str = PROGRESS_FILE
 ) -> list[dict]:
     """progress.csv's (or another per-step CSV's) rows, up to ``last_step`` when given."""
     with open(run_dir / name, newline="") as fh:
@@ -62,7 +70,7 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
 
 def summarize(run_dir: Path, rows: list[dict], timings: dict | None, finished: bool = True) -> dict:
     """What ``run.json`` records about a run whose progress.csv rows are ``rows``."""
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config = RunDir(run_dir).read_config()
     evals = [r for r in rows if r.get("eval_normalized_score", "") != ""]
     if not evals:
         raise MicroError(f"{run_dir}/progress.csv has no evaluation")
@@ -104,29 +112,26 @@ def ship(
     """Copy a run's small files to ``root/<dataset>/<algo>/seed<N>/``. A finished run ships its
     policy.pt; with ``in_progress``, a run without one ships its last checkpoint's policy and
     the progress.csv rows up to it, and run.json says it is unfinished."""
-    if not (run_dir / "config.yaml").is_file():
-        raise MicroError(f"{run_dir} is not a run directory (no config.yaml)")
-    finished = (run_dir / "policy.pt").is_file()
+    run = RunDir(run_dir)
+    config = run.read_config()
+    finished = run.finished
     if not finished and not in_progress:
         raise MicroError(
             f"{run_dir} lacks policy.pt (train.py writes it at the end); pass --in_progress "
             "to ship its last checkpoint"
         )
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
     dest = root / dataset / config.get("algo", "micro") / f"seed{config['seed']}"
     if dest.exists() and not force:
         raise MicroError(f"{dest} exists; pass --force to replace the shipped files")
     if finished:
-        timings_file = run_dir / "timings.json"
+        timings_file = run.timings_file
         timings = json.loads(timings_file.read_text()) if timings_file.is_file() else None
         summary = summarize(run_dir, read_progress(run_dir), timings)
         files = {name: run_dir / name for name in SHIPPED + OPTIONAL}
         return _install(dest, files, {"dataset": dataset, **summary, "machine": machine()})
-    from micro.pipeline import export_policy
-
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp)
-        policy, progress = export_policy(run_dir, staging / "policy.pt")
+        policy, progress = export_checkpoint_policy(run_dir, staging / POLICY_FILE)
         rows = read_progress(run_dir, progress.step)
         summary = summarize(run_dir, rows, progress.timings, finished=False)
         if summary["final_step"] != summary["steps"]:
@@ -136,14 +141,14 @@ def ship(
                 "score is not in run.json; ship right after an evaluation epoch for that",
                 file=sys.stderr,
             )
-        _write_rows(staging / "progress.csv", rows)
+        _write_rows(staging / PROGRESS_FILE, rows)
         files = {
-            "policy.pt": policy,
-            "progress.csv": staging / "progress.csv",
-            "config.yaml": run_dir / "config.yaml",
-            SESSIONS_FILE: run_dir / SESSIONS_FILE,
+            POLICY_FILE: policy,
+            PROGRESS_FILE: staging / PROGRESS_FILE,
+            CONFIG_FILE: run.config_file,
+            SESSIONS_FILE: run.sessions_file,
         }
-        if (run_dir / EPISODES_FILE).is_file():  # runs from before it have none
+        if run.episodes_file.is_file():  # runs from before it have none
             episodes = read_progress(run_dir, progress.step, EPISODES_FILE)
             if episodes:
                 _write_rows(staging / EPISODES_FILE, episodes)
@@ -229,9 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dest = ship(Path(a.run_dir), a.dataset, Path(a.root), a.force, a.in_progress)
             print(f"shipped {a.run_dir} to {dest}")
         elif a.command == "export":
-            from micro.pipeline import export_policy
-
-            out, progress = export_policy(a.run_dir, a.out)
+            out, progress = export_checkpoint_policy(a.run_dir, a.out)
             print(f"policy at epoch {progress.epoch} (step {progress.step}): {out}")
         else:
             print(table(Path(a.root)))

@@ -13,7 +13,6 @@ records the grid and every run's state, path and error, rewritten atomically as 
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import io
 import json
@@ -31,24 +30,23 @@ from typing import Any
 
 from micro import MicroError
 from micro.config import Config, resolve_config
+from micro.run_dir import RUN_ONLY_KEYS, RunDir, RunState
 from micro.utils import atomic_write_text
 
 SWEEP_FILE = "sweep.json"
 SWEEP_FORMAT = "micro-sweep-v1"
-WORKER_FILE = "worker.json"  # in a run directory: the process (pid, host) that trains it
-LOG_FILE = "train.log"  # in a run directory: what the run printed under the sweep
-# Keys that do not change what a run computes (snapshot_freq only adds files), so an existing
-# sweep's folders keep their names when they are given.
-NOT_HASHED = ("seed", "logdir", "device", "snapshot_freq", "cuda_graph")
 
 
 # --- the grid ------------------------------------------------------------------------------------
 
 
 def config_hash(cfg: Config, data_sha256: str | None = None) -> str:
-    """8 hex digits over the resolved config (``NOT_HASHED`` aside) and, for a local
-    dataset, its content: another file at the same path is another experiment."""
-    body = {k: v for k, v in cfg.to_dict().items() if k not in NOT_HASHED}
+    """8 hex digits over the resolved config and, for a local dataset, its content: another
+    file at the same path is another experiment. The keys that do not change what a run
+    computes (``RUN_ONLY_KEYS``) are left out, so the seeds of one experiment share the hash;
+    the input paths stay in it, as they always have, so an existing sweep's folders keep their
+    names."""
+    body = {k: v for k, v in cfg.to_dict().items() if k not in RUN_ONLY_KEYS}
     if data_sha256 is not None:
         body["dataset_sha256"] = data_sha256
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
@@ -111,26 +109,6 @@ def plan(
     return entries, configs
 
 
-def run_state(run_dir: Path) -> str:
-    """finished (policy.pt) | partial (a run was started there) | new (absent or empty)."""
-    if (run_dir / "policy.pt").exists():
-        return "finished"
-    if (run_dir / "config.yaml").exists():
-        return "partial"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise MicroError(f"{run_dir} holds files but no config.yaml; move it away to rerun")
-    return "new"
-
-
-def epochs_done(run_dir: Path) -> int:
-    """Epochs a run has logged (rows of its progress.csv)."""
-    try:
-        with open(run_dir / "progress.csv", newline="") as fh:
-            return sum(1 for _ in csv.DictReader(fh))
-    except OSError:
-        return 0
-
-
 # --- one run, on a Ray worker --------------------------------------------------------------------
 
 
@@ -143,7 +121,7 @@ class _RunLog(io.TextIOBase):
 
     def write(self, text: str) -> int:
         if self.file is None and self.run_dir.is_dir():
-            self.file = open(self.run_dir / LOG_FILE, "a", encoding="utf-8")  # noqa: SIM115
+            self.file = open(RunDir(self.run_dir).log_file, "a", encoding="utf-8")  # noqa: SIM115
             self.file.write("".join(self.held))
             self.held = []
         if self.file is None:
@@ -173,15 +151,15 @@ def train_one(config: dict, run_dir: str, threads: int) -> dict:
 
     def started(folder: Path) -> None:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        atomic_write_text(folder / WORKER_FILE, json.dumps(info))
+        atomic_write_text(RunDir(folder).worker_file, json.dumps(info))
 
     log = _RunLog(path)
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            state = run_state(path)
-            if state == "finished":
+            state = RunDir(path).state()
+            if state == RunState.FINISHED:
                 return {"state": "finished", "seconds": 0.0, "final_score": None}
-            if state == "partial":
+            if state == RunState.PARTIAL:
                 result = resume(path, progress=False, on_start=started)
             else:
                 result = run(
@@ -238,7 +216,7 @@ def _status(record: Record) -> str:
 
 def _running_line(record: Record, configs: dict[str, Config]) -> str:
     parts = [
-        f"{e.name} epoch {epochs_done(Path(e.run_dir))}/{configs[e.run_dir].epoch}"
+        f"{e.name} epoch {RunDir(e.run_dir).epochs_done()}/{configs[e.run_dir].epoch}"
         for e in record.entries
         if e.state == "running"
     ]
@@ -307,15 +285,15 @@ def execute(
     pending: dict[Any, RunEntry] = {}
     submitted = time.time()
     for entry in record.entries:
-        state = run_state(Path(entry.run_dir))
-        if state == "finished":
+        state = RunDir(entry.run_dir).state()
+        if state == RunState.FINISHED:
             entry.state, entry.error = "finished", None
             continue
         threads = max(1, int(cpus_per_run))
         config = configs[entry.run_dir].to_dict()
         pending[remote.remote(config, entry.run_dir, threads)] = entry
         entry.state, entry.error = "pending", None
-        verb = "resumes" if state == "partial" else "starts"
+        verb = "resumes" if state == RunState.PARTIAL else "starts"
         print(f"{entry.name}: {verb} in {entry.run_dir}")
     record.save()
     print(_status(record), flush=True)
@@ -357,7 +335,7 @@ def execute(
 
 def _worker(run_dir: Path) -> dict | None:
     try:
-        return json.loads((run_dir / WORKER_FILE).read_text())
+        return json.loads(RunDir(run_dir).worker_file.read_text())
     except (OSError, ValueError):
         return None
 
@@ -365,7 +343,7 @@ def _worker(run_dir: Path) -> dict | None:
 def report(entries: list[RunEntry], out: Path) -> dict[str, Path]:
     from micro.report import find_runs, write_report
 
-    dirs = [e.run_dir for e in entries if (Path(e.run_dir) / "progress.csv").is_file()]
+    dirs = [e.run_dir for e in entries if RunDir(e.run_dir).has_logs()]
     if not dirs:
         raise MicroError("no run of the sweep has logged an epoch yet; nothing to report")
     return write_report(find_runs(dirs), out)
@@ -430,8 +408,8 @@ def _sweep_eval(argv: list[str]) -> int:
         ) from None
     by_task: dict[str, list[str]] = {}
     for r in record["runs"]:
-        if (Path(r["run_dir"]) / "policy.pt").is_file():
-            by_task.setdefault(r["task"], []).append(str(Path(r["run_dir"]) / "policy.pt"))
+        if (policy := RunDir(r["run_dir"]).policy_file).is_file():
+            by_task.setdefault(r["task"], []).append(str(policy))
     if not by_task:
         raise MicroError(f"no finished policy in the sweep {logdir}; run sweep.py to finish it")
     root = Path(args.out) if args.out else logdir / "eval"
@@ -546,7 +524,7 @@ def _sweep(argv: list[str]) -> int:
     logdir.mkdir(parents=True, exist_ok=True)
     record = Record(logdir / SWEEP_FILE, grid, entries)
     for entry in entries:  # what is on disk already
-        if run_state(Path(entry.run_dir)) == "finished":
+        if RunDir(entry.run_dir).state() == RunState.FINISHED:
             entry.state = "finished"
     todo = [e for e in entries if e.state != "finished"]
     print(f"sweep: {len(entries)} runs in {logdir}, {len(entries) - len(todo)} finished before")

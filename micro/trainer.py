@@ -31,14 +31,13 @@ from micro.envs import SimSpec, termination_fn
 from micro.evaluation import EvalResult, run_episodes
 from micro.graphs import graphed
 from micro.logger import RunLogger
-from micro.policy_file import save_policy, snapshot_path
+from micro.policy_file import save_policy
 from micro.rollout import model_rollout
+from micro.run_dir import TIMED_STAGES, RunDir
 from micro.utils import EVAL_SEED_OFFSET, atomic_write_text, bar_disable
 
-# Wall seconds by stage, written to timings.json and carried by checkpoints across resumes.
-# "updates" is an epoch's time outside rollouts and evaluation (gradient steps and logging).
-TIMED_STAGES = ("dynamics", "rollouts", "updates", "evaluation", "checkpoints")
-# and, for an algorithm that trains its model, "model_updates" (also outside "updates")
+# Wall seconds by stage (``TIMED_STAGES``) go to timings.json and are carried by checkpoints
+# across resumes.
 
 
 @dataclass
@@ -87,7 +86,7 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.pt"
+        return RunDir(self.run_dir).checkpoint_file
 
     # --- one rollout, one batch, one evaluation -----------------------------------------------
     def rollout(self) -> dict[str, float]:
@@ -196,10 +195,10 @@ class Trainer:
         self.checkpoints.wait()
         t["checkpoints"] += time.time() - wait_start
         bar.close()
-        self.save_policy(self.run_dir / "policy.pt", evaluated=True)
+        self.save_policy(RunDir(self.run_dir).policy_file, evaluated=True)
         self.logger.close()
         atomic_write_text(
-            self.run_dir / "timings.json", json.dumps({k: round(v, 1) for k, v in t.items()})
+            RunDir(self.run_dir).timings_file, json.dumps({k: round(v, 1) for k, v in t.items()})
         )
         return TrainResult(self.run_dir, self.last_eval, dict(t))
 
@@ -264,7 +263,7 @@ class Trainer:
                 and state.epoch < cfg.epoch
             ):
                 # before the checkpoint: a run killed in between redoes this epoch and rewrites it
-                self.save_policy(snapshot_path(self.run_dir, state.epoch), evaluated)
+                self.save_policy(RunDir(self.run_dir).snapshot_file(state.epoch), evaluated)
             if state.epoch % cfg.save_freq == 0 or state.epoch == cfg.epoch:
                 save_start = time.time()
                 state.timings = dict(t)
@@ -275,6 +274,7 @@ class Trainer:
                     self.model_buffer,
                     state,
                     self.checkpoints,  # written in the background; the copy is timed
+                    obs_std=self.obs_std,
                 )
                 t["checkpoints"] += time.time() - save_start
 

@@ -11,12 +11,12 @@ from conftest import ROOT
 from micro import __version__
 from micro.provenance import (
     PACKAGE_DIR,
-    SESSIONS_FILE,
     git_state,
     read_sessions,
     record_session,
     source_digest,
 )
+from micro.run_dir import SESSIONS_FILE
 
 
 def test_source_digest_is_the_sha256_of_names_and_bytes(tmp_path):

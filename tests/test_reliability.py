@@ -18,7 +18,7 @@ from micro import MicroError
 from micro.config import resolve_config
 from micro.data.d4rl import read_hdf5, write_hdf5
 from micro.provenance import read_sessions
-from micro.trainer import TIMED_STAGES
+from micro.run_dir import TIMED_STAGES
 from micro.utils import atomic_path, atomic_torch_save, keep_freed_memory, safe_torch_load
 
 SMALL = [

@@ -14,10 +14,10 @@ from conftest import ROOT
 
 from micro import MicroError
 from micro.logger import logged_seconds
-from micro.pipeline import export_policy
+from micro.policy_file import export_checkpoint_policy as export_policy
 from micro.provenance import read_sessions
 from micro.results import main, ship, table
-from micro.trainer import TIMED_STAGES
+from micro.run_dir import TIMED_STAGES
 
 
 def test_ship_copies_the_small_files_and_records_the_run(smoke_run, tmp_path):
@@ -95,6 +95,21 @@ def test_exported_checkpoint_policy_equals_the_runs_policy_file(smoke_run, tmp_p
         export_policy(run_dir, out)
     assert main(["export", str(run_dir), "--out", str(tmp_path / "cli.pt")]) == 0
     assert (tmp_path / "cli.pt").is_file()
+
+
+def test_a_checkpoint_without_the_observation_std_exports_from_the_runs_data(smoke_run, tmp_path):
+    """Checkpoints from before they carried obs_std (and v1 ones) read the run's dataset for it:
+    the same number as the trainer's."""
+    run_dir, _ = smoke_run
+    old = tmp_path / "old-run"
+    shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("tb", "snapshots"))
+    blob = torch.load(old / "checkpoints" / "last.pt", weights_only=True)
+    assert blob.pop("obs_std") is not None
+    torch.save(blob, old / "checkpoints" / "last.pt")
+    out, _ = export_policy(old, tmp_path / "snap.pt")
+    a = torch.load(out, weights_only=True)
+    b = torch.load(run_dir / "policy.pt", weights_only=True)
+    torch.testing.assert_close(a["obs_std"], b["obs_std"], rtol=0, atol=0)
 
 
 def test_a_run_in_progress_ships_its_checkpoint_marked_unfinished(smoke_run, tmp_path):

@@ -97,7 +97,8 @@ class Algorithm(nn.Module):
 
     def training_state(self) -> dict[str, Any]:
         """Everything this algorithm trains: networks (the dynamics model too when it trains
-        it), optimizers and schedulers, by name."""
+        it), optimizers and schedulers, by name. The tensors are the learner's own, updated in
+        place by its next step: copy them to keep them (the checkpoint does)."""
         return {
             "networks": self.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.named_optimizers().items()},

@@ -16,7 +16,7 @@ import numpy as np
 
 from micro import MicroError
 from micro.data.minari_data import is_minari_dataset
-from micro.data.sources import TaskData, Transitions
+from micro.data.types import TaskData, Transitions
 from micro.envs import Task, d4rl_sim, robot_of
 from micro.utils import atomic_path, sha256_file
 

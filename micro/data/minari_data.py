@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from micro import MicroError
-from micro.data.sources import TaskData, Transitions
+from micro.data.types import TaskData, Transitions
 from micro.envs import ENV_IDS, REF_RETURNS, SimSpec, Task, robot_of
 from micro.utils import sha256_file
 

@@ -1,57 +1,32 @@
-"""The data a run learns from, whatever its source, and the one place a source is chosen.
+"""The one place a task's data source is chosen: a registry from ``Task.source`` (which follows
+from the task's name, ``micro.envs.parse_task``) to the module that reads it.
 
-A task's source follows from its name (``micro.envs.parse_task``): a D4RL name reads a
-D4RL-format HDF5 file (``micro.data.d4rl``), a Minari id reads a Minari dataset
-(``micro.data.minari_data``). Both give ``TaskData``: transitions, the simulator to evaluate on,
-and what ``config.yaml`` records about the data. A new source adds a module and a branch here.
+A D4RL name reads a D4RL-format HDF5 file (``micro.data.d4rl``), a Minari id a Minari dataset
+(``micro.data.minari_data``). Each gives ``TaskData`` (``micro.data.types``) through two
+functions: ``task_dataset_path(task, dataset)`` (the file or folder to read: ``--dataset`` when
+given, else the source's own store, downloading when absent) and ``load(path, task)``. A new
+source is a module with those two functions and one entry in ``SOURCES``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 from micro import MicroError
-from micro.envs import SimSpec, Task
+from micro.data import d4rl, minari_data
+from micro.data.types import TaskData
+from micro.envs import Task
 
-
-@dataclass
-class Transitions:
-    """Transitions ready for learning (float32; ``terminals`` is 0/1 with shape [N, 1])."""
-
-    observations: np.ndarray
-    actions: np.ndarray
-    next_observations: np.ndarray
-    rewards: np.ndarray
-    terminals: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.observations)
-
-
-@dataclass
-class TaskData:
-    """A task's transitions, the simulator to evaluate on, and what config.yaml records about
-    the data (source, file, content hash, counts)."""
-
-    transitions: Transitions
-    sim: SimSpec
-    record: dict[str, Any]
+SOURCES: dict[str, ModuleType] = {"d4rl": d4rl, "minari": minari_data}
 
 
 def load_task_data(task: Task, dataset: str | None) -> TaskData:
     """The task's data: ``dataset`` (a file or folder) when given, else the source's own store,
     downloading when absent."""
-    if task.source == "minari":
-        from micro.data import minari_data
-
-        return minari_data.load(minari_data.task_dataset_path(task, dataset), task)
-    from micro.data import d4rl
-
-    return d4rl.load(d4rl.task_dataset_path(task, dataset), task)
+    source = SOURCES[task.source]
+    return source.load(source.task_dataset_path(task, dataset), task)
 
 
 def reload_task_data(task: Task, record: dict[str, Any]) -> TaskData:
