@@ -5,7 +5,7 @@ python eval.py --task T --choice {clean,sim2real,attack} --policy_path RUN/polic
 
 import sys
 
-from micro.evaluate_cli import eval_main
+from micro.cli.evaluate import eval_main
 
 if __name__ == "__main__":
     sys.exit(eval_main())

@@ -6,7 +6,7 @@ python train.py --task halfcheetah-medium-v2 --dataset FILE --load_dynamics_path
 
 import sys
 
-from micro.train_cli import fit_dynamics_main
+from micro.cli.train import fit_dynamics_main
 
 if __name__ == "__main__":
     sys.exit(fit_dynamics_main())

@@ -5,7 +5,7 @@ python train.py --task walker2d-medium-expert-v2 [--key value ...]
 
 import sys
 
-from micro.train_cli import train_main
+from micro.cli.train import train_main
 
 if __name__ == "__main__":
     sys.exit(train_main())

@@ -71,7 +71,7 @@ def robustness(policy: Path) -> float:
 def reduced_sweeps(common: list[str]) -> None:
     """eval.py's sim2real sweep over the reduced grid and every attack over the reduced
     budgets, with ``common`` arguments (the policies, episodes, output)."""
-    from micro.evaluate_cli import eval_main
+    from micro.cli.evaluate import eval_main
 
     for args in (
         ["--choice", "sim2real", "--friction", *FRICTION, "--gravity", *GRAVITY],

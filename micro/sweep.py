@@ -352,24 +352,21 @@ def report(entries: list[RunEntry], out: Path) -> dict[str, Path]:
 # --- robustness of a sweep's policies (sweep.py eval) --------------------------------------------
 
 
-def eval_one(policy_path: str, settings: dict, threads: int) -> dict:
-    """eval.py's sweep (clean, sim2real or attacks) of one policy, on a Ray worker."""
-    from types import SimpleNamespace
-
+def eval_one(policy_path: str, spec: dict, device_name: str, threads: int) -> dict:
+    """eval.py's sweep (clean, sim2real or attacks; ``EvalSpec.to_dict()``) of one policy, on a
+    Ray worker."""
     import torch
 
-    from micro.evaluate_cli import sweep as robustness_sweep
+    from micro.eval_sweep import EvalSpec, sweep
     from micro.policy_file import load_policy
     from micro.utils import resolve_device
 
     torch.set_num_threads(max(1, threads))
     try:
-        device = resolve_device(settings["device"])
+        device = resolve_device(device_name)
         policy = load_policy(policy_path, None, device)
         with torch.no_grad():
-            rows, keys, episodes = robustness_sweep(
-                SimpleNamespace(**settings), policy, device, False
-            )
+            rows, keys, episodes = sweep(EvalSpec(**{**spec, "progress": False}), policy, device)
         return {"rows": rows, "keys": keys, "episodes": episodes}
     except MicroError as exc:
         return {"error": str(exc)}
@@ -380,8 +377,9 @@ def _sweep_eval(argv: list[str]) -> int:
     table and one comparison figure per task under ``<logdir>/eval/<task>/``."""
     import torch
 
-    from micro import evaluate_cli as ev
+    from micro.cli import evaluate as ev
     from micro.envs import parse_task
+    from micro.eval_sweep import finish, prepare_out
     from micro.policy_file import load_policy
 
     parser = ev.build_parser()
@@ -398,7 +396,7 @@ def _sweep_eval(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.policy_path or args.task:
         raise MicroError("sweep.py eval evaluates the sweep in --logdir; drop --policy_path/--task")
-    ev.check_args(args)
+    spec = ev.spec_from_args(args)
     logdir = Path(args.logdir).expanduser().resolve()
     try:
         record = json.loads((logdir / SWEEP_FILE).read_text())
@@ -413,15 +411,15 @@ def _sweep_eval(argv: list[str]) -> int:
     if not by_task:
         raise MicroError(f"no finished policy in the sweep {logdir}; run sweep.py to finish it")
     root = Path(args.out) if args.out else logdir / "eval"
-    files = {t: ev.prepare_out(args, root / parse_task(t).slug) for t in by_task}
-    settings = {k: v for k, v in vars(args).items() if k not in ("address", "num_cpus")}
+    files = {t: prepare_out(spec, root / parse_task(t).slug, args.force) for t in by_task}
     ray = start_ray(args.address, args.num_cpus)
     try:
         _check_resources(ray, args.cpus_per_run, 0.0)
         remote = ray.remote(eval_one).options(num_cpus=args.cpus_per_run, name="micro-eval")
         threads = max(1, int(args.cpus_per_run))
         refs = {
-            t: [remote.remote(p, settings, threads) for p in paths] for t, paths in by_task.items()
+            t: [remote.remote(p, spec.to_dict(), args.device, threads) for p in paths]
+            for t, paths in by_task.items()
         }
         results = {t: ray.get(r) for t, r in refs.items()}
     finally:
@@ -438,7 +436,7 @@ def _sweep_eval(argv: list[str]) -> int:
         policies = [load_policy(p, task, torch.device("cpu")) for p, _ in ok]
         print(f"{task}: {len(policies)} policies")
         parts, episode_parts = [r["rows"] for _, r in ok], [r["episodes"] for _, r in ok]
-        ev.finish(args, task, policies, parts, episode_parts, ok[0][1]["keys"], files[task])
+        finish(spec, task, policies, parts, episode_parts, ok[0][1]["keys"], files[task])
         for path in files[task].values():
             print(f"wrote {path}")
     return 1 if failed else 0

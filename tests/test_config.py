@@ -2,9 +2,9 @@ import pytest
 import yaml
 
 from micro import MicroError
+from micro.cli.train import parse_train_args
 from micro.config import CONFIG_DIR, Config, read_overrides, resolve_config
 from micro.envs import TASKS
-from micro.train_cli import parse_train_args
 
 
 def test_defaults_are_spec():

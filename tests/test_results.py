@@ -301,7 +301,7 @@ def test_snapshot_freq_keeps_earlier_policies_without_changing_the_run(
 
     from conftest import only_run_dir, run_train
 
-    from micro.evaluate_cli import group_names
+    from micro.eval_sweep import group_names
     from micro.evaluation import run_episodes
     from micro.policy_file import load_policy
     from micro.utils import EVAL_SEED_OFFSET, resolve_device

@@ -529,7 +529,7 @@ def test_eval_cli_errors(smoke_run, tmp_path):
 
 
 def test_a_run_folder_stands_for_its_policy_file(smoke_run, tmp_path):
-    from micro.evaluate_cli import policy_file_of
+    from micro.eval_sweep import policy_file_of
 
     run_dir = smoke_run[0]
     assert policy_file_of(str(run_dir)) == str(run_dir / "policy.pt")
