@@ -25,7 +25,7 @@ test: install lint
 	$(BIN)/pytest
 
 demo: install
-	$(BIN)/python -m micro.demo
+	$(BIN)/python -m micro.cli.demo
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -2,7 +2,7 @@
 
 import sys
 
-from micro.report import report_main
+from micro.cli.report import report_main
 
 if __name__ == "__main__":
     sys.exit(report_main())

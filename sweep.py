@@ -5,7 +5,7 @@ python sweep.py --tasks hopper-medium-v2 walker2d-medium-v2 --algos micro mobile
 
 import sys
 
-from micro.sweep import sweep_main
+from micro.cli.sweep import sweep_main
 
 if __name__ == "__main__":
     sys.exit(sweep_main())

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,23 +341,3 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
             lines += ["", f"![{task} diagnostics]({path.name})"]
     atomic_write_text(written["md"], "\n".join(lines) + "\n")
     return written
-
-
-def report_main(argv: Sequence[str] | None = None) -> int:
-    from micro.cli import OneLineParser, guarded
-
-    parser = OneLineParser(prog="report.py", description=__doc__.split("\n")[0])
-    parser.add_argument("paths", nargs="+", help="run directories or logdirs to search")
-    parser.add_argument("--out", default="report", help="output folder (default: report/)")
-    parser.add_argument("--debug", action="store_true")
-
-    def main(args: list[str]) -> int:
-        a = parser.parse_args(args)
-        runs = find_runs(a.paths)
-        written = write_report(runs, Path(a.out))
-        print(Path(written["md"]).read_text())
-        for path in written.values():
-            print(f"wrote {path}")
-        return 0
-
-    return guarded(main, list(sys.argv[1:] if argv is None else argv))

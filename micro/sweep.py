@@ -26,11 +26,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from micro import MicroError
 from micro.config import Config, resolve_config
 from micro.run_dir import RUN_ONLY_KEYS, RunDir, RunState
+
+if TYPE_CHECKING:
+    from micro.eval_sweep import EvalSpec
 from micro.utils import atomic_write_text
 
 SWEEP_FILE = "sweep.json"
@@ -372,32 +375,27 @@ def eval_one(policy_path: str, spec: dict, device_name: str, threads: int) -> di
         return {"error": str(exc)}
 
 
-def _sweep_eval(argv: list[str]) -> int:
-    """``sweep.py eval``: eval.py's sweeps for every finished policy of a sweep, on Ray; one
-    table and one comparison figure per task under ``<logdir>/eval/<task>/``."""
+def evaluate_grid(
+    logdir: Path,
+    spec: EvalSpec,
+    out: Path | None = None,
+    force: bool = False,
+    device: str = "auto",
+    address: str | None = None,
+    num_cpus: int | None = None,
+    cpus_per_run: float = 1.0,
+) -> int:
+    """eval.py's sweep (``spec``) of every finished policy of the sweep in ``logdir``, as Ray
+    tasks; per task, one table and one figure comparing the algorithms under
+    ``out/<task>/`` (default ``<logdir>/eval/<task>/``). Returns the number of failed
+    policies."""
     import torch
 
-    from micro.cli import evaluate as ev
     from micro.envs import parse_task
     from micro.eval_sweep import finish, prepare_out
     from micro.policy_file import load_policy
 
-    parser = ev.build_parser()
-    parser.prog = "sweep.py eval"
-    parser.description = (
-        "eval.py's clean, sim2real or attack sweep for every finished policy of a sweep, run "
-        "on Ray; per task, one table and one figure comparing the algorithms (mean ± std over "
-        "seeds). Results go to <logdir>/eval/<task>/ unless --out."
-    )
-    parser.set_defaults(logdir="sweeps/default")
-    parser.add_argument("--address", help="an existing Ray cluster (default: a local instance)")
-    parser.add_argument("--num_cpus", type=int, help="CPUs of the local Ray instance")
-    parser.add_argument("--cpus_per_run", type=float, default=1.0)
-    args = parser.parse_args(argv)
-    if args.policy_path or args.task:
-        raise MicroError("sweep.py eval evaluates the sweep in --logdir; drop --policy_path/--task")
-    spec = ev.spec_from_args(args)
-    logdir = Path(args.logdir).expanduser().resolve()
+    logdir = Path(logdir).expanduser().resolve()
     try:
         record = json.loads((logdir / SWEEP_FILE).read_text())
     except (OSError, ValueError):
@@ -410,15 +408,15 @@ def _sweep_eval(argv: list[str]) -> int:
             by_task.setdefault(r["task"], []).append(str(policy))
     if not by_task:
         raise MicroError(f"no finished policy in the sweep {logdir}; run sweep.py to finish it")
-    root = Path(args.out) if args.out else logdir / "eval"
-    files = {t: prepare_out(spec, root / parse_task(t).slug, args.force) for t in by_task}
-    ray = start_ray(args.address, args.num_cpus)
+    root = Path(out) if out else logdir / "eval"
+    files = {t: prepare_out(spec, root / parse_task(t).slug, force) for t in by_task}
+    ray = start_ray(address, num_cpus)
     try:
-        _check_resources(ray, args.cpus_per_run, 0.0)
-        remote = ray.remote(eval_one).options(num_cpus=args.cpus_per_run, name="micro-eval")
-        threads = max(1, int(args.cpus_per_run))
+        _check_resources(ray, cpus_per_run, 0.0)
+        remote = ray.remote(eval_one).options(num_cpus=cpus_per_run, name="micro-eval")
+        threads = max(1, int(cpus_per_run))
         refs = {
-            t: [remote.remote(p, spec.to_dict(), args.device, threads) for p in paths]
+            t: [remote.remote(p, spec.to_dict(), device, threads) for p in paths]
             for t, paths in by_task.items()
         }
         results = {t: ray.get(r) for t, r in refs.items()}
@@ -439,77 +437,31 @@ def _sweep_eval(argv: list[str]) -> int:
         finish(spec, task, policies, parts, episode_parts, ok[0][1]["keys"], files[task])
         for path in files[task].values():
             print(f"wrote {path}")
-    return 1 if failed else 0
+    return failed
 
 
-# --- the command line ----------------------------------------------------------------------------
+# --- the grid, run ------------------------------------------------------------------------------
 
 
-def _parse_datasets(items: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        task, sep, file = item.partition("=")
-        if not sep or not task or not file:
-            raise MicroError(f"bad --dataset {item!r}; use TASK=FILE")
-        out[task] = str(Path(file).expanduser().resolve())
-    return out
-
-
-def build_parser():
-    from micro.cli import OneLineParser, add_config_flags
-
-    parser = OneLineParser(
-        prog="sweep.py",
-        description="Train every (task, algorithm, seed) of a grid on Ray, resumably, and "
-        "compare them (report.py's table and curves). Config flags apply to every run.",
-    )
-    parser.add_argument("--tasks", nargs="+", required=True, metavar="T")
-    parser.add_argument("--algos", nargs="+", default=["micro"], metavar="A")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="S")
-    parser.add_argument(
-        "--dataset", action="append", default=[], metavar="TASK=FILE", help="a task's local data"
-    )
-    parser.add_argument("--logdir", default="sweeps/default", help="the sweep's folder")
-    parser.add_argument(
-        "--address", help="an existing Ray cluster: auto, or ray://host:10001 (default: local)"
-    )
-    parser.add_argument("--num_cpus", type=int, help="CPUs of the local Ray instance")
-    parser.add_argument("--cpus_per_run", type=float, default=1.0)
-    parser.add_argument("--gpus_per_run", type=float, default=0.0, help="fractions share a GPU")
-    parser.add_argument(
-        "--max_retries",
-        type=int,
-        default=3,
-        help="reruns of a run whose worker died (each resumes from its checkpoint)",
-    )
-    parser.add_argument("--status_every", type=float, default=30.0, help="seconds between status")
-    parser.add_argument("--report_only", action="store_true", help="only write the report")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    add_config_flags(parser, exclude=("task", "algo", "seed", "dataset", "logdir"))
-    return parser
-
-
-def _sweep(argv: list[str]) -> int:
-    from micro.cli import typed_overrides
-
-    args = vars(build_parser().parse_args(argv))
-    tasks, algos, seeds = args.pop("tasks"), args.pop("algos"), args.pop("seeds")
-    datasets = _parse_datasets(args.pop("dataset"))
-    logdir = Path(args.pop("logdir")).expanduser().resolve()
-    address, num_cpus = args.pop("address"), args.pop("num_cpus")
-    cpus, gpus = args.pop("cpus_per_run"), args.pop("gpus_per_run")
-    max_retries, status_every = args.pop("max_retries"), args.pop("status_every")
-    report_only = args.pop("report_only")
-    args.pop("debug")
-    presets = args.pop("config")
-    unknown = sorted(set(datasets) - set(tasks))
-    if unknown:
-        raise MicroError(f"--dataset names {', '.join(unknown)}, not in --tasks")
-    if len(set(seeds)) != len(seeds) or len(set(tasks)) != len(tasks):
-        raise MicroError("--tasks and --seeds must not repeat")
-    if cpus <= 0 or gpus < 0 or max_retries < 0:
-        raise MicroError("--cpus_per_run must be positive, --gpus_per_run and --max_retries >= 0")
-    overrides = typed_overrides(args)
+def run_grid(
+    tasks: Sequence[str],
+    algos: Sequence[str],
+    seeds: Sequence[int],
+    presets: Sequence[str],
+    overrides: dict[str, Any],
+    datasets: dict[str, str],
+    logdir: Path,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    cpus: float = 1.0,
+    gpus: float = 0.0,
+    max_retries: int = 3,
+    status_every: float = 30.0,
+    report_only: bool = False,
+) -> int:
+    """Train every (task, algorithm, seed) not finished yet on Ray (``plan``, ``execute``),
+    record them in ``<logdir>/sweep.json`` and write the report; returns the number of failed
+    runs."""
     entries, configs = plan(tasks, algos, seeds, presets, overrides, datasets, logdir)
     grid = {
         "tasks": tasks,
@@ -542,13 +494,4 @@ def _sweep(argv: list[str]) -> int:
     for e in failed:
         print(f"failed: {e.name}: {e.error}", file=sys.stderr)
     print(f"record: {record.path}")
-    return 1 if failed else 0
-
-
-def sweep_main(argv: Sequence[str] | None = None) -> int:
-    from micro.cli import guarded
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["eval"]:
-        return guarded(_sweep_eval, argv[1:])
-    return guarded(_sweep, argv)
+    return len(failed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -200,3 +201,45 @@ def smoke_run(tmp_path_factory, hopper_file, tiny_config):
     ]
     proc = run_train(args, env)
     return only_run_dir(logdir), proc
+
+
+def read_rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def algo_run(algo, logdir, hopper_file, tiny_config, env, seed=3, extra=()):
+    args = [
+        "--task",
+        "hopper-medium-v2",
+        "--algo",
+        algo,
+        "--dataset",
+        str(hopper_file),
+        "--config",
+        str(tiny_config),
+        "--logdir",
+        str(logdir),
+        "--seed",
+        str(seed),
+        *extra,
+    ]
+    proc = run_train(args, env)
+    (run_dir,) = (logdir / "hopper-medium-v2" / algo).iterdir()
+    return run_dir, proc
+
+
+@pytest.fixture(scope="session")
+def baseline_runs(tmp_path_factory, hopper_file, tiny_config, smoke_run):
+    """A tiny MOBILE and MOPO run beside the session's MICRO run, all on one fitted model."""
+    import os
+
+    logdir = tmp_path_factory.mktemp("baselines")
+    env = {**os.environ, "D4RL_DATASET_DIR": str(logdir / "no-cache")}
+    dynamics = str(smoke_run[0] / "dynamics")
+    runs = {"micro": smoke_run[0]}
+    for algo in ("mobile", "mopo"):
+        runs[algo], _ = algo_run(
+            algo, logdir, hopper_file, tiny_config, env, extra=["--load_dynamics_path", dynamics]
+        )
+    return runs

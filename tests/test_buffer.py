@@ -1,6 +1,17 @@
+"""micro/buffer.py: batches and the FIFO replay ring."""
+
+import dataclasses
+
 import torch
 
 from micro.buffer import Batch, ReplayBuffer
+
+B = 9
+
+
+def make_batch(seed):
+    g = torch.Generator().manual_seed(seed)
+    return Batch(*(torch.randn(B, w, generator=g) for w in (5, 2, 5, 1)), torch.zeros(B, 1))
 
 
 def rows(start, n):
@@ -26,3 +37,11 @@ def test_sample_only_from_filled_rows():
     s = buf.sample(500, generator=torch.Generator().manual_seed(0))
     assert set(s.actions[:, 0].tolist()) == set(range(7))
     torch.testing.assert_close(s.next_observations[:, 0], s.actions[:, 0] + 0.5)  # rows stay whole
+
+
+def test_batch_cat_keeps_order():
+    a, b = make_batch(1), make_batch(2)
+    c = Batch.cat(a, b)
+    assert len(c) == 2 * B
+    for f in dataclasses.fields(Batch):
+        torch.testing.assert_close(getattr(c, f.name)[B:], getattr(b, f.name))

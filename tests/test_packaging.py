@@ -23,27 +23,111 @@ def test_conda_environment_matches_pyproject():
     assert "torch==2.13.0" in pip and "-e ." in pip
 
 
+PACKAGE = ROOT / "micro"
+
+
+def module_name(path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _skipped_block(node) -> bool:
+    """``if TYPE_CHECKING:`` (annotations only) and ``if __name__ == "__main__":`` (the
+    ``python -m`` entry of a module whose command line lives in micro.cli)."""
+    if not isinstance(node, ast.If):
+        return False
+    test = ast.unparse(node.test)
+    return test in ("TYPE_CHECKING", "typing.TYPE_CHECKING") or "__main__" in test
+
+
 def micro_imports(path) -> set[str]:
-    """The ``micro`` modules a source file imports, at its top or inside functions."""
+    """The ``micro`` modules a source file imports, at its top or inside functions (not in
+    ``_skipped_block``s): each ``from micro.a import b`` names micro.a.b when that is a module,
+    else micro.a."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+
+    def visit(node):
+        if _skipped_block(node):
+            return
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("micro"):
-            found |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if is_module(sub) else node.module)
         elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("micro")}
+            found.update(a.name for a in node.names if a.name.startswith("micro"))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
     return found
+
+
+def is_module(name: str) -> bool:
+    path = ROOT.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def import_graph() -> dict[str, set[str]]:
+    return {module_name(p): micro_imports(p) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def test_the_import_graph_has_no_circle():
+    graph = import_graph()
+    assert "micro.run_dir" in graph["micro.trainer"]  # the check can see an edge
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for dep in sorted(graph.get(module, ())):
+            if dep == module or dep not in graph:
+                continue
+            assert state.get(dep) != 1, "import circle: " + " -> ".join([*path, module, dep])
+            if dep not in state:
+                visit(dep, [*path, module])
+        state[module] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module, [])
 
 
 def test_dataset_readers_are_the_bottom_of_the_house():
     """micro.data (reading datasets) imports nothing above it — no learner, trainer or dataset
     maker; micro.datagen (making them) sits on top of the learner."""
-    below = ("micro.MicroError", "micro.__version__", "micro.envs", "micro.utils", "micro.data.")
-    for path in sorted((ROOT / "micro" / "data").glob("*.py")):
-        imports = micro_imports(path) - {"micro", "micro.data"}
-        above = {m for m in imports if not m.startswith(below)}
+    below = ("micro.run_dir", "micro.envs", "micro.utils", "micro.data")
+    for path in sorted((PACKAGE / "data").glob("*.py")):
+        above = {m for m in micro_imports(path) - {"micro"} if not m.startswith(below)}
         assert not above, f"micro/data/{path.name} imports {sorted(above)}"
     # the check can fail: a maker imports the learner
-    assert "micro.algos.sac" in micro_imports(ROOT / "micro" / "datagen" / "behavior.py")
+    assert "micro.algos.sac" in micro_imports(PACKAGE / "datagen" / "behavior.py")
+
+
+LOOP = ("micro.trainer", "micro.pipeline", "micro.rollout", "micro.sweep", "micro.datagen")
+
+
+def test_analysis_reads_run_directories_and_policy_files_never_the_loop():
+    analysis = ["report", "results", "plots", "robustness_summary", "eval_sweep"]
+    graph = import_graph()
+    for name in analysis:
+        reached, todo = set(), [f"micro.{name}"]
+        while todo:  # everything it imports, directly or not
+            for dep in graph.get(todo.pop(), ()):
+                if dep not in reached:
+                    reached.add(dep)
+                    todo.append(dep)
+        loop = sorted(m for m in reached if m.startswith(LOOP))
+        assert not loop, f"micro.{name} reaches {loop}"
+
+
+def test_only_entry_points_import_the_command_line():
+    """The library never depends on its command line: micro.cli is imported by the entry
+    scripts, by itself, and by the ``python -m`` blocks of modules that keep their command."""
+    for module, deps in import_graph().items():
+        if not module.startswith("micro.cli"):
+            cli = sorted(d for d in deps if d.startswith("micro.cli"))
+            assert not cli, f"{module} imports {cli}"
+    for script in ("train.py", "eval.py", "report.py", "sweep.py", "fit_dynamics.py"):
+        assert any(m.startswith("micro.cli") for m in micro_imports(ROOT / script)), script
 
 
 def github_anchor(heading: str) -> str:

@@ -13,10 +13,11 @@ import torch
 from conftest import ROOT
 
 from micro import MicroError
+from micro.cli.results import main
 from micro.logger import logged_seconds
 from micro.policy_file import export_checkpoint_policy as export_policy
 from micro.provenance import read_sessions
-from micro.results import main, ship, table
+from micro.results import ship, table
 from micro.run_dir import TIMED_STAGES
 
 
@@ -150,7 +151,7 @@ def test_a_run_in_progress_ships_its_checkpoint_marked_unfinished(smoke_run, tmp
 
 
 def test_the_demo_sweeps_shipped_policies(smoke_run, tmp_path, monkeypatch):
-    from micro import demo
+    from micro.cli import demo
 
     run_dir, _ = smoke_run
     dest = ship(run_dir, "hopper-random-tiny", tmp_path)

@@ -23,8 +23,8 @@ metadata/*. Episodes are whole and contiguous; only the file's last episode may 
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -290,115 +290,94 @@ def build(
     raise MicroError(f"unknown kind {kind!r}; choose one of {', '.join(DATASET_KINDS)}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from micro.cli import OneLineParser, guarded
+def check_target(
+    env: str,
+    kind: str,
+    steps: int,
+    n_envs: int,
+    fmt: str,
+    out: str | None,
+    dataset_id: str | None,
+    env_version: int | None,
+    force: bool = False,
+) -> tuple[SimSpec, str]:
+    """The simulator to collect on and where the dataset goes (a file for ``fmt`` hdf5, a
+    Minari id for minari), checked before collecting: nothing is replaced without ``force``."""
+    if steps < 2 or n_envs < 1:
+        raise MicroError("--steps must be at least 2 and --n_envs at least 1")
+    if fmt == "hdf5":
+        if out is None or dataset_id is not None:
+            raise MicroError("--format hdf5 writes --out FILE.hdf5 (--dataset_id is minari's)")
+        if env_version not in (None, 4):
+            raise MicroError("a D4RL-format file holds D4RL's dynamics: -v4 only")
+        if Path(out).exists() and not force:
+            raise MicroError(f"{out} exists; choose another --out or pass --force to replace it")
+        return versioned_sim(env, 4), out
+    from micro.data import minari_data
+    from micro.envs import MINARI_ID
 
-    parser = OneLineParser(
-        prog="python -m micro.datagen.collect", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--env", required=True, choices=list(ENV_IDS))
-    parser.add_argument("--kind", required=True, choices=list(DATASET_KINDS))
-    parser.add_argument(
-        "--steps", type=int, default=1_000_000, help="rows (per part for medium-expert)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--format", choices=("hdf5", "minari"), default="hdf5")
-    parser.add_argument("--out", help="hdf5: the file to write (must not exist)")
-    parser.add_argument(
-        "--dataset_id", help="minari: the new dataset's id, e.g. local/hopper/medium-v0"
-    )
-    parser.add_argument(
-        "--env_version",
-        type=int,
-        choices=(4, 5),
-        help="the robot's Gymnasium version: hdf5 4 only (D4RL's dynamics); minari 5 (default), 4",
-    )
-    parser.add_argument("--policy", help="behavior policy .pt (medium/expert; the medium part)")
-    parser.add_argument("--expert_policy", help="expert part of medium-expert")
-    parser.add_argument("--run", help="behavior run folder, for medium-replay")
-    parser.add_argument(
-        "--upto",
-        type=int,
-        help="medium-replay: transitions to take (default: the medium policy's training step)",
-    )
-    parser.add_argument("--n_envs", type=int, default=8, help="simulators stepped in lockstep")
-    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
-    parser.add_argument("--no_progress", action="store_true")
-    parser.add_argument("--debug", action="store_true")
+    if dataset_id is None or out is not None:
+        raise MicroError("--format minari writes --dataset_id NAMESPACE/NAME-vN (not --out)")
+    if "/" not in dataset_id or not MINARI_ID.match(dataset_id):
+        raise MicroError(
+            f"bad --dataset_id {dataset_id!r}; use namespace/robot/kind-vN, e.g. "
+            f"local/{env}/{kind}-v0"
+        )
+    path = minari_data.local_path(dataset_id)
+    if path.exists():
+        raise MicroError(
+            f"Minari dataset {dataset_id} exists at {path}; choose another --dataset_id "
+            "(bump its -vN) or delete that folder"
+        )
+    return versioned_sim(env, env_version or 5), dataset_id
 
-    def check_target(a) -> tuple[SimSpec, str]:
-        """The simulator to collect on and where the dataset goes, checked before collecting."""
-        if a.steps < 2 or a.n_envs < 1:
-            raise MicroError("--steps must be at least 2 and --n_envs at least 1")
-        if a.format == "hdf5":
-            if a.out is None or a.dataset_id is not None:
-                raise MicroError("--format hdf5 writes --out FILE.hdf5 (--dataset_id is minari's)")
-            if a.env_version not in (None, 4):
-                raise MicroError("a D4RL-format file holds D4RL's dynamics: -v4 only")
-            if Path(a.out).exists() and not a.force:
-                raise MicroError(
-                    f"{a.out} exists; choose another --out or pass --force to replace it"
-                )
-            return versioned_sim(a.env, 4), a.out
+
+@dataclass
+class MadeDataset:
+    target: str | Path  # the file written, or the Minari dataset's id
+    steps: int
+    episodes: int  # whole episodes
+    return_mean: float  # over the whole episodes
+    normalized: float  # D4RL-normalized return_mean
+
+
+def make_dataset(
+    kind: str,
+    sim: SimSpec,
+    target: str,
+    fmt: str,
+    steps: int,
+    seed: int,
+    n_envs: int,
+    policy: str | None = None,
+    expert_policy: str | None = None,
+    run: str | None = None,
+    upto: int | None = None,
+    progress: bool = True,
+) -> MadeDataset:
+    """Collect a dataset of ``kind`` (``build``) and write it to ``target`` (``check_target``'s)
+    as a D4RL-format file or a Minari dataset."""
+    arrays, name = build(kind, sim, steps, seed, n_envs, policy, expert_policy, run, upto, progress)
+    returns = arrays["episode_returns"]
+    mean = float(returns.mean()) if len(returns) else float("nan")
+    score = normalized_score(sim.robot, mean)
+    if fmt == "hdf5":
+        write_dataset(target, arrays, sim.robot, name, seed)
+    else:
         from micro.data import minari_data
-        from micro.envs import MINARI_ID
 
-        if a.dataset_id is None or a.out is not None:
-            raise MicroError("--format minari writes --dataset_id NAMESPACE/NAME-vN (not --out)")
-        if "/" not in a.dataset_id or not MINARI_ID.match(a.dataset_id):
-            raise MicroError(
-                f"bad --dataset_id {a.dataset_id!r}; use namespace/robot/kind-vN, e.g. "
-                f"local/{a.env}/{a.kind}-v0"
-            )
-        path = minari_data.local_path(a.dataset_id)
-        if path.exists():
-            raise MicroError(
-                f"Minari dataset {a.dataset_id} exists at {path}; choose another --dataset_id "
-                "(bump its -vN) or delete that folder"
-            )
-        return versioned_sim(a.env, a.env_version or 5), a.dataset_id
-
-    def run(argv: list[str]) -> int:
-        a = parser.parse_args(argv)
-        sim, target = check_target(a)
-        start = time.time()
-        arrays, name = build(
-            a.kind,
-            sim,
-            a.steps,
-            a.seed,
-            a.n_envs,
-            a.policy,
-            a.expert_policy,
-            a.run,
-            a.upto,
-            not a.no_progress,
+        description = (
+            f"{kind} data for {sim.env_id} made by micro's collector: {name}, seed "
+            f"{seed}, {len(arrays['rewards'])} steps; whole episodes' return {mean:.1f} "
+            f"(D4RL-normalized {score:.1f})"
         )
-        returns = arrays["episode_returns"]
-        mean = float(returns.mean()) if len(returns) else float("nan")
-        score = normalized_score(a.env, mean)
-        if a.format == "hdf5":
-            write_dataset(target, arrays, a.env, name, a.seed)
-        else:
-            from micro.data import minari_data
-
-            description = (
-                f"{a.kind} data for {sim.env_id} made by micro's collector: {name}, seed "
-                f"{a.seed}, {len(arrays['rewards'])} steps; whole episodes' return {mean:.1f} "
-                f"(D4RL-normalized {score:.1f})"
-            )
-            target = minari_data.write(
-                a.dataset_id, minari_data.split_episodes(arrays), sim, description, name
-            )
-        print(
-            f"wrote {target}: {len(arrays['rewards'])} steps on {sim.env_id}, {len(returns)} "
-            f"whole episodes, return {mean:.1f} (D4RL-normalized {score:.1f}) "
-            f"in {time.time() - start:.0f}s"
+        target = minari_data.write(
+            target, minari_data.split_episodes(arrays), sim, description, name
         )
-        return 0
-
-    return guarded(run, list(sys.argv[1:] if argv is None else argv))
+    return MadeDataset(target, len(arrays["rewards"]), len(returns), mean, score)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the command line is micro.cli.collect's
+    from micro.cli.collect import main
+
     sys.exit(main())

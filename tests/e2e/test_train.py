@@ -1,13 +1,15 @@
 """The real command line, run as a user runs it, on small datasets made in the simulator."""
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import only_run_dir, run_train
+from conftest import ROOT, algo_run, only_run_dir, read_rows, run_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from micro.utils import sha256_file
@@ -239,3 +241,64 @@ def test_unreachable_d4rl_fails_fast_with_a_way_out(tmp_path, cli_env):
 def test_unknown_flag_exit_code_two(tmp_path, cli_env):
     proc = run_train(["--task", "hopper-medium-v2", "--penalty", "1"], cli_env, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("algo", ["mobile", "mopo"])
+def test_baseline_cli_run(baseline_runs, algo):
+    run_dir = baseline_runs[algo]
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["algo"] == algo and run_dir.parent.name == algo
+    assert cfg["rollout_length"] == 5 and cfg["penalty_coef"] == {"mobile": 1.5, "mopo": 5.0}[algo]
+    rows = read_rows(run_dir / "progress.csv")
+    assert len(rows) == 2 and all(r["eval_normalized_score"] != "" for r in rows)
+    if algo == "mobile":
+        assert "penalty" in rows[0] and float(rows[-1]["penalty"]) > 0
+        assert "uncertainty" not in rows[0]
+    else:  # MOPO: a reward penalty from the rollouts, no value penalty in the target
+        assert float(rows[-1]["rollout_reward_penalty"]) > 0
+        assert "penalty" not in rows[0] and "uncertainty" not in rows[0]
+    blob = torch.load(run_dir / "policy.pt", weights_only=True)
+    assert blob["algo"] == algo
+
+
+def test_fit_dynamics_alone_then_reuse(hopper_file, tiny_config, tmp_path, cli_env):
+    out = tmp_path / "dyn"
+    common = ["--task", "hopper-medium-v2", "--dataset", str(hopper_file)]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "fit_dynamics.py",
+            *common,
+            "--config",
+            str(tiny_config),
+            "--out",
+            str(out),
+            "--no_progress",
+        ],
+        cwd=ROOT,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "model.pt").is_file() and (out / "dynamics.json").is_file()
+    again = subprocess.run(
+        [sys.executable, "fit_dynamics.py", *common, "--out", str(out)],
+        cwd=ROOT,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 1 and "exists; choose a new --out" in again.stderr
+    run_dir, proc = algo_run(
+        "mopo",
+        tmp_path / "runs",
+        hopper_file,
+        tiny_config,
+        cli_env,
+        extra=["--load_dynamics_path", str(out), "--epoch", "1"],
+    )
+    assert f"dynamics: loaded from {out}" in proc.stdout
+    assert not (run_dir / "dynamics").exists()

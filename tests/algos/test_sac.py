@@ -1,5 +1,6 @@
-"""The MICRO, MOBILE and MOPO targets and the SAC losses against plain loop re-derivations with
-the same weights and noise."""
+"""micro/algos/sac.py: the SAC losses, temperature and update, and the target of every
+algorithm (SAC's with MICRO's, MOBILE's or MOPO's conservatism) against a plain loop
+re-derivation with the same weights and noise."""
 
 import copy
 import dataclasses
@@ -9,9 +10,6 @@ import torch
 from torch import nn
 
 from micro.algos import algorithm_class
-from micro.algos.micro import conservative_target, state_uncertainty
-from micro.algos.mobile import bellman_inconsistency, mobile_target
-from micro.algos.mopo import reward_penalty
 from micro.algos.sac import TargetNoise, actor_loss, alpha_loss, critic_loss
 from micro.buffer import Batch
 from micro.config import Config
@@ -178,19 +176,6 @@ def test_target_equals_loop_re_derivation(overrides, algo, device):
         assert (y > 0).sum() > N_REAL  # not a test of the clamp alone
 
 
-def test_mobile_and_micro_differ_only_in_the_penalty():
-    """Same weights, batch and noise: MICRO and MOBILE see the same per-elite values."""
-    batch, noise = make_batch(), make_noise()
-    micro, mobile = make_agent(algo="micro"), make_agent(algo="mobile")
-    values = micro.elite_values(
-        batch.observations[N_REAL:], batch.actions[N_REAL:], noise.model_state, noise.model_action
-    )
-    _, u = micro.target(batch, N_REAL, noise)
-    _, p = mobile.target(batch, N_REAL, noise)
-    torch.testing.assert_close(u[N_REAL:], state_uncertainty(values))
-    torch.testing.assert_close(p[N_REAL:], bellman_inconsistency(values))
-
-
 def test_deterministic_backup_drops_exactly_the_entropy_term():
     batch, noise = make_batch(), make_noise()
     batch.rewards += 100.0  # keep every target above the clamp
@@ -201,38 +186,6 @@ def test_deterministic_backup_drops_exactly_the_entropy_term():
     logp = with_entropy.actor.sample(batch.next_observations, noise.next_action).log_prob
     entropy_term = 0.99 * (1 - batch.terminals[:, 0]) * with_entropy.alpha * logp
     torch.testing.assert_close(y2 - y1, entropy_term, rtol=1e-4, atol=1e-4)
-
-
-def test_target_is_clamped_at_zero():
-    r, d = torch.tensor([-5.0, 1.0, -0.5]), torch.tensor([0.0, 1.0, 1.0])
-    y = conservative_target(r, d, torch.tensor([1.0, 9.0, 9.0]), torch.zeros(3), 0.99, 1.0)
-    torch.testing.assert_close(y, torch.tensor([0.0, 1.0, 0.0]))
-
-
-def test_state_uncertainty_known_values():
-    # K=2 samples, E=3 elites, B=1 row: member means 1, 3, 8 -> U = 4 - 1 = 3
-    values = torch.tensor([[[0.0], [2.0], [8.0]], [[2.0], [4.0], [8.0]]])
-    assert state_uncertainty(values).tolist() == [3.0]
-
-
-def test_bellman_inconsistency_known_values():
-    # member means 1, 3, 8: mean 4, squared deviations 9 + 1 + 16 = 26, / (3 - 1) -> std √13
-    values = torch.tensor([[[0.0], [2.0], [8.0]], [[2.0], [4.0], [8.0]]])
-    assert bellman_inconsistency(values).item() == pytest.approx(13**0.5)
-
-
-def test_mobile_target_known_values():
-    # y = r - beta P + gamma (1 - d) V, clamped: the penalty is not discounted
-    r, d = torch.tensor([1.0, 1.0, 0.1]), torch.tensor([0.0, 1.0, 0.0])
-    v, p = torch.tensor([10.0, 10.0, 0.0]), torch.tensor([2.0, 2.0, 1.0])
-    y = mobile_target(r, d, v, p, 0.5, 0.25)
-    torch.testing.assert_close(y, torch.tensor([1.0 - 0.5 + 5.0, 0.5, 0.0]))
-
-
-def test_reward_penalty_is_the_largest_member_std_norm():
-    # 2 members, 1 row, 2 dims: stds (3, 4) -> 5 and (1, 1) -> √2; max = 5
-    logvar = torch.log(torch.tensor([[[9.0, 16.0]], [[1.0, 1.0]]]))
-    torch.testing.assert_close(reward_penalty(logvar), torch.tensor([5.0]))
 
 
 def test_all_real_batch_skips_the_model(device):
@@ -292,26 +245,6 @@ def test_auto_alpha_starts_at_one_and_is_clamped():
     assert agent.alpha.item() == 1.0
 
 
-def test_batch_cat_keeps_order():
-    a, b = make_batch(1), make_batch(2)
-    c = Batch.cat(a, b)
-    assert len(c) == 2 * B
-    for f in dataclasses.fields(Batch):
-        torch.testing.assert_close(getattr(c, f.name)[B:], getattr(b, f.name))
-
-
-def test_chunked_uncertainty_equals_one_block(monkeypatch):
-    """The CPU path evaluates U in row blocks; blocks must not change the result."""
-    import micro.algos.penalized
-
-    agent, batch, noise = make_agent(), make_batch(), make_noise()
-    y_one, u_one = agent.target(batch, N_REAL, noise)
-    monkeypatch.setattr(micro.algos.penalized, "UNCERTAINTY_CHUNK", 5)  # 72 states -> 15 blocks
-    y_blocks, u_blocks = agent.target(batch, N_REAL, noise)
-    torch.testing.assert_close(u_blocks, u_one)
-    torch.testing.assert_close(y_blocks, y_one)
-
-
 @pytest.mark.parametrize("precision", ["high", "medium"])
 def test_reduced_matmul_precision_is_opt_in_and_close(precision, device):
     """matmul_precision high (TF32 on CUDA) and medium (bfloat16 products where the hardware has
@@ -328,16 +261,3 @@ def test_reduced_matmul_precision_is_opt_in_and_close(precision, device):
     scale = y_exact.abs().max()
     assert (y_fast - y_exact).abs().max() <= 0.02 * scale
     assert (u_fast - u_exact).abs().max() <= 0.02 * scale
-
-
-def test_cuda_graphs_fall_back_to_eager_steps_without_fused_adam():
-    """torch < 2.4 makes the optimizers unfused (no fused Adam on the CPU, where they are
-    built): training goes on eagerly, with a warning, instead of failing to record."""
-    from micro.graphs import graphed
-
-    def step():
-        return {}
-
-    unfused = torch.optim.Adam([torch.zeros(2, requires_grad=True)], foreach=True)
-    with pytest.warns(UserWarning, match="need fused Adam"):
-        assert graphed(step, lambda: None, [unfused]) is step
