@@ -48,9 +48,4 @@ class MICRO(ValuePenalizedSAC):
     penalty_metric = "uncertainty"
 
     penalty_from_values = staticmethod(state_uncertainty)
-
-    def bellman_target(self, rewards, terminals, next_value, penalty):
-        cfg = self.cfg
-        return conservative_target(
-            rewards, terminals, next_value, penalty, cfg.gamma, cfg.penalty_coef, cfg.clamp_target
-        )
+    target_from_penalty = staticmethod(conservative_target)

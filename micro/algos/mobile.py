@@ -42,9 +42,4 @@ class MOBILE(ValuePenalizedSAC):
     penalty_metric = "penalty"
 
     penalty_from_values = staticmethod(bellman_inconsistency)
-
-    def bellman_target(self, rewards, terminals, next_value, penalty):
-        cfg = self.cfg
-        return mobile_target(
-            rewards, terminals, next_value, penalty, cfg.gamma, cfg.penalty_coef, cfg.clamp_target
-        )
+    target_from_penalty = staticmethod(mobile_target)

@@ -2,11 +2,14 @@
 part MICRO and MOBILE share (SPEC §3, §6).
 
 For a model row (s, a), V_ek = min_j Q̄_j(s''_ek, a''_ek) for sample k of elite e,
-s''_ek ~ N(μ_e(s, a), σ_e(s, a)), a''_ek ~ π(·|s''_ek). A subclass reduces V [K, E, M] to a
-penalty per row (``penalty_from_values``) and says how it enters the target (``bellman_target``).
+s''_ek ~ N(μ_e(s, a), σ_e(s, a)), a''_ek ~ π(·|s''_ek). A subclass names two pure functions:
+``penalty_from_values`` reduces V [K, E, M] to a penalty per row, and ``target_from_penalty``
+(r, d, V(s'), penalty, γ, β, clamp) -> y says how it enters the target.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -18,11 +21,16 @@ UNCERTAINTY_CHUNK = 2048  # rows per block when evaluating V_ek on the CPU
 
 class ValuePenalizedSAC(SAC):
     value_penalized = True
+    # [K, E, M] per-elite values -> [M] penalty
+    penalty_from_values: Callable[[torch.Tensor], torch.Tensor]
+    # (r, d, V(s'), penalty, γ, β, clamp) -> y, all [B]
+    target_from_penalty: Callable[..., torch.Tensor]
 
-    @staticmethod
-    def penalty_from_values(values: torch.Tensor) -> torch.Tensor:
-        """[K, E, M] per-elite values -> [M] penalty."""
-        raise NotImplementedError
+    def bellman_target(self, rewards, terminals, next_value, penalty):
+        cfg = self.cfg
+        return self.target_from_penalty(
+            rewards, terminals, next_value, penalty, cfg.gamma, cfg.penalty_coef, cfg.clamp_target
+        )
 
     @torch.no_grad()
     def elite_values(
