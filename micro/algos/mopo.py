@@ -1,5 +1,6 @@
 """MOPO (Yu et al., NeurIPS 2020): the model's uncertainty subtracted from the rewards of the
-model rollouts (SPEC §6); the critic learns with the plain soft target.
+model rollouts (SPEC §6); the critic learns with the plain soft target, not clamped at 0
+(``clamp_target`` false in ``configs/mopo/defaults.yaml``).
 
 Its hook is the rollout step (``model_step``): every ensemble member is evaluated and the stored
 reward is r̃ = r − λ u(s, a), u = max_e ‖σ_e(s, a)‖₂ (OfflineRL-Kit's "aleatoric" mode).

@@ -46,3 +46,18 @@ def test_mopo_rollout_stores_the_penalized_reward():
     assert info["reward_penalty"] == pytest.approx(
         float(reward_penalty(logvar.detach()).mean()), rel=1e-4
     )
+
+
+def test_mopos_target_is_not_clamped():
+    """SPEC §6: MOPO learns with the plain soft target; the clamp at 0 would remove exactly the
+    negative targets its reward penalty makes."""
+    from micro.config import resolve_config
+
+    cfg = resolve_config("hopper-medium-v2", overrides={"algo": "mopo", "hidden_dims": (8,)})
+    assert not cfg.clamp_target
+    assert resolve_config("hopper-medium-v2").clamp_target  # MICRO's is clamped
+    torch.manual_seed(0)
+    mopo = MOPO(cfg, 3, 2, None)
+    r, d = torch.tensor([-5.0, 1.0]), torch.tensor([0.0, 1.0])
+    y = mopo.bellman_target(r, d, torch.tensor([1.0, 9.0]), torch.zeros(2))
+    torch.testing.assert_close(y, torch.tensor([-5.0 + 0.99, 1.0]))
