@@ -27,7 +27,7 @@ from micro.envs import normalized_score
 from micro.run_dir import POLICY_FILE, RunDir
 
 DATA = Path("data/demo/hopper-medium.hdf5")
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "results"
 SHIPPED_ALGOS = ("micro", "mobile")
 SHIPPED_EPISODES = "2"
 DEMO_STEPS = 50_000
