@@ -163,7 +163,8 @@ def test_the_demo_sweeps_shipped_policies(smoke_run, tmp_path, monkeypatch):
     assert demo.shipped_policies(tmp_path / "nothing") == {}
     # by default, the results this repository ships: six policies of one dataset
     shipped = demo.shipped_policies()
-    assert list(shipped) == ["halfcheetah-medium-200k"] and len(shipped[list(shipped)[0]]) == 6
+    assert list(shipped) == ["halfcheetah-medium-200k"]
+    assert len(shipped["halfcheetah-medium-200k"]) == 6
     monkeypatch.setattr(demo, "FRICTION", ["1.0"])
     monkeypatch.setattr(demo, "GRAVITY", ["0.5", "1.0"])
     monkeypatch.setattr(demo, "EPS", ["0", "0.1"])
