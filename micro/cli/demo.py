@@ -179,12 +179,11 @@ def main() -> int:
         f"model rollouts {t['rollouts']:.0f}s, MICRO updates {t['updates']:.0f}s, "
         f"evaluation {t['evaluation']:.0f}s, robustness sweeps {out['robustness_s']:.0f}s"
     )
-    print(f"run directory: {result.run_dir}")
-    print(
-        f"robustness plots: {result.run_dir / 'eval' / 'sim2real.png'}, "
-        f"{result.run_dir / 'eval' / 'attack-all.png'}"
-    )
-    print(f"tensorboard --logdir {result.run_dir / 'tb'}")
+    folder = RunDir(result.run_dir)
+    print(f"run directory: {folder.path}")
+    plots = f"{folder.eval_dir / 'sim2real.png'}, {folder.eval_dir / 'attack-all.png'}"
+    print(f"robustness plots: {plots}")
+    print(f"tensorboard --logdir {folder.tb_dir}")
     print("\n=== demo, part 2: the shipped long-run policies (results/), not trained here ===")
     if not out["shipped"]:
         print("no shipped MICRO/MOBILE policy under results/ in this checkout")
