@@ -135,6 +135,10 @@ class Config:
             if not ok:
                 raise MicroError(f"bad config: {message}")
 
+    def evaluates_at(self, epoch: int) -> bool:
+        """Whether training evaluates after ``epoch`` (every ``eval_freq`` and the last)."""
+        return epoch % self.eval_freq == 0 or epoch == self.epoch
+
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 

@@ -48,9 +48,10 @@ def _keep_rows_to(path: Path, epoch: int) -> list[str] | None:
 class RunLogger:
     def __init__(self, run_dir: Path, resume: bool = False) -> None:
         self.run_dir, self.resume = run_dir, resume
-        self.csv_path = RunDir(run_dir).progress_file
-        self.episodes_path = RunDir(run_dir).episodes_file
-        self.tb_dir = RunDir(run_dir).tb_dir
+        run = RunDir(run_dir)
+        self.csv_path = run.progress_file
+        self.episodes_path = run.episodes_file
+        self.tb_dir = run.tb_dir
         # dynamics-fitting curves have their own folder: their x axis is the fitting epoch
         self._dynamics_writer: SummaryWriter | None = None
         self.writer: SummaryWriter | None = None

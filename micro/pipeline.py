@@ -27,7 +27,7 @@ from micro.dynamics import EnsembleDynamics, fit_dynamics, read_dynamics_info
 from micro.envs import SimSpec, parse_task
 from micro.logger import RunLogger
 from micro.provenance import record_session
-from micro.run_dir import RunDir
+from micro.run_dir import CONFIG_FILE, RunDir
 from micro.trainer import Trainer, TrainResult
 from micro.utils import resolve_device, set_seed
 
@@ -210,9 +210,12 @@ def run(
     device = resolve_device(cfg.device)
     data = load_task_data(task, cfg.dataset)
     set_seed(cfg.seed)
-    run = RunDir.create(cfg.logdir, cfg.task, cfg.algo, cfg.seed) if run_dir is None else None
-    run_dir = (run or RunDir.claim(run_dir)).path
-    save_config(cfg, RunDir(run_dir).config_file, {**data_record(data), **(extra_config or {})})
+    if run_dir is None:
+        run = RunDir.create(cfg.logdir, cfg.task, cfg.algo, cfg.seed)
+    else:
+        run = RunDir.claim(run_dir)
+    run_dir = run.path
+    save_config(cfg, run.config_file, {**data_record(data), **(extra_config or {})})
     record_session(run_dir)
     print(
         f"run directory: {run_dir}\nalgorithm: {cfg.algo}; {config_files_note(cfg)}\n"
@@ -266,6 +269,6 @@ def fit_dynamics_only(cfg: Config, out: str | Path, progress: bool = True) -> Pa
     print(f"{describe(data)}\ndevice: {describe_device(device, cfg)}")
     sha = data.record.get("dataset_sha256")
     fit_or_load_dynamics(cfg, data.sim, real, out, progress=progress, data_sha256=sha)
-    save_config(cfg, RunDir(out).config_file, data_record(data))
+    save_config(cfg, out / CONFIG_FILE, data_record(data))  # a dynamics folder, not a run
     print(f"dynamics model: {out}  (use it with --load_dynamics_path {out})")
     return out

@@ -168,8 +168,7 @@ def export_checkpoint_policy(
             {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
         )
     score = None
-    evaluated = progress.epoch % cfg.eval_freq == 0 or progress.epoch == cfg.epoch
-    if progress.last_eval is not None and evaluated:
+    if progress.last_eval is not None and cfg.evaluates_at(progress.epoch):
         e = progress.last_eval
         score = EvalResult(np.asarray(e["returns"]), np.asarray(e["lengths"]), sim).normalized_mean
     out.parent.mkdir(parents=True, exist_ok=True)

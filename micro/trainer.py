@@ -60,6 +60,7 @@ class Trainer:
         progress: bool = True,
     ) -> None:
         self.cfg, self.run_dir, self.progress = cfg, run_dir, progress
+        self.run = RunDir(run_dir)  # its files
         self.real, self.dynamics, self.agent, self.logger = real, dynamics, agent, logger
         self.device = real.device
         self.sim = sim  # where evaluation runs, and the score references
@@ -86,7 +87,7 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return RunDir(self.run_dir).checkpoint_file
+        return self.run.checkpoint_file
 
     # --- one rollout, one batch, one evaluation -----------------------------------------------
     def rollout(self) -> dict[str, float]:
@@ -195,11 +196,9 @@ class Trainer:
         self.checkpoints.wait()
         t["checkpoints"] += time.time() - wait_start
         bar.close()
-        self.save_policy(RunDir(self.run_dir).policy_file, evaluated=True)
+        self.save_policy(self.run.policy_file, evaluated=True)
         self.logger.close()
-        atomic_write_text(
-            RunDir(self.run_dir).timings_file, json.dumps({k: round(v, 1) for k, v in t.items()})
-        )
+        atomic_write_text(self.run.timings_file, json.dumps({k: round(v, 1) for k, v in t.items()}))
         return TrainResult(self.run_dir, self.last_eval, dict(t))
 
     def _loop(self, bar: tqdm) -> None:
@@ -225,7 +224,7 @@ class Trainer:
             self.logger.epoch_scalars({**means, **at_start}, rollout, state.step)
             if state.model_info:
                 self.logger.scalars(state.model_info, state.step, "model/")
-            evaluated = state.epoch % cfg.eval_freq == 0 or state.epoch == cfg.epoch
+            evaluated = cfg.evaluates_at(state.epoch)
             if evaluated:
                 self.last_eval = e = self.evaluate()
                 state.last_eval = {"returns": e.returns.tolist(), "lengths": e.lengths.tolist()}
@@ -263,7 +262,7 @@ class Trainer:
                 and state.epoch < cfg.epoch
             ):
                 # before the checkpoint: a run killed in between redoes this epoch and rewrites it
-                self.save_policy(RunDir(self.run_dir).snapshot_file(state.epoch), evaluated)
+                self.save_policy(self.run.snapshot_file(state.epoch), evaluated)
             if state.epoch % cfg.save_freq == 0 or state.epoch == cfg.epoch:
                 save_start = time.time()
                 state.timings = dict(t)
