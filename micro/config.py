@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from micro import MicroError
+from micro import MAX_SEED, MicroError
 from micro.algos import ALGORITHMS
 
 CONFIG_DIR = Path(
@@ -127,6 +127,7 @@ class Config:
         ]
         checks += [(getattr(self, k) > 0, f"{k} must be positive") for k in positive]
         checks.append((self.penalty_coef >= 0, "penalty_coef must be >= 0"))
+        checks.append((0 <= self.seed <= MAX_SEED, f"seed must be an integer from 0 to {MAX_SEED}"))
         if self.dynamics_max_epochs is not None:
             checks.append((self.dynamics_max_epochs > 0, "dynamics_max_epochs must be positive"))
         if self.snapshot_freq is not None:

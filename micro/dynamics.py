@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,17 @@ from tqdm.auto import tqdm
 from micro import MicroError
 from micro.graphs import graphed
 from micro.nets import EnsembleLinear, Swish, ensemble_linear
-from micro.utils import adam, atomic_torch_save, atomic_write_text, bar_disable, safe_torch_load
+from micro.utils import (
+    adam,
+    atomic_path,
+    atomic_torch_save,
+    atomic_write_text,
+    bar_disable,
+    safe_torch_load,
+    sha256_file,
+)
+
+LOG_INTERVAL_S = 30.0  # without a terminal, the fit prints a progress line this often
 
 
 class EnsembleDynamics(nn.Module):
@@ -177,17 +189,31 @@ class EnsembleDynamics(nn.Module):
         }
 
     def save(self, folder: str | Path, extra: dict | None = None) -> None:
+        """``model.pt`` and ``dynamics.json``, which records model.pt's SHA-256 (checked by
+        ``load``) beside the sizes, elites and ``extra``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_torch_save(
             {"meta": self.meta(), "state_dict": self.state_dict()}, folder / "model.pt"
         )
         info = {**self.meta(), "elites": self.elites.tolist(), **(extra or {})}
+        info["model_sha256"] = sha256_file(folder / "model.pt")
         atomic_write_text(folder / "dynamics.json", json.dumps(info, indent=2))
 
     @classmethod
-    def load(cls, folder: str | Path, obs_dim: int, act_dim: int) -> EnsembleDynamics:
+    def load(
+        cls, folder: str | Path, obs_dim: int, act_dim: int, sha256: str | None = None
+    ) -> EnsembleDynamics:
+        """The model saved in ``folder``, refused if model.pt's SHA-256 differs from ``sha256``
+        (when given) or from the one dynamics.json records (folders from before it was
+        recorded load unchecked), or if a weight is not finite."""
         path = Path(folder) / "model.pt"
+        expected = sha256 or read_dynamics_info(folder).get("model_sha256")
+        if expected and path.is_file() and sha256_file(path) != expected:
+            raise MicroError(
+                f"{path} is damaged or was replaced: its SHA-256 is not the {expected[:12]}… "
+                "recorded when it was made; restore it (or fit the dynamics again)"
+            )
         blob = safe_torch_load(path, "dynamics model")
         meta = blob.get("meta")
         if not isinstance(meta, dict) or "state_dict" not in blob:
@@ -197,6 +223,9 @@ class EnsembleDynamics(nn.Module):
                 f"dynamics model {path} is for observation/action sizes "
                 f"{meta['obs_dim']}/{meta['act_dim']}, this task has {obs_dim}/{act_dim}"
             )
+        bad = [k for k, v in blob["state_dict"].items() if not torch.isfinite(v).all()]
+        if bad:
+            raise MicroError(f"dynamics model {path} has non-finite weights ({bad[0]})")
         model = cls(
             obs_dim,
             act_dim,
@@ -205,19 +234,39 @@ class EnsembleDynamics(nn.Module):
             meta["n_elites"],
             meta["weight_decay"],
         )
-        model.load_state_dict(blob["state_dict"])
+        try:
+            model.load_state_dict(blob["state_dict"])
+        except RuntimeError as exc:
+            raise MicroError(
+                f"dynamics model {path} does not match its recorded sizes: "
+                f"{str(exc).splitlines()[0]}"
+            ) from None
         return model
 
 
 def read_dynamics_info(folder: str | Path) -> dict:
-    """A saved model folder's ``dynamics.json``: sizes, elites, holdout losses and what it was
-    fitted on (``robot``, ``task``, ``dataset_sha256``; older folders lack some). ``{}`` when
-    the file is missing or unreadable: ``model.pt`` alone still loads."""
+    """A saved model folder's ``dynamics.json``: sizes, elites, holdout losses, model.pt's
+    SHA-256 and what it was fitted on (``robot``, ``task``, ``dataset_sha256``; older folders
+    lack some). ``{}`` when the file is missing or unreadable: ``model.pt`` alone still loads."""
     try:
         info = json.loads((Path(folder) / "dynamics.json").read_text())
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}
+
+
+def copy_saved(source: str | Path, folder: str | Path) -> str:
+    """Copy a saved model (``model.pt``, ``dynamics.json``) from ``source`` into ``folder``, so
+    that a run using it depends on no outside folder; return model.pt's SHA-256 (recorded in
+    the copy's dynamics.json, checked whenever it loads)."""
+    source, folder = Path(source), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "model.pt") as tmp:
+        shutil.copyfile(source / "model.pt", tmp)
+    sha = sha256_file(folder / "model.pt")
+    info = {**read_dynamics_info(source), "model_sha256": sha, "copied_from": str(source)}
+    atomic_write_text(folder / "dynamics.json", json.dumps(info, indent=2))
+    return sha
 
 
 @dataclass
@@ -323,6 +372,7 @@ def fit_dynamics(
     if device.type == "cuda" and cuda_graph:
         full_batch = graphed(full_batch, lambda: None, [optimizer])
     bar = tqdm(desc="dynamics fit", unit="epoch", disable=bar_disable(progress), leave=False)
+    last_line = time.monotonic()
     while True:
         epoch += 1
         order = torch.argsort(
@@ -362,6 +412,13 @@ def fit_dynamics(
             on_epoch(epoch, train_loss, float(hold.mean()))
         bar.update(1)
         bar.set_postfix(train=f"{train_loss:.4f}", holdout=f"{float(hold.mean()):.4f}")
+        if progress and bar.disable and time.monotonic() - last_line >= LOG_INTERVAL_S:
+            last_line = time.monotonic()  # no terminal (a log file): a line now and then
+            print(
+                f"dynamics fit: epoch {epoch}, train loss {train_loss:.4f}, holdout MSE "
+                f"{float(hold.mean()):.4f}, {epochs_since_update} epoch(s) since it improved",
+                flush=True,
+            )
         if epochs_since_update >= max_epochs_since_update or (
             max_epochs is not None and epoch >= max_epochs
         ):
@@ -372,6 +429,12 @@ def fit_dynamics(
     for key, value in best_state.items():
         if _member_param(key, value, n_members):
             state[key].copy_(value)
+    if not torch.isfinite(best).all():
+        largest = float(targets[:, -1].abs().max())
+        raise MicroError(
+            f"the dynamics fit diverged (holdout MSE {best.tolist()[0]:g} after {epoch} epochs): "
+            f"check the data's scale (largest |reward| {largest:g})"
+        )
     elites = torch.argsort(best)[: model.n_elites].sort().values
     model.elites.copy_(elites.to(model.elites.device))
     return FitResult(

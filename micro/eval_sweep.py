@@ -34,6 +34,7 @@ from micro.utils import (
     atomic_path,
     atomic_write_text,
     bar_disable,
+    check_seed,
     sha256_file,
 )
 
@@ -78,6 +79,7 @@ class EvalSpec:
             raise MicroError(f"group must be one of {', '.join(GROUPINGS)}")
         if self.eval_episodes < 1 or self.n_envs < 1:
             raise MicroError("--eval_episodes and --n_envs must be at least 1")
+        check_seed(self.seed)
         if self.choice == "sim2real":
             _check_positive("friction", self.friction)
             _check_positive("gravity", self.gravity, allow_zero=True)

@@ -91,8 +91,11 @@ def run_episodes(
     """Run ``episodes`` episodes, ``n_envs`` simulators in lockstep with the policy batched.
 
     Episode i is seeded ``seed + i``, for the simulator and for its own noise (stochastic
-    actions, attack candidates), so a rerun with the same ``n_envs`` is identical. (Another
-    ``n_envs`` batches the policy differently, which can round differently.)
+    actions, attack candidates), and the policy always sees a batch of ``n_envs`` rows with
+    episode i in row ``i % n_envs``, so episode i's result is a function of its seed, the
+    policy, the code and ``n_envs`` alone (on one machine and torch build): not of how many
+    episodes run, nor of when the others end. (Another ``n_envs`` batches the policy
+    differently, which can round differently.)
     The policy acts with tanh(μ(s)) when ``deterministic``, else samples from π(·|s). An attack
     perturbs only what the policy sees (budget scaled by ``obs_std``); ``physics`` scales the
     simulators' models for the duration of the call. ``observer(i, t, obs)``, when given, sees
@@ -113,39 +116,46 @@ def run_episodes(
             if physics is not None:
                 for env in envs:
                     stack.enter_context(scaled_physics(env.unwrapped.model, physics))
-            for first in range(0, episodes, len(envs)):
-                ids = range(first, min(first + len(envs), episodes))
-                active = list(zip(ids, envs, strict=False))
-                obs = {i: env.reset(seed=seed + i)[0] for i, env in active}
-                rngs = {i: np.random.default_rng([seed, i]) for i in ids}
+            n = len(envs)
+            for first in range(0, episodes, n):
+                # slot j holds episode first + j for the whole chunk; the policy always sees all
+                # n rows (zeros where a slot has no episode or its episode ended), so episode
+                # i's arithmetic is the same however many episodes run beside it
+                active = [(j, first + j) for j in range(min(n, episodes - first))]
+                obs = np.zeros((n, sim.obs_dim))
+                for j, i in active:
+                    obs[j] = envs[j].reset(seed=seed + i)[0]
+                rngs = {i: np.random.default_rng([seed, i]) for _, i in active}
                 while active:
-                    o = np.stack([obs[i] for i, _ in active])
-                    o = torch.as_tensor(o, dtype=torch.float32, device=device)
+                    o = torch.as_tensor(obs, dtype=torch.float32, device=device)
                     seen = o
                     if attacking:
                         k = 1 if attack.mode == "random" else N_CANDIDATES
-                        u = np.stack(
-                            [rngs[i].uniform(-1.0, 1.0, (k, o.shape[1])) for i, _ in active]
-                        )
+                        u = np.zeros((n, k, o.shape[1]))
+                        for j, i in active:
+                            u[j] = rngs[i].uniform(-1.0, 1.0, (k, o.shape[1]))
                         u = torch.as_tensor(u, dtype=torch.float32, device=device)
                         seen = o + attack_delta(o, u, attack, actor, critics, std)
                     if deterministic:
                         actions = actor.deterministic(seen)
                     else:
-                        noise = np.stack(
-                            [rngs[i].standard_normal(actor.act_dim) for i, _ in active]
-                        )
+                        noise = np.zeros((n, actor.act_dim))
+                        for j, i in active:
+                            noise[j] = rngs[i].standard_normal(actor.act_dim)
                         noise = torch.as_tensor(noise, dtype=torch.float32, device=device)
                         actions = actor.sample(seen, noise).action
+                    actions = actions.cpu().numpy()
                     still = []
-                    for (i, env), action in zip(active, actions.cpu().numpy(), strict=True):
-                        obs[i], reward, terminated, truncated, _ = env.step(action)
+                    for j, i in active:
+                        obs[j], reward, terminated, truncated, _ = envs[j].step(actions[j])
                         returns[i] += reward
                         lengths[i] += 1
                         if observer is not None:
-                            observer(i, int(lengths[i]) - 1, obs[i])
-                        if not (terminated or truncated):
-                            still.append((i, env))
+                            observer(i, int(lengths[i]) - 1, obs[j].copy())
+                        if terminated or truncated:
+                            obs[j] = 0.0
+                        else:
+                            still.append((j, i))
                     active = still
     finally:
         actor.train(was_training)

@@ -11,12 +11,17 @@ its header.
 from __future__ import annotations
 
 import csv
+import io
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch.utils.tensorboard import SummaryWriter
-
+from micro import MicroError
 from micro.run_dir import RunDir
 from micro.utils import atomic_path
+
+if TYPE_CHECKING:  # imported when a run logs: readers of progress.csv need no TensorBoard
+    from torch.utils.tensorboard import SummaryWriter
 
 # Always in the CSV header, even when the first rows have no evaluation.
 EVAL_COLUMNS = (
@@ -60,6 +65,8 @@ class RunLogger:
 
     def dynamics_scalars(self, values: dict[str, float], epoch: int) -> None:
         if self._dynamics_writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
             self._dynamics_writer = SummaryWriter(str(self.tb_dir / "dynamics"))
         for key, value in values.items():
             self._dynamics_writer.add_scalar(f"dynamics/{key}", value, epoch)
@@ -69,6 +76,8 @@ class RunLogger:
         written after that point by an earlier, interrupted process."""
         if self._dynamics_writer is not None:
             self._dynamics_writer.close()
+        from torch.utils.tensorboard import SummaryWriter
+
         self.writer = SummaryWriter(str(self.tb_dir), purge_step=step + 1 if self.resume else None)
         if self.resume and self.csv_path.exists():
             self._columns = _keep_rows_to(self.csv_path, epoch)
@@ -150,3 +159,39 @@ def logged_seconds(run_dir: Path) -> dict[str, float] | None:
     if not loop and not fit:
         return None
     return {"dynamics": max(fit) - min(fit) if fit else 0.0, "training loop": loop}
+
+
+def read_progress(file: Path) -> list[dict]:
+    """A progress.csv's rows, every value a number or empty. A last line cut short (a run
+    appending it right now, or a crash mid-write) is left out with a note; any other damage is
+    refused in one line naming the file and line."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise MicroError(f"{file} is not UTF-8 text: it is damaged") from None
+    except OSError as exc:
+        raise MicroError(f"cannot read {file}: {exc.strerror}") from None
+    try:
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise MicroError(f"{file} is not a valid CSV ({exc}): it is damaged") from None
+
+    def complete(row: dict) -> bool:
+        return None not in row and None not in row.values()
+
+    if rows and (not text.endswith("\n") or not complete(rows[-1])):
+        print(f"note: {file}'s last line is incomplete; it is left out", file=sys.stderr)
+        rows.pop()
+    for line, row in enumerate(rows, start=2):
+        bad = [k or "past the header" for k, v in row.items() if v != "" and not _number(v)]
+        if bad:
+            raise MicroError(f"{file} line {line} is damaged (column {bad[0]}); remove that line")
+    return rows
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):  # None: a missing field; a list: fields past the header
+        return False
+    return True

@@ -23,13 +23,13 @@ from micro.buffer import Batch, ReplayBuffer
 from micro.config import Config, config_files_note, config_from_dict, save_config
 from micro.data.sources import load_task_data, reload_task_data
 from micro.data.types import TaskData, Transitions
-from micro.dynamics import EnsembleDynamics, fit_dynamics, read_dynamics_info
+from micro.dynamics import EnsembleDynamics, copy_saved, fit_dynamics, read_dynamics_info
 from micro.envs import SimSpec, parse_task
 from micro.logger import RunLogger
 from micro.provenance import record_session
-from micro.run_dir import CONFIG_FILE, RunDir
+from micro.run_dir import CONFIG_FILE, RunDir, RunState
 from micro.trainer import Trainer, TrainResult
-from micro.utils import resolve_device, set_seed
+from micro.utils import resolve_device, set_seed, sha256_file
 
 # --- stage 1: data -------------------------------------------------------------------------------
 
@@ -69,15 +69,19 @@ def fit_or_load_dynamics(
     on_epoch: Callable[[int, float, float], None] | None = None,
     progress: bool = True,
     data_sha256: str | None = None,
+    model_sha256: str | None = None,
 ) -> EnsembleDynamics:
-    """Load the model saved in ``source`` if given, else fit one on ``real`` and save it to
-    ``folder`` (``model.pt`` and ``dynamics.json``, which records the robot and the data's
-    SHA-256). Returned frozen, on ``real``'s device."""
+    """Load the model saved in ``source`` if given (refused unless its model.pt has the SHA-256
+    ``model_sha256``, when given), else fit one on ``real`` and save it to ``folder``
+    (``model.pt`` and ``dynamics.json``, which records the robot, the data's SHA-256 and
+    model.pt's). Returned frozen, on ``real``'s device."""
     if source is not None:
         check_dynamics_source(source, sim, data_sha256)
-        model = EnsembleDynamics.load(source, sim.obs_dim, sim.act_dim)
+        model = EnsembleDynamics.load(source, sim.obs_dim, sim.act_dim, model_sha256)
         model.to(real.device).requires_grad_(False)
-        print(f"dynamics: loaded from {source} (elites {model.elites.tolist()})")
+        copied = read_dynamics_info(source).get("copied_from")
+        origin = f", copied from {copied}" if copied else ""
+        print(f"dynamics: loaded from {source} (elites {model.elites.tolist()}{origin})")
         return model
     model = EnsembleDynamics(
         sim.obs_dim,
@@ -151,6 +155,14 @@ def check_dynamics_source(source: str | Path, sim: SimSpec, data_sha256: str | N
         )
 
 
+def check_saved_dynamics(source: str | Path, sim: SimSpec, data_sha256: str | None) -> str:
+    """Check a ``--load_dynamics_path`` folder before a run is made from it (the robot, the
+    file's integrity, its sizes); return its model.pt's SHA-256."""
+    check_dynamics_source(source, sim, data_sha256)
+    EnsembleDynamics.load(source, sim.obs_dim, sim.act_dim)
+    return sha256_file(Path(source) / "model.pt")
+
+
 def describe_device(device: torch.device, cfg: Config) -> str:
     """``cuda:0 (NVIDIA H100 80GB HBM3), CUDA graphs on``; ``cpu`` on the CPU."""
     if device.type != "cuda":
@@ -159,23 +171,42 @@ def describe_device(device: torch.device, cfg: Config) -> str:
     return f"{device} ({torch.cuda.get_device_name(device)}), CUDA graphs {graphs}"
 
 
-def _trainer(cfg: Config, run_dir: Path, data: TaskData, progress: bool, resume: bool) -> Trainer:
-    """Stages 2 and 3 into a ready trainer. The RNG order is fixed (dynamics fit, then network
-    initialisation) so that runs with the same seed are identical."""
+def _trainer(
+    cfg: Config,
+    run_dir: Path,
+    data: TaskData,
+    progress: bool,
+    resume: bool,
+    dynamics_sha256: str | None = None,
+) -> Trainer:
+    """Stages 2 and 3 into a ready trainer. The dynamics come from the run's own ``dynamics/``
+    when it has one (a model given by ``--load_dynamics_path`` is copied there when the run
+    starts; ``dynamics_sha256``, recorded in config.yaml then, is checked), else they are fitted
+    into it. The RNG order is fixed (dynamics fit, then network initialisation) so that runs
+    with the same seed are identical."""
     sim = data.sim
     device = resolve_device(cfg.device)
     torch.set_float32_matmul_precision(cfg.matmul_precision)  # process-wide, like the CLI
     real = transitions_to_buffer(data.transitions, device)
     logger = RunLogger(run_dir, resume=resume)
     saved = RunDir(run_dir).dynamics_dir
-    source = cfg.load_dynamics_path or (saved if resume and (saved / "model.pt").exists() else None)
+    source = saved if (saved / "model.pt").exists() else None
+    if source is None and resume and cfg.load_dynamics_path:  # runs from before the copy
+        source = cfg.load_dynamics_path
+        print(
+            f"note: this run predates copying its dynamics into the run; it reads them from "
+            f"{source}, unverified",
+            file=sys.stderr,
+        )
     start = time.time()
 
     def log_fit(epoch: int, train_loss: float, holdout_loss: float) -> None:
         logger.dynamics_scalars({"train_loss": train_loss, "holdout_loss": holdout_loss}, epoch)
 
     sha = data.record.get("dataset_sha256")
-    dynamics = fit_or_load_dynamics(cfg, sim, real, saved, source, log_fit, progress, sha)
+    dynamics = fit_or_load_dynamics(
+        cfg, sim, real, saved, source, log_fit, progress, sha, dynamics_sha256
+    )
     seconds = time.time() - start
     agent = algorithm_class(cfg.algo)(cfg, sim.obs_dim, sim.act_dim, dynamics).to(device)
     trainer = Trainer(cfg, run_dir, real, dynamics, agent, logger, sim, progress)
@@ -209,21 +240,34 @@ def run(
     task = parse_task(cfg.task)
     device = resolve_device(cfg.device)
     data = load_task_data(task, cfg.dataset)
+    extra_config = {**data_record(data), **(extra_config or {})}
+    if cfg.load_dynamics_path:
+        data_sha = data.record.get("dataset_sha256")
+        model_sha = check_saved_dynamics(cfg.load_dynamics_path, data.sim, data_sha)
+        extra_config["dynamics_sha256"] = model_sha
     set_seed(cfg.seed)
     if run_dir is None:
         run = RunDir.create(cfg.logdir, cfg.task, cfg.algo, cfg.seed)
     else:
         run = RunDir.claim(run_dir)
-    run_dir = run.path
-    save_config(cfg, run.config_file, {**data_record(data), **(extra_config or {})})
-    record_session(run_dir)
-    print(
-        f"run directory: {run_dir}\nalgorithm: {cfg.algo}; {config_files_note(cfg)}\n"
-        f"{describe(data)}\ndevice: {describe_device(device, cfg)}"
-    )
-    if on_start is not None:
-        on_start(run_dir)
-    result = _trainer(cfg, run_dir, data, progress, resume=False).train()
+    with run.writer():
+        if run.state() is not RunState.NEW:  # another process claimed it first
+            raise MicroError(f"{run.path} is not empty; a new run needs a new folder")
+        save_config(cfg, run.config_file, extra_config)
+        record_session(run.path)
+        dynamics_sha256 = extra_config.get("dynamics_sha256")
+        if cfg.load_dynamics_path and copy_saved(cfg.load_dynamics_path, run.dynamics_dir) != (
+            dynamics_sha256
+        ):
+            raise MicroError(f"{cfg.load_dynamics_path} changed while it was copied into the run")
+        print(
+            f"run directory: {run.path}\nalgorithm: {cfg.algo}; {config_files_note(cfg)}\n"
+            f"{describe(data)}\ndevice: {describe_device(device, cfg)}"
+        )
+        if on_start is not None:
+            on_start(run.path)
+        trainer = _trainer(cfg, run.path, data, progress, False, dynamics_sha256)
+        result = trainer.train()
     _report(result)
     return result
 
@@ -241,16 +285,22 @@ def resume(
     cfg = config_from_dict(saved)  # runs from before `algo` existed are MICRO runs
     if device_name:
         cfg = config_from_dict({**cfg.to_dict(), "device": device_name})
-    if run.finished:
+    if run.finished:  # checked again under the lock
         raise MicroError(f"{run_dir} already finished (policy.pt exists); start a new run instead")
     data = reload_task_data(parse_task(cfg.task), saved)
-    note = record_session(run_dir)
-    if note:
-        print(note, file=sys.stderr)
-    if on_start is not None:
-        on_start(run_dir)
-    set_seed(cfg.seed)
-    result = _trainer(cfg, run_dir, data, progress, resume=True).train()
+    with run.writer():
+        if run.finished:
+            raise MicroError(
+                f"{run_dir} already finished (policy.pt exists); start a new run instead"
+            )
+        note = record_session(run_dir)
+        if note:
+            print(note, file=sys.stderr)
+        if on_start is not None:
+            on_start(run_dir)
+        set_seed(cfg.seed)
+        trainer = _trainer(cfg, run_dir, data, progress, True, saved.get("dynamics_sha256"))
+        result = trainer.train()
     _report(result)
     return result
 

@@ -33,19 +33,38 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _heatmap(ax, grid: np.ndarray, frictions, gravities, vmax: float, fontsize: int):
-    """One friction × gravity panel with each cell's value written in it."""
-    im = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+def _cell_text(value: float) -> str:
+    """A cell's score to the unit, never "-0"."""
+    return f"{round(value) + 0:d}"
+
+
+def _heatmap(ax, grid: np.ndarray, frictions, gravities, scale: tuple[float, float], fontsize):
+    """One friction × gravity panel with each cell's value written in it; colours span
+    ``scale`` (the data's range, so that a best cell of 57 is not washed out by a 0–100
+    scale)."""
+    vmin, vmax = scale
+    im = ax.imshow(grid, origin="lower", cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
     for i in range(len(frictions)):
         for j in range(len(gravities)):
-            color = "white" if grid[i, j] < 0.6 * vmax else "black"
+            dark = grid[i, j] < vmin + 0.6 * (vmax - vmin)
             ax.text(
-                j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=fontsize, color=color
+                j,
+                i,
+                _cell_text(grid[i, j]),
+                ha="center",
+                va="center",
+                fontsize=fontsize,
+                color="white" if dark else "black",
             )
-    ax.set_xticks(range(len(gravities)), [f"{g:.3g}" for g in gravities], rotation=45)
+    ax.set_xticks(range(len(gravities)), [f"{g:.2g}" for g in gravities], rotation=60)
     ax.set_yticks(range(len(frictions)), [f"{f:.3g}" for f in frictions])
     ax.set_xlabel("gravity scale")
     return im
+
+
+def _scale(values: list[float]) -> tuple[float, float]:
+    low, high = min(values), max(values)
+    return (low, high) if high > low else (low - 1.0, high + 1.0)
 
 
 def sim2real_heatmap(rows: list[dict], path: Path, title: str) -> None:
@@ -56,17 +75,17 @@ def sim2real_heatmap(rows: list[dict], path: Path, title: str) -> None:
     fig, axes = plt.subplots(
         1,
         len(masses),
-        figsize=(1.0 + 0.75 * len(gravities) * len(masses), 0.6 * len(frictions) + 1.5),
+        figsize=(1.5 + 0.9 * len(gravities) * len(masses), 0.65 * len(frictions) + 1.6),
         squeeze=False,
     )
     values = {(r["mass"], r["friction"], r["gravity"]): r["normalized_mean"] for r in rows}
-    vmax = max(100.0, max(values.values()))
+    scale = _scale(list(values.values()))
     for ax, mass in zip(axes[0], masses, strict=True):
         grid = np.array([[values[(mass, f, g)] for g in gravities] for f in frictions])
-        im = _heatmap(ax, grid, frictions, gravities, vmax, fontsize=7)
+        im = _heatmap(ax, grid, frictions, gravities, scale, fontsize=8)
         ax.set_ylabel("friction scale")
         ax.set_title(title if len(masses) == 1 else f"{title}\nmass × {mass:g}", fontsize=9)
-    fig.colorbar(im, ax=axes[0].tolist(), label="normalized return")
+    fig.colorbar(im, ax=axes[0].tolist(), label="normalized score")
     _save(fig, path)
 
 
@@ -84,10 +103,10 @@ def attack_curves(rows: list[dict], path: Path, title: str) -> None:
         low, high = min(low, (mean - std).min()), max(high, (mean + std).max())
     ax.set_ylim(low - 0.02 * (high - low), high + 0.02 * (high - low))
     ax.set_xlabel("attack budget ε (× observation std)")
-    ax.set_ylabel("normalized return")
+    ax.set_ylabel("normalized score")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(title="band: ±1 std over episodes", title_fontsize=8)
     _save(fig, path)
 
 
@@ -111,8 +130,10 @@ def attack_comparison(rows: list[dict], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
     for ax in axes[0]:
         ax.set_ylim(low - 0.02 * (high - low), high + 0.02 * (high - low))
-    axes[0][0].set_ylabel("normalized return")
-    axes[0][-1].legend(fontsize=8)
+    axes[0][0].set_ylabel("normalized score")
+    several = any(len({r["label"] for r in rows if r["group"] == g}) > 1 for g in groups)
+    band = "±1 std over seeds" if several else "±1 std over episodes"
+    axes[0][-1].legend(fontsize=8, title=f"band: {band}", title_fontsize=8)
     # above the panel titles, a fixed 0.35 inch up whatever the height (saved with a tight box)
     fig.suptitle(title, fontsize=11, y=1 + 0.35 / fig.get_figheight())
     _save(fig, path)
@@ -125,12 +146,12 @@ def sim2real_comparison(rows: list[dict], path: Path, title: str) -> None:
     masses = sorted({r["mass"] for r in rows})
     frictions = sorted({r["friction"] for r in rows})
     gravities = sorted({r["gravity"] for r in rows})
-    vmax = max(100.0, *(v[0] for cells in groups.values() for v in cells.values()))
+    scale = _scale([v[0] for cells in groups.values() for v in cells.values()])
     fig, axes = plt.subplots(
         len(masses),
         len(groups),
         figsize=(
-            1.0 + 0.7 * len(gravities) * len(groups),
+            1.5 + 0.9 * len(gravities) * len(groups),
             (0.55 * len(frictions) + 1.2) * len(masses),
         ),
         squeeze=False,
@@ -139,11 +160,11 @@ def sim2real_comparison(rows: list[dict], path: Path, title: str) -> None:
         for row, mass in enumerate(masses):
             ax = axes[row][col]
             grid = np.array([[cells[(mass, f, g)][0] for g in gravities] for f in frictions])
-            im = _heatmap(ax, grid, frictions, gravities, vmax, fontsize=6)
+            im = _heatmap(ax, grid, frictions, gravities, scale, fontsize=7)
             if col == 0:
                 ax.set_ylabel("friction scale")
             ax.set_title(group if len(masses) == 1 else f"{group}, mass × {mass:g}", fontsize=9)
-    fig.colorbar(im, ax=axes.ravel().tolist(), label="normalized return")
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="normalized score")
     # above the panel titles, a fixed 0.35 inch up whatever the height (saved with a tight box)
     fig.suptitle(title, fontsize=11, y=1 + 0.35 / fig.get_figheight())
     _save(fig, path)
@@ -171,7 +192,7 @@ def score_curves(
     ax.set_ylabel("normalized score")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, title="band: ±1 std over seeds", title_fontsize=8)
     _save(fig, path)
 
 

@@ -27,6 +27,7 @@ from micro import MicroError
 from micro.algos import penalty_columns
 from micro.data.d4rl import recorded_return
 from micro.envs import parse_task
+from micro.logger import read_progress
 from micro.run_dir import RunDir, experiment, find_run_dirs
 from micro.utils import atomic_path, atomic_write_text
 
@@ -84,12 +85,7 @@ class Run:
 def read_run(path: Path) -> Run:
     run = RunDir(path)
     config = run.read_config()
-    try:
-        with open(run.progress_file, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, csv.Error) as exc:
-        raise MicroError(f"cannot read run {path}: {exc}".splitlines()[0]) from None
-    return Run(run.path, config, rows, run.finished)
+    return Run(run.path, config, read_progress(run.progress_file), run.finished)
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Run]:

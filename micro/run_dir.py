@@ -12,8 +12,13 @@ The formats of the files are each owned by one module: ``config.yaml`` by ``micr
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import enum
+import fcntl
+import json
+import os
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +41,7 @@ SNAPSHOTS_DIR = "snapshots"
 EVAL_DIR = "eval"  # what eval.py writes by default
 WORKER_FILE = "worker.json"  # a sweep's run: the process (pid, host) that trains it
 LOG_FILE = "train.log"  # a sweep's run: what it printed
+LOCK_FILE = "writer.lock"  # held (flock) by the one process writing the run: its pid and host
 
 # timings.json: wall seconds by stage, summed over every session of a run. "updates" is an
 # epoch's time outside rollouts and evaluation (gradient steps and logging); an algorithm that
@@ -49,10 +55,12 @@ RUN_ONLY_KEYS = frozenset({"seed", "logdir", "device", "snapshot_freq", "cuda_gr
 # dataset_sha256, which counts).
 INPUT_PATH_KEYS = frozenset({"dataset", "load_dynamics_path"})
 # What config.yaml records about the data besides the config: all of it follows from
-# dataset_sha256 (runs from before these keys were recorded group with later ones).
+# dataset_sha256 (runs from before these keys were recorded group with later ones); and the
+# SHA-256 of a --load_dynamics_path model (copied into the run's dynamics/), like the path
+# itself not part of the experiment.
 DATA_RECORD_KEYS = frozenset(
     {"dataset_file", "dataset_source", "dataset_id", "minari_version", "dataset_episodes", "sim"}
-    | {"dataset_return_mean"}
+    | {"dataset_return_mean", "dynamics_sha256"}
 )
 # Runs whose config.yaml differ only in these are seeds of one experiment.
 NOT_EXPERIMENT_KEYS = RUN_ONLY_KEYS | INPUT_PATH_KEYS | DATA_RECORD_KEYS
@@ -139,6 +147,43 @@ class RunDir:
     def log_file(self) -> Path:
         return self.path / LOG_FILE
 
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_FILE
+
+    # --- one writer ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[RunDir]:
+        """Hold the run's lock while writing it: a second process that tries (a second
+        ``--resume``, a sweep's retry racing a slow worker) is refused with the holder's pid
+        and host. An advisory ``flock`` on ``writer.lock``, released by the OS when the holder
+        dies, so a killed run stays resumable."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise MicroError(f"cannot write in {self.path} ({exc.strerror})") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise MicroError(f"{self.path} is in use: {self._holder(fd)}") from None
+            holder = {"pid": os.getpid(), "host": socket.gethostname()}
+            holder["since"] = datetime.now().isoformat(timespec="seconds")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode() + b"\n", 0)
+            yield self
+        finally:
+            os.close(fd)  # releases the lock
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            h = json.loads(os.pread(fd, 4096, 0))
+            who = f"pid {h['pid']} on {h['host']} writes it (since {h['since']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            who = "another process writes it"
+        return f"{who}; wait for it to end, or stop it, before writing this run"
+
     # --- state ---------------------------------------------------------------------------------
     def state(self) -> RunState:
         """finished (policy.pt) | partial (config.yaml: a run was started) | new (absent or
@@ -147,7 +192,7 @@ class RunDir:
             return RunState.FINISHED
         if self.config_file.exists():
             return RunState.PARTIAL
-        if self.path.exists() and any(self.path.iterdir()):
+        if self.path.exists() and any(p.name != LOCK_FILE for p in self.path.iterdir()):
             raise MicroError(f"{self.path} holds files but no {CONFIG_FILE}; move it away to rerun")
         return RunState.NEW
 
@@ -209,7 +254,7 @@ class RunDir:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise MicroError(f"cannot create the run directory {path} ({exc.strerror})") from None
-        if any(path.iterdir()):
+        if any(p.name != LOCK_FILE for p in path.iterdir()):
             raise MicroError(f"{path} is not empty; a new run needs a new folder")
         return cls(path)
 

@@ -205,8 +205,13 @@ class Trainer:
         cfg, state, t = self.cfg, self.state, self.timings
         start_time = time.time()
         evaluated = False
+        first_epoch = state.epoch + 1
+        bar.write(
+            f"schedule: {cfg.epoch} epochs x {cfg.step_per_epoch} steps, from epoch {first_epoch}"
+        )
         while state.epoch < cfg.epoch:
             epoch_start, outside = time.time(), self._outside_updates()
+            eval_before = t["evaluation"]
             at_start = self.agent.epoch_metrics()  # e.g. the actor's learning rate
             means = self.train_epoch(bar)
             state.epoch += 1
@@ -256,6 +261,13 @@ class Trainer:
             self.logger.time_scalar(time.time() - start_time, state.step)
             # the epoch's time not spent in rollouts or evaluation (updates and logging)
             t["updates"] += time.time() - epoch_start - (self._outside_updates() - outside)
+            if state.epoch == first_epoch and state.epoch < cfg.epoch:
+                took = time.time() - epoch_start - (t["evaluation"] - eval_before)
+                bar.write(
+                    f"the first epoch took {duration(took)} (evaluation aside): about "
+                    f"{duration(took * (cfg.epoch - state.epoch))} more for the remaining "
+                    f"{cfg.epoch - state.epoch} epochs, plus evaluations"
+                )
             if (
                 cfg.snapshot_freq
                 and state.epoch % cfg.snapshot_freq == 0
@@ -309,3 +321,14 @@ class Trainer:
                 np.asarray(le["returns"]), np.asarray(le["lengths"]), self.sim
             )
         print(f"resuming at epoch {self.state.epoch} (step {self.state.step})")
+
+
+def duration(seconds: float) -> str:
+    """``40 s``, ``14 min``, ``2.3 h``, ``3.1 days``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

@@ -243,3 +243,32 @@ def baseline_runs(tmp_path_factory, hopper_file, tiny_config, smoke_run):
             algo, logdir, hopper_file, tiny_config, env, extra=["--load_dynamics_path", dynamics]
         )
     return runs
+
+
+def on_small_disk(args, mount: Path, size: str = "2m", read_only: bool = False, env=None):
+    """Run ``args`` (from the repository root) with a fresh tmpfs of ``size`` mounted at
+    ``mount``, in a private mount namespace (``unshare``): a real full or read-only disk, seen
+    by that process alone. Returns the process (its stdout less the listing) and the files
+    left on the disk (relative paths). Skips the test where this machine allows no such
+    namespace."""
+    mount.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    script = (
+        f'mount -t tmpfs -o {options} tmpfs "$0" || exit 97; "$@"; rc=$?; '
+        'echo "@@left"; cd "$0" && find . -type f; exit $rc'
+    )
+    try:
+        proc = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", script, str(mount), *map(str, args)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except FileNotFoundError:
+        pytest.skip("unshare is not installed")
+    if proc.returncode == 97 or "@@left" not in proc.stdout:
+        pytest.skip(f"no private mount namespace here: {proc.stderr.strip()[:200]}")
+    proc.stdout, listing = proc.stdout.split("@@left\n")
+    return proc, sorted(line.removeprefix("./") for line in listing.splitlines())

@@ -1,11 +1,12 @@
 """Dataset collection in the real simulator, and behavior-policy snapshots."""
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_collect
+from conftest import ROOT, run_collect
 
 from micro import MicroError
 from micro.data.d4rl import read_hdf5, validate
@@ -235,3 +236,24 @@ def test_missing_policy_says_how_to_make_one(tmp_path):
             None,
             progress=False,
         )
+
+
+def test_medium_expert_checks_both_policies_before_collecting(tmp_path):
+    """It used to collect the medium half (hours at 1M steps) before finding no expert, and
+    named --policy for it."""
+    medium = str(ROOT / "data" / "behavior" / "hopper-medium.pt")
+    start = time.time()
+    with pytest.raises(MicroError, match="pass --expert_policy DIR"):
+        build(
+            "medium-expert",
+            "hopper",
+            10**9,  # collecting first would not end
+            0,
+            1,
+            medium,
+            str(tmp_path / "none.pt"),
+            None,
+            None,
+            progress=False,
+        )
+    assert time.time() - start < 30

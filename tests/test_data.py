@@ -6,6 +6,7 @@ from typing import ClassVar
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from micro import MicroError
 from micro.data import d4rl
@@ -98,8 +99,44 @@ def test_truncated_and_missing_files(tmp_path, hopper_file):
         read_hdf5(tmp_path / "nope.hdf5")
     cut = tmp_path / "cut.hdf5"
     cut.write_bytes(hopper_file.read_bytes()[:5000])
-    with pytest.raises(MicroError, match="not a readable HDF5 file"):
+    with pytest.raises(MicroError, match="a damaged or truncated HDF5 file"):
         read_hdf5(cut)
+
+
+def test_what_is_not_a_dataset_file_is_named_as_such(tmp_path):
+    """A policy file passed as --dataset used to be told to delete it (a shipped file)."""
+    from micro.data.d4rl import task_dataset_path
+    from micro.envs import parse_task
+
+    policy = tmp_path / "hopper-medium.pt"
+    torch.save({"x": torch.zeros(2)}, policy)
+    task = parse_task("hopper-medium-v2")
+    with pytest.raises(MicroError, match=r"is not an HDF5 dataset \(it is a torch file: a policy"):
+        task_dataset_path(task, str(policy))
+    with pytest.raises(MicroError, match=r"is a folder; pass a D4RL-format \.hdf5 file"):
+        task_dataset_path(task, str(tmp_path))
+    text = tmp_path / "notes.hdf5"
+    text.write_text("hello")
+    with pytest.raises(MicroError, match="is not an HDF5 dataset; pass"):
+        read_hdf5(text)
+
+
+@pytest.mark.parametrize("marks", ["timeouts", "terminals"])
+def test_data_with_no_usable_transition_is_refused_before_a_run_exists(
+    marks, tmp_path, hopper_file
+):
+    """Every step a timeout, or every step terminal in a file without next_observations: D4RL's
+    rule keeps nothing."""
+    from micro.data.sources import load_task_data
+    from micro.envs import parse_task
+
+    raw = read_hdf5(hopper_file)
+    raw.pop("next_observations", None)
+    raw[marks] = np.ones_like(raw[marks])
+    path = tmp_path / "d.hdf5"
+    write_hdf5(path, raw)
+    with pytest.raises(MicroError, match=r"gives 0 usable transition\(s\)"):
+        load_task_data(parse_task("hopper-medium-v2"), str(path))
 
 
 def test_simulator_dataset_is_consistent(hopper_file):

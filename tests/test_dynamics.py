@@ -248,3 +248,36 @@ def test_all_member_step_draws_the_same_sample_as_the_elite_step():
     torch.testing.assert_close(full[0], fast[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(full[1], fast[1], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(full[2], model(torch.cat([obs, act], -1))[1])
+
+
+def test_a_fit_that_diverges_is_refused_not_saved(fitted):
+    """Rewards x 1e30 are finite data, but the fit's holdout MSE is not: it used to save the
+    model anyway."""
+    from micro import MicroError
+    from micro.dynamics import fit_dynamics
+
+    _, _, (obs, act, next_obs, rew) = fitted
+    model = EnsembleDynamics(11, 3, [16, 16], n_ensemble=3, n_elites=2, weight_decay=[0, 0, 0])
+    with pytest.raises(MicroError, match=r"the dynamics fit diverged .*largest \|reward\| 1e\+30"):
+        fit_dynamics(model, obs, act, next_obs, rew * 0 + 1e30, max_epochs=2, progress=False)
+
+
+def test_a_saved_model_records_its_sha256_and_a_replaced_one_is_refused(fitted, tmp_path):
+    from micro import MicroError
+    from micro.dynamics import copy_saved, read_dynamics_info
+    from micro.utils import sha256_file
+
+    model = fitted[0]
+    model.save(tmp_path / "a")
+    assert read_dynamics_info(tmp_path / "a")["model_sha256"] == sha256_file(
+        tmp_path / "a/model.pt"
+    )
+    sha = copy_saved(tmp_path / "a", tmp_path / "b")
+    assert sha == sha256_file(tmp_path / "b/model.pt") == sha256_file(tmp_path / "a/model.pt")
+    assert read_dynamics_info(tmp_path / "b")["copied_from"] == str(tmp_path / "a")
+    EnsembleDynamics.load(tmp_path / "b", 11, 3, sha)
+    blob = torch.load(tmp_path / "b/model.pt", weights_only=True)
+    blob["state_dict"]["layers.0.weight"][0, 0, 0] += 1.0
+    torch.save(blob, tmp_path / "b/model.pt")
+    with pytest.raises(MicroError, match="damaged or was replaced"):
+        EnsembleDynamics.load(tmp_path / "b", 11, 3)

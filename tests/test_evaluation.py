@@ -15,3 +15,32 @@ def test_eval_result_per_episode_rows_and_extremes():
         {"episode": 1, "seed": 8, "return": -100.0, "normalized": 0.0, "length": 37},
         {"episode": 2, "seed": 9, "return": 900.0, "normalized": 100.0, "length": 1000},
     ]
+
+
+def _returns(actor, episodes, **kwargs):
+    from gymnasium.wrappers import TimeLimit
+
+    from micro.envs import d4rl_sim
+    from micro.evaluation import run_episodes
+
+    sim = d4rl_sim("halfcheetah")
+    envs = [TimeLimit(sim.make(), 120) for _ in range(5)]
+    return run_episodes(actor, sim, episodes, seed=3, envs=envs, **kwargs).returns
+
+
+def test_an_episode_is_a_function_of_its_seed_not_of_how_many_run_beside_it():
+    """Episode i sits in row i % n_envs of a batch that keeps its shape, so 2 or 7 episodes
+    (batches that used to be 2 and 5 rows wide, rounding differently) give episode i the same
+    return to the last bit, deterministic, stochastic and under an attack."""
+    import torch
+
+    from micro.nets import Actor, EnsembleCritic
+    from micro.robustness import Attack
+
+    torch.manual_seed(0)
+    actor, critics = Actor(17, 6, [64, 64]), EnsembleCritic(17, 6, [64, 64], 2)
+    attack = {"attack": Attack("min_Q", 0.1), "critics": critics, "obs_std": np.ones(17)}
+    for kwargs in ({}, {"deterministic": False}, attack):
+        few, many = _returns(actor, 2, **kwargs), _returns(actor, 7, **kwargs)
+        np.testing.assert_array_equal(few, many[:2])
+        assert len(set(many.tolist())) == 7  # seven different episodes

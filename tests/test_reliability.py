@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, only_run_dir, run_train
+from conftest import ROOT, on_small_disk, only_run_dir, run_train
 
 from micro import MicroError
 from micro.config import resolve_config
@@ -194,7 +194,9 @@ def test_a_failed_background_write_is_raised_in_the_training_thread(tmp_path):
     blocker.write_text("")
     writer = CheckpointWriter()
     save_checkpoint(blocker / "last.pt", "hopper-medium-v2", agent, buf, Progress(), writer)
-    with pytest.raises(OSError):
+    with pytest.raises(
+        MicroError, match=r"cannot write .*last\.pt: .*a-file is a file, not a folder"
+    ):
         writer.wait()
     writer.wait()  # reported once
 
@@ -335,3 +337,73 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
 
 def test_keep_freed_memory_takes_effect_on_glibc():
     assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+# --- storage that refuses writes: one line, temporary files removed, the last good file kept ---
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_good_file(tmp_path, monkeypatch):
+    """A fault-injecting writer: half a file, then ENOSPC."""
+    import errno
+    from pathlib import Path
+
+    target = tmp_path / "last.pt"
+    atomic_torch_save({"v": torch.tensor(1)}, target)
+
+    def full(self, data):
+        with open(self, "wb") as fh:
+            fh.write(bytes(data)[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(MicroError) as caught:
+        atomic_torch_save({"v": torch.tensor(2)}, target)
+    assert str(caught.value).startswith(f"cannot write {target}: No space left on device (")
+    assert "free there)" in str(caught.value) and "\n" not in str(caught.value)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True)["v"].item() == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_collect_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """It used to crash the interpreter (exit 139) after pages of HDF5 errors, leaving its
+    temporary file."""
+    disk = tmp_path / "disk"
+    args = [sys.executable, "-m", "micro.datagen.collect", "--env", "hopper", "--kind", "random"]
+    args += ["--steps", "20000", "--out", disk / "d.hdf5", "--no_progress"]
+    proc, left = on_small_disk(args, disk, size="1m")
+    assert proc.returncode == 1, proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and line.startswith(f"error: cannot write {disk / 'd.hdf5'}: ")
+    assert "No space left on device" in line and "free there" in line
+    assert left == []
+
+
+def test_training_on_a_full_disk_is_one_line_and_leaves_no_temporary_file(
+    tmp_path, hopper_file, tiny_config
+):
+    disk = tmp_path / "disk"
+    args = [sys.executable, "train.py", "--no_progress", "--task", "hopper-medium-v2"]
+    args += ["--dataset", hopper_file, "--config", tiny_config, "--logdir", disk]
+    args += ["--epoch", "30"]
+    proc, left = on_small_disk(args, disk, size="300k")
+    assert proc.returncode == 1, proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and "No space left on device" in line, proc.stderr
+    assert not [f for f in left if f.endswith(".tmp")], left
+    assert any(f.endswith("config.yaml") for f in left)
+
+
+@pytest.mark.parametrize("command", ["collect", "report"])
+def test_writing_to_a_read_only_filesystem_is_one_line(command, tmp_path, smoke_run):
+    disk = tmp_path / "ro"
+    if command == "collect":
+        args = [sys.executable, "-m", "micro.datagen.collect", "--env", "hopper"]
+        args += ["--kind", "random", "--steps", "50", "--out", disk / "d.hdf5", "--no_progress"]
+    else:
+        args = [sys.executable, "report.py", smoke_run[0], "--out", disk / "report"]
+    proc, left = on_small_disk(args, disk, read_only=True)
+    assert proc.returncode == 1, proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and "Read-only file system" in line, proc.stderr
+    assert left == []

@@ -167,3 +167,36 @@ def test_report_table_equals_the_progress_files(baseline_runs, tmp_path):
         timeout=120,
     )
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+
+
+def _progress(tmp_path, text: bytes):
+    path = tmp_path / "progress.csv"
+    path.write_bytes(text)
+    return path
+
+
+def test_progress_csv_cut_short_loses_its_last_line_with_a_note(tmp_path, capsys):
+    from micro.logger import read_progress
+
+    head = b"epoch,step,eval_normalized_score\n1,10,3.5\n2,20,\n"
+    assert [r["epoch"] for r in read_progress(_progress(tmp_path, head))] == ["1", "2"]
+    for cut in (head + b"3,3", head + b"3,30,4.1"):  # mid-row, or a row without its newline
+        rows = read_progress(_progress(tmp_path, cut))
+        assert [r["epoch"] for r in rows] == ["1", "2"]
+        assert "last line is incomplete; it is left out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (b"epoch,step\n1,10\n\xff\xfe,20\n", "is not UTF-8 text: it is damaged"),
+        (b"epoch,step\n1,1x0\n2,20\n", "line 2 is damaged (column step)"),
+        (b"epoch,step\n1\n2,20\n", "line 2 is damaged (column step)"),
+    ],
+)
+def test_damaged_progress_csv_is_one_line(tmp_path, text, message):
+    from micro import MicroError
+    from micro.logger import read_progress
+
+    with pytest.raises(MicroError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_progress(_progress(tmp_path, text))

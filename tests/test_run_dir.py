@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from micro import MicroError
@@ -91,3 +93,53 @@ def test_find_run_dirs_reads_each_run_once_as_named(tmp_path):
     assert [r.path for r in found] == [tmp_path / "a/b/r2", tmp_path / "a/r1"]
     with pytest.raises(MicroError, match="does not exist"):
         list(find_run_dirs([tmp_path / "none"]))
+
+
+HOLD = """
+import sys, time
+from micro.run_dir import RunDir
+with RunDir(sys.argv[1]).writer():
+    print("holding", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _holder(path, seconds):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(path), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "holding"
+    return proc
+
+
+def test_one_writer_a_second_is_refused_naming_the_holder(tmp_path):
+    import socket
+
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    proc = _holder(run.path, 60)
+    try:
+        with pytest.raises(MicroError) as caught, run.writer():
+            pass
+        message = str(caught.value)
+        assert f"pid {proc.pid} on {socket.gethostname()} writes it" in message
+        assert "\n" not in message
+    finally:
+        proc.kill()
+        proc.wait()
+    with run.writer():  # killed: the OS released its lock, the run is writable again
+        assert run.state() == RunState.NEW  # the lock file is not a file of the run
+        assert str(os.getpid()) in run.lock_file.read_text()
+    assert RunDir.claim(run.path) == run  # nor does it make the folder non-empty
+
+
+def test_a_holder_that_ends_releases_the_run(tmp_path):
+    proc = _holder(tmp_path, 0)
+    proc.wait()
+    with RunDir(tmp_path).writer():
+        pass

@@ -11,14 +11,30 @@ from collections.abc import Callable
 
 from micro import MicroError
 from micro.config import FIELDS, Config, field_comments, field_type, parse_cli_value, resolve_config
-from micro.utils import keep_freed_memory
+from micro.utils import is_write_error, keep_freed_memory, write_error
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """--help names each flag's default (unless its help already does, or it has none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "default" in text
+            or not action.option_strings
+            or action.default in (None, False, argparse.SUPPRESS)
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)".strip()
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line naming the problem and pointing at --help."""
+    """argparse, but a usage error is one line naming the problem and pointing at --help, and
+    --help names every default."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)  # --penalty must not silently mean --penalty_coef
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
@@ -44,6 +60,11 @@ def guarded(main: Callable[[list[str]], int], argv: list[str]) -> int:
         if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a write the storage refused, outside the atomic writers
+        if debug or not is_write_error(exc):
+            raise
+        print(f"error: {write_error(exc.filename, exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -18,6 +18,7 @@ from micro.datagen.behavior import (
 )
 from micro.datagen.behavior import __doc__ as BEHAVIOR_DOC
 from micro.envs import ENV_IDS
+from micro.utils import check_seed
 
 
 def pick_main(argv: list[str]) -> int:
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(argv: list[str]) -> int:
         a = parser.parse_args(argv)
+        check_seed(a.seed)
         if a.threads:
             torch.set_num_threads(a.threads)
         if a.steps < 1 or a.snapshot_every < 1 or a.save_every < 1:

@@ -9,6 +9,7 @@ from micro.cli import OneLineParser, guarded
 from micro.datagen.collect import DATASET_KINDS, check_target, make_dataset
 from micro.datagen.collect import __doc__ as COLLECT_DOC
 from micro.envs import ENV_IDS
+from micro.utils import check_seed
 
 
 def build_parser() -> OneLineParser:
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(argv: list[str]) -> int:
         a = parser.parse_args(argv)
+        check_seed(a.seed)
         sim, target = check_target(
             a.env, a.kind, a.steps, a.n_envs, a.format, a.out, a.dataset_id, a.env_version, a.force
         )

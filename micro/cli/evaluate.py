@@ -18,6 +18,17 @@ from micro.run_dir import EVAL_DIR
 from micro.utils import ROBUSTNESS_SEED, resolve_device
 
 
+def default_out(policy: Path, logdir: str) -> Path:
+    """Where one policy's evaluation goes: ``eval/`` beside it, but for a policy shipped in this
+    repository (``results/``), ``<logdir>/eval/<its folder in the repository>``, so that the
+    repository gains no files."""
+    folder = policy.resolve().parent
+    repository = Path(__file__).resolve().parents[2]
+    if folder.is_relative_to(repository):
+        return Path(logdir) / EVAL_DIR / folder.relative_to(repository)
+    return folder / EVAL_DIR
+
+
 def build_parser():
     from micro.cli import OneLineParser
 
@@ -45,7 +56,12 @@ def build_parser():
         "over its seeds (auto: per algorithm when one has several policies)",
     )
     p.add_argument("--choice", required=True, choices=["clean", "sim2real", "attack"])
-    p.add_argument("--attack_mode", default="all", choices=[*ATTACK_MODES, "all"])
+    p.add_argument(
+        "--attack_mode",
+        default="all",
+        choices=[*ATTACK_MODES, "all"],
+        help="the observation attack (all: each in turn)",
+    )
     p.add_argument(
         "--eps", type=float, nargs="+", help="attack budgets (default linspace(0, 0.2, 10))"
     )
@@ -63,11 +79,11 @@ def build_parser():
         "--seed", type=int, default=ROBUSTNESS_SEED, help="episode i uses seed + i in every cell"
     )
     p.add_argument("--n_envs", type=int, default=5, help="simulators stepped in lockstep")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
         "--out",
-        help="output folder (default: eval/ beside a single policy; runs/compare-<time>/ "
-        "for several)",
+        help="output folder (default: eval/ beside a single policy, or LOGDIR/eval/<its folder> "
+        "for one shipped in this repository; LOGDIR/compare-<time>/ for several)",
     )
     p.add_argument("--force", action="store_true", help="replace earlier results in --out")
     p.add_argument("--no_progress", action="store_true")
@@ -112,7 +128,7 @@ def _eval(argv: list[str]) -> int:
     elif several:
         out = Path(args.logdir) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     else:
-        out = policies[0].path.resolve().parent / EVAL_DIR
+        out = default_out(policies[0].path, args.logdir)
     files = eval_sweep.prepare_out(spec, out, args.force)
     start = time.time()
     parts, episode_parts = [], []

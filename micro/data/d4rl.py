@@ -17,7 +17,7 @@ import numpy as np
 from micro import MicroError
 from micro.data.minari_data import is_minari_dataset
 from micro.data.types import TaskData, Transitions
-from micro.envs import Task, d4rl_sim, robot_of
+from micro.envs import DATASET_KINDS, Task, d4rl_sim, robot_of
 from micro.utils import atomic_path, sha256_file
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -40,8 +40,7 @@ def read_hdf5(path: str | Path) -> dict[str, Any]:
     Raises MicroError with one line for a missing, non-HDF5 or truncated file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MicroError(f"dataset file not found: {path}")
+    check_hdf5_file(path)
     out: dict[str, Any] = {}
     try:
         with h5py.File(path, "r") as f:
@@ -54,10 +53,37 @@ def read_hdf5(path: str | Path) -> dict[str, Any]:
     except (OSError, KeyError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise MicroError(
-            f"cannot read dataset {path}: not a readable HDF5 file ({first}); "
-            "delete it and download or collect it again"
+            f"cannot read dataset {path}: a damaged or truncated HDF5 file ({first}); "
+            "download or collect it again"
         ) from None
     return out
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_hdf5_file(path: Path) -> None:
+    """One line for a --dataset that is missing, a folder, or not HDF5 at all (HDF5 files
+    start with its signature, at byte 0 or after a user block of 512·2^k bytes)."""
+    if path.is_dir():
+        raise MicroError(f"--dataset {path} is a folder; pass a D4RL-format .hdf5 file")
+    if not path.is_file():
+        raise MicroError(f"dataset file not found: {path}")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            offsets = [0, *(512 << k for k in range(12))]
+            found = False
+            for at in offsets:
+                fh.seek(at)
+                if fh.read(8) == HDF5_SIGNATURE:
+                    found = True
+                    break
+    except OSError as exc:
+        raise MicroError(f"cannot read dataset {path} ({exc.strerror})") from None
+    if not found:
+        what = " (it is a torch file: a policy?)" if head.startswith(b"PK") else ""
+        raise MicroError(f"{path} is not an HDF5 dataset{what}; pass a D4RL-format .hdf5 file")
 
 
 def validate(raw: dict[str, Any], task: Task | None, source: str) -> None:
@@ -149,7 +175,11 @@ def write_hdf5(path: str | Path, data: dict[str, Any]) -> None:
     ``data`` maps HDF5 paths to arrays (``"infos/qpos"``) or, under ``metadata/``, to scalars
     and strings. Nothing is left at ``path`` unless the whole file was written.
     """
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    # Built in memory (HDF5's core driver: the same bytes as a file written in place), then
+    # written with plain writes: a full disk is then one clean error, where HDF5 writing to
+    # disk fails in a cascade of errors (and can crash the interpreter).
+    f = h5py.File(f"{Path(path).name}.in-memory", "w", driver="core", backing_store=False)
+    try:
         for key, value in data.items():
             if isinstance(value, str):
                 f.create_dataset(key, data=value, dtype=h5py.string_dtype())
@@ -157,6 +187,12 @@ def write_hdf5(path: str | Path, data: dict[str, Any]) -> None:
                 f.create_dataset(key, data=value)
             else:
                 f.create_dataset(key, data=np.asarray(value), compression="gzip")
+        f.flush()
+        image = f.id.get_file_image()
+    finally:
+        f.close()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(image)
 
 
 def load_transitions(path: str | Path, task: Task | None) -> Transitions:
@@ -212,14 +248,16 @@ def find_or_download(task: Task) -> Path:
     if path.is_file():
         return path
     url = f"{base_url()}/{task.d4rl_filename}"
+    kind = task.kind if task.kind in DATASET_KINDS else "random"
+    needs = "" if kind == "random" else " (behavior policies: see its --help)"
     try:
         return download(url, path)
     except MicroError as exc:
         raise MicroError(
             f"{task.name}: not in the D4RL cache ({path}) and the download from {url} failed "
             f"({exc}). Pass --dataset FILE.hdf5, set {BASE_URL_ENV} to a mirror, or make a local "
-            f"dataset: python -m micro.datagen.collect --env {task.env} --kind random "
-            f"--out data/{task.env}-random.hdf5"
+            f"dataset: python -m micro.datagen.collect --env {task.env} --kind {kind} "
+            f"--out data/{task.env}-{kind}.hdf5{needs}"
         ) from None
 
 
@@ -231,8 +269,7 @@ def task_dataset_path(task: Task, dataset: str | None) -> Path:
                 f"{path} is a Minari dataset; pass its id as --task (e.g. mujoco/"
                 f"{task.env}/{task.kind}-v0) so that it is evaluated on the environment it records"
             )
-        if not path.is_file():
-            raise MicroError(f"dataset file not found: {path}")
+        check_hdf5_file(path)
         return path
     return find_or_download(task)
 

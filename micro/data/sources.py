@@ -20,13 +20,22 @@ from micro.data.types import TaskData
 from micro.envs import Task
 
 SOURCES: dict[str, ModuleType] = {"d4rl": d4rl, "minari": minari_data}
+MIN_TRANSITIONS = 10  # the dynamics fit holds out a fifth of them
 
 
 def load_task_data(task: Task, dataset: str | None) -> TaskData:
     """The task's data: ``dataset`` (a file or folder) when given, else the source's own store,
     downloading when absent."""
     source = SOURCES[task.source]
-    return source.load(source.task_dataset_path(task, dataset), task)
+    path = source.task_dataset_path(task, dataset)
+    data = source.load(path, task)
+    if len(data.transitions) < MIN_TRANSITIONS:
+        raise MicroError(
+            f"dataset {path} gives {len(data.transitions)} usable transition(s) (at least "
+            f"{MIN_TRANSITIONS} are needed): steps marked as timeouts are dropped, and so are "
+            "terminal steps when the file has no next_observations"
+        )
+    return data
 
 
 def reload_task_data(task: Task, record: dict[str, Any]) -> TaskData:

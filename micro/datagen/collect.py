@@ -199,12 +199,12 @@ def default_policy_path(env_name: str, level: str) -> Path:
     return BEHAVIOR_DIR / f"{env_name}-{level}.pt"
 
 
-def load_policy(path: str | Path, env_name: str) -> tuple[Actor, dict]:
+def load_policy(path: str | Path, env_name: str, flag: str = "--policy") -> tuple[Actor, dict]:
     path = Path(path)
     if not path.is_file():
         raise MicroError(
             f"behavior policy not found: {path}; train one with python -m micro.datagen.behavior "
-            f"--env {env_name} --steps N --out DIR and pass --policy DIR/snapshots/step_N.pt"
+            f"--env {env_name} --steps N --out DIR and pass {flag} DIR/snapshots/step_N.pt"
         )
     actor, meta = load_snapshot(path)
     if meta["env"] != env_name:
@@ -213,11 +213,16 @@ def load_policy(path: str | Path, env_name: str) -> tuple[Actor, dict]:
 
 
 def _policy_rollouts(
-    sim: SimSpec, path: Path, steps: int, seed: int, n_envs: int, progress: bool
+    sim: SimSpec, loaded: tuple[Path, Actor, dict], steps: int, seed: int, n_envs: int, progress
 ) -> tuple[dict, str]:
-    actor, meta = load_policy(path, sim.robot)
+    path, actor, meta = loaded
     name = f"SAC snapshot {path.name} (step {meta['step']}, seed {meta['seed']})"
     return collect(sim, actor_policy(actor, seed), steps, seed, n_envs, progress), name
+
+
+def _behavior(given: str | None, env_name: str, level: str, flag: str) -> tuple[Path, Actor, dict]:
+    path = Path(given) if given else default_policy_path(env_name, level)
+    return (path, *load_policy(path, env_name, flag))
 
 
 def replay_dataset(run: Path, upto: int) -> dict[str, np.ndarray]:
@@ -259,15 +264,15 @@ def build(
         policy_fn = uniform_policy(sim.act_dim, seed)
         return collect(sim, policy_fn, steps, seed, n_envs, progress), "uniform random actions"
     if kind in ("medium", "expert"):
-        path = Path(policy) if policy else default_policy_path(env_name, kind)
-        return _policy_rollouts(sim, path, steps, seed, n_envs, progress)
-    if kind == "medium-expert":
-        medium_path = Path(policy) if policy else default_policy_path(env_name, "medium")
-        expert_path = (
-            Path(expert_policy) if expert_policy else default_policy_path(env_name, "expert")
+        loaded = _behavior(policy, env_name, kind, "--policy")
+        return _policy_rollouts(sim, loaded, steps, seed, n_envs, progress)
+    if kind == "medium-expert":  # both policies loaded before either part is collected
+        medium_policy = _behavior(policy, env_name, "medium", "--policy")
+        expert_policy_ = _behavior(expert_policy, env_name, "expert", "--expert_policy")
+        medium, medium_name = _policy_rollouts(sim, medium_policy, steps, seed, n_envs, progress)
+        expert, expert_name = _policy_rollouts(
+            sim, expert_policy_, steps, seed + 1, n_envs, progress
         )
-        medium, medium_name = _policy_rollouts(sim, medium_path, steps, seed, n_envs, progress)
-        expert, expert_name = _policy_rollouts(sim, expert_path, steps, seed + 1, n_envs, progress)
         out = {k: np.concatenate([medium[k], expert[k]]) for k in medium}
         out.update(metadata(env_name, medium_name, seed, medium["episode_returns"], "medium_"))
         out.update(metadata(env_name, expert_name, seed + 1, expert["episode_returns"], "expert_"))

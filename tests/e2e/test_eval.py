@@ -2,11 +2,12 @@
 
 import csv
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import read_rows, run_eval
+from conftest import ROOT, read_rows, run_eval
 
 from micro import MicroError
 from micro.policy_file import load_policy
@@ -241,6 +242,11 @@ def test_eval_cli_errors(smoke_run, tmp_path):
         ["--task", "hopper-medium-v2", "--policy_path", policy, "--choice", "robust"], check=False
     )
     assert proc.returncode == 2
+    proc = run_eval(["--policy_path", policy, "--choice", "clean", "--seed", "-1"], check=False)
+    assert (
+        proc.returncode == 1
+        and proc.stderr == f"error: --seed must be an integer from 0 to {2**31 - 1}, not -1\n"
+    )
     assert not any(tmp_path.iterdir())
 
 
@@ -262,3 +268,14 @@ def test_a_run_folder_stands_for_its_policy_file(smoke_run, tmp_path):
     run_eval([*base, str(tmp_path / "by-run"), "--policy_path", str(run_dir)])
     by_file, by_run = (read_csv(tmp_path / d / "clean.csv") for d in ("by-file", "by-run"))
     assert by_file == by_run and len(by_file) == 1
+
+
+def test_a_shipped_policy_is_evaluated_outside_the_repository(tmp_path):
+    from micro.cli.evaluate import default_out
+
+    shipped = ROOT / "results/halfcheetah-medium-200k/micro/seed0/policy.pt"
+    assert default_out(shipped, "runs") == Path(
+        "runs/eval/results/halfcheetah-medium-200k/micro/seed0"
+    )
+    mine = tmp_path / "run" / "policy.pt"
+    assert default_out(mine, "runs") == tmp_path / "run" / "eval"

@@ -139,26 +139,72 @@ def test_policy_file_carries_what_evaluation_needs(smoke_run, hopper_file):
     )
 
 
-def test_load_dynamics_path_skips_fitting(smoke_run, hopper_file, tiny_config, tmp_path, cli_env):
-    run_dir, _ = smoke_run
-    args = [
-        "--task",
-        "hopper-medium-v2",
-        "--dataset",
-        str(hopper_file),
-        "--config",
-        str(tiny_config),
-        "--logdir",
-        str(tmp_path),
-        "--epoch",
-        "1",
-        "--load_dynamics_path",
-        str(run_dir / "dynamics"),
-    ]
-    proc = run_train(args, cli_env)
-    assert "dynamics: loaded from" in proc.stdout
-    new_run = only_run_dir(tmp_path)
-    assert not (new_run / "dynamics").exists()
+def test_load_dynamics_path_copies_the_model_into_the_run(
+    smoke_run, hopper_file, tiny_config, tmp_path, cli_env
+):
+    """The run keeps its own copy (recorded by SHA-256), so moving the source folder away does
+    not stop a resume, and a copy replaced inside the run is refused."""
+    import shutil
+
+    source = tmp_path / "shared-dynamics"
+    shutil.copytree(smoke_run[0] / "dynamics", source)
+    common = ["--task", "hopper-medium-v2", "--dataset", str(hopper_file)]
+    args = [*common, "--config", str(tiny_config), "--logdir", str(tmp_path / "runs")]
+    proc = run_train([*args, "--load_dynamics_path", str(source)], cli_env)
+    run = only_run_dir(tmp_path / "runs")
+    assert f"dynamics: loaded from {run / 'dynamics'}" in proc.stdout  # no fit
+    sha = sha256_file(source / "model.pt")
+    assert sha256_file(run / "dynamics" / "model.pt") == sha
+    assert yaml.safe_load((run / "config.yaml").read_text())["dynamics_sha256"] == sha
+    source.rename(tmp_path / "moved")
+    (run / "policy.pt").unlink()  # unfinished again: resume reruns its last epoch's ending
+    run_train(["--resume", str(run)], cli_env)
+    (run / "policy.pt").unlink()
+    other = tmp_path / "other.pt"
+    torch.save({**torch.load(run / "dynamics" / "model.pt", weights_only=True)}, other)
+    other.replace(run / "dynamics" / "model.pt")  # same weights, other bytes: not the copy
+    proc = run_train(["--resume", str(run)], cli_env, check=False)
+    assert proc.returncode == 1 and "damaged or was replaced" in proc.stderr, proc.stderr
+
+
+def test_one_writer_per_run_two_processes(hopper_file, tiny_config, tmp_path, cli_env):
+    """A second process writing a run that another is training (a second --resume, a sweep's
+    retry) is refused at once with the holder's pid and host; the first run's files stay
+    clean (one row per epoch)."""
+    import json
+    import socket
+    import time
+
+    logdir = tmp_path / "runs"
+    args = ["--task", "hopper-medium-v2", "--dataset", str(hopper_file), "--config"]
+    args += [str(tiny_config), "--logdir", str(logdir), "--epoch", "60", "--step_per_epoch", "50"]
+    first = subprocess.Popen(
+        [sys.executable, "train.py", "--no_progress", *args],
+        cwd=ROOT,
+        env=cli_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline, run = time.time() + 120, None
+        while run is None and time.time() < deadline and first.poll() is None:
+            for lock in logdir.glob("*/micro/*/writer.lock"):
+                text = lock.read_text()
+                if text and json.loads(text)["pid"] == first.pid:
+                    run = lock.parent
+            time.sleep(0.05)
+        assert run is not None, first.stderr.read() if first.poll() is not None else "no lock"
+        second = run_train(["--resume", str(run)], cli_env, check=False)
+        assert first.poll() is None, "the first run ended before the second tried"
+        assert second.returncode == 1
+        line = second.stderr.strip()
+        assert "\n" not in line and f"pid {first.pid} on {socket.gethostname()}" in line, line
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    finally:
+        first.kill()
+    epochs = [int(r["epoch"]) for r in read_rows(run / "progress.csv")]
+    assert epochs == list(range(1, 61))
 
 
 def test_dynamics_records_its_data_and_refuses_another_robot(smoke_run, tmp_path, capsys):
@@ -211,6 +257,7 @@ def test_dynamics_records_its_data_and_refuses_another_robot(smoke_run, tmp_path
             ["--task", "hopper-medium-v2", "--dataset", "/nonexistent.hdf5"],
             "dataset file not found",
         ),
+        (["--task", "hopper-medium-v2", "--seed", "-1"], "seed must be an integer from 0 to"),
     ],
 )
 def test_bad_input_is_one_line(args, message, tmp_path, cli_env, hopper_file):
@@ -300,5 +347,5 @@ def test_fit_dynamics_alone_then_reuse(hopper_file, tiny_config, tmp_path, cli_e
         cli_env,
         extra=["--load_dynamics_path", str(out), "--epoch", "1"],
     )
-    assert f"dynamics: loaded from {out}" in proc.stdout
-    assert not (run_dir / "dynamics").exists()
+    assert f"copied from {out})" in proc.stdout
+    assert sha256_file(run_dir / "dynamics" / "model.pt") == sha256_file(out / "model.pt")
