@@ -28,7 +28,7 @@ from micro.utils import (
     sha256_file,
 )
 
-LOG_INTERVAL_S = 30.0  # without a terminal, the fit prints a progress line this often
+LOG_INTERVAL_S = 30.0  # without a progress bar (no terminal, --no_progress), a line this often
 
 
 class EnsembleDynamics(nn.Module):
@@ -412,7 +412,7 @@ def fit_dynamics(
             on_epoch(epoch, train_loss, float(hold.mean()))
         bar.update(1)
         bar.set_postfix(train=f"{train_loss:.4f}", holdout=f"{float(hold.mean()):.4f}")
-        if progress and bar.disable and time.monotonic() - last_line >= LOG_INTERVAL_S:
+        if bar.disable and time.monotonic() - last_line >= LOG_INTERVAL_S:
             last_line = time.monotonic()  # no terminal (a log file): a line now and then
             print(
                 f"dynamics fit: epoch {epoch}, train loss {train_loss:.4f}, holdout MSE "

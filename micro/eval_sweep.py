@@ -316,6 +316,33 @@ def print_table(rows: list[dict], keys: list[str]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)))
 
 
+def with_group_means(rows: list[dict], keys: list[str]) -> list[dict]:
+    """The table's rows, each policy's under its label, and after them a mean row per cell of
+    each group of several policies (an algorithm's seeds): the mean of their normalized means
+    and returns, ± the std over the policies (ddof 0)."""
+    out = list(rows)
+    for group in dict.fromkeys(r["group"] for r in rows):
+        part = [r for r in rows if r["group"] == group]
+        n = len({r["label"] for r in part})
+        if n < 2:
+            continue
+        for cell in dict.fromkeys(tuple(r[k] for k in keys) for r in part):
+            members = [r for r in part if tuple(r[k] for k in keys) == cell]
+            scores = np.array([r["normalized_mean"] for r in members])
+            returns = np.array([r["return_mean"] for r in members])
+            out.append(
+                {
+                    "label": f"{group}: mean of {n}",
+                    **dict(zip(keys, cell, strict=True)),
+                    "normalized_mean": float(scores.mean()),
+                    "normalized_std": float(scores.std()),
+                    "return_mean": float(returns.mean()),
+                    "return_std": float(returns.std()),
+                }
+            )
+    return out
+
+
 def tagged_rows(policies: list[LoadedPolicy], parts: list[list[dict]], group: str) -> list[dict]:
     """Several policies' rows in one table, each row naming its policy (file, algorithm, seed,
     and the label that tells it from the others) and the line/panel it belongs to; one policy's
@@ -348,7 +375,7 @@ def write_results(
     grouped = rows if several else [{"group": policies[0].label, **r} for r in rows]
     what, compare, draw_one, summarize = {
         "sim2real": (
-            "normalized return",
+            "normalized score",
             plots.sim2real_comparison,
             plots.sim2real_heatmap,
             robustness_summary.sim2real_summary,
@@ -380,7 +407,10 @@ def finish(
     several = len(policies) > 1
     rows = tagged_rows(policies, parts, spec.group)
     summary = write_results(spec, task, rows, files, policies)
-    print_table(rows, (["group"] if several else []) + keys)
+    if several:
+        print_table(with_group_means(rows, keys), ["label", *keys])
+    else:
+        print_table(rows, keys)
     if summary:
         print(f"\n{summary}")
     write_csv(files["episodes"], tagged_rows(policies, episode_parts, spec.group))

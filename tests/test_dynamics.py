@@ -281,3 +281,15 @@ def test_a_saved_model_records_its_sha256_and_a_replaced_one_is_refused(fitted, 
     torch.save(blob, tmp_path / "b/model.pt")
     with pytest.raises(MicroError, match="damaged or was replaced"):
         EnsembleDynamics.load(tmp_path / "b", 11, 3)
+
+
+def test_without_a_progress_bar_the_fit_prints_progress_lines(fitted, monkeypatch, capsys):
+    """A fit logged to a file used to print nothing for minutes."""
+    from micro import dynamics
+
+    monkeypatch.setattr(dynamics, "LOG_INTERVAL_S", 0.0)
+    _, _, (obs, act, next_obs, rew) = fitted
+    model = EnsembleDynamics(11, 3, [16, 16], n_ensemble=3, n_elites=2, weight_decay=[0, 0, 0])
+    dynamics.fit_dynamics(model, obs, act, next_obs, rew, max_epochs=2, progress=False)
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("dynamics fit:")]
+    assert [x.split(",")[0] for x in lines] == ["dynamics fit: epoch 1", "dynamics fit: epoch 2"]

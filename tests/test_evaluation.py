@@ -44,3 +44,24 @@ def test_an_episode_is_a_function_of_its_seed_not_of_how_many_run_beside_it():
         few, many = _returns(actor, 2, **kwargs), _returns(actor, 7, **kwargs)
         np.testing.assert_array_equal(few, many[:2])
         assert len(set(many.tolist())) == 7  # seven different episodes
+
+
+def test_a_table_of_seeds_names_each_and_ends_with_their_mean():
+    from micro.eval_sweep import with_group_means
+
+    def row(label, group, eps, score):
+        r = {"label": label, "group": group, "eps": eps, "normalized_mean": score}
+        return {**r, "normalized_std": 1.0, "return_mean": 10 * score, "return_std": 2.0}
+
+    rows = [row("micro seed 0", "micro", 0.0, 50.0), row("micro seed 1", "micro", 0.0, 54.0)]
+    rows += [row("mobile seed 0", "mobile", 0.0, 40.0)]
+    table = with_group_means(rows, ["eps"])
+    assert table[:3] == rows and len(table) == 4  # one policy's group has no mean row
+    mean = table[3]
+    assert (mean["label"], mean["eps"], mean["normalized_mean"], mean["normalized_std"]) == (
+        "micro: mean of 2",
+        0.0,
+        52.0,
+        2.0,
+    )
+    assert (mean["return_mean"], mean["return_std"]) == (520.0, 20.0)
