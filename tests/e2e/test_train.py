@@ -258,6 +258,10 @@ def test_dynamics_records_its_data_and_refuses_another_robot(smoke_run, tmp_path
             "dataset file not found",
         ),
         (["--task", "hopper-medium-v2", "--seed", "-1"], "seed must be an integer from 0 to"),
+        (
+            ["--task", "hopper-medium-v2", "--dataset", "DATA", "--load_dynamics_path", "/nope"],
+            "dynamics model not found: /nope/model.pt",
+        ),
     ],
 )
 def test_bad_input_is_one_line(args, message, tmp_path, cli_env, hopper_file):
