@@ -211,7 +211,7 @@ class Trainer:
         )
         while state.epoch < cfg.epoch:
             epoch_start, outside = time.time(), self._outside_updates()
-            eval_before = t["evaluation"]
+            before = dict(t)
             at_start = self.agent.epoch_metrics()  # e.g. the actor's learning rate
             means = self.train_epoch(bar)
             state.epoch += 1
@@ -262,12 +262,7 @@ class Trainer:
             # the epoch's time not spent in rollouts or evaluation (updates and logging)
             t["updates"] += time.time() - epoch_start - (self._outside_updates() - outside)
             if state.epoch == first_epoch and state.epoch < cfg.epoch:
-                took = time.time() - epoch_start - (t["evaluation"] - eval_before)
-                bar.write(
-                    f"the first epoch took {duration(took)} (evaluation aside): about "
-                    f"{duration(took * (cfg.epoch - state.epoch))} more for the remaining "
-                    f"{cfg.epoch - state.epoch} epochs, plus evaluations"
-                )
+                bar.write(self._estimate(time.time() - epoch_start, before))
             if (
                 cfg.snapshot_freq
                 and state.epoch % cfg.snapshot_freq == 0
@@ -288,6 +283,30 @@ class Trainer:
                     obs_std=self.obs_std,
                 )
                 t["checkpoints"] += time.time() - save_start
+
+    def _estimate(self, epoch_seconds: float, before: dict[str, float]) -> str:
+        """From the session's first epoch (``before``: the timings at its start): its time per
+        gradient step and per rollout (and model update), extrapolated to the rest of the
+        schedule, evaluations aside."""
+        cfg, state, t = self.cfg, self.state, self.timings
+        spent = {k: t.get(k, 0.0) - before.get(k, 0.0) for k in t}
+        steps = (epoch_seconds - spent["rollouts"] - spent["evaluation"]) - spent.get(
+            "model_updates", 0.0
+        )
+        first, now = state.step - cfg.step_per_epoch, state.step
+        end = now + (cfg.epoch - state.epoch) * cfg.step_per_epoch
+        seconds = steps / cfg.step_per_epoch * (end - now)
+        for key, every in (("rollouts", cfg.rollout_freq), ("model_updates", self._model_freq())):
+            done = _multiples(first, now, every) if every else 0
+            if done:
+                seconds += spent.get(key, 0.0) / done * _multiples(now, end, every)
+        return (
+            f"the first epoch took {duration(epoch_seconds)}: about {duration(seconds)} more for "
+            f"the remaining {cfg.epoch - state.epoch} epochs at its rate, evaluations aside"
+        )
+
+    def _model_freq(self) -> int | None:
+        return self.agent.model_update_freq if self.agent.trains_model else None
 
     def _outside_updates(self) -> float:
         t = self.timings
@@ -332,3 +351,8 @@ def duration(seconds: float) -> str:
     if seconds < 172800:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
+
+
+def _multiples(start: int, end: int, every: int) -> int:
+    """How many steps in [start, end) are multiples of ``every``."""
+    return (end + every - 1) // every - (start + every - 1) // every

@@ -353,3 +353,25 @@ def test_fit_dynamics_alone_then_reuse(hopper_file, tiny_config, tmp_path, cli_e
     )
     assert f"copied from {out})" in proc.stdout
     assert sha256_file(run_dir / "dynamics" / "model.pt") == sha256_file(out / "model.pt")
+
+
+def test_training_says_its_schedule_and_how_long_the_rest_takes(smoke_run):
+    import re
+
+    out = smoke_run[1].stdout
+    assert "schedule: 2 epochs x 20 steps, from epoch 1\n" in out
+    assert re.search(
+        r"the first epoch took \d+ s: about \d+ s more for the remaining 1 epochs", out
+    )
+
+
+def test_steps_that_are_multiples():
+    from micro.trainer import _multiples
+
+    assert [_multiples(a, b, 10) for a, b in ((0, 10), (0, 11), (1, 10), (10, 30), (5, 5))] == [
+        1,
+        2,
+        0,
+        2,
+        0,
+    ]
