@@ -269,10 +269,10 @@ def _bad_files(hopper_file, tmp_path):
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("truncated", "not a readable HDF5 file"),
+        ("truncated", "a damaged or truncated HDF5 file"),
         ("no_key", "lacks key(s) timeouts"),
         ("nan", "observations holds NaN or inf (first at row 17)"),
-        ("html", "not a readable HDF5 file"),
+        ("html", "is not an HDF5 dataset; pass a D4RL-format .hdf5 file"),
     ],
 )
 def test_bad_dataset_files(case, message, hopper_file, tmp_path, cli_env):
