@@ -254,18 +254,47 @@ def start_ray(address: str | None, num_cpus: int | None):
         kwargs.update(include_dashboard=False, logging_level=logging.WARNING)
         if num_cpus is not None:
             kwargs["num_cpus"] = num_cpus
-    try:
-        ray.init(**kwargs)
-    except Exception as exc:  # ConnectionError, RuntimeError, ...
-        where = address or "a local Ray instance"
-        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:300]
-        hint = ""
-        if address and address.startswith("ray://"):
-            hint = " (the head's logs/ray_client_server*.err say why the client was refused)"
-        raise MicroError(
-            f"cannot start or reach {where}: {type(exc).__name__}: {text}{hint}"
-        ) from None
+    attempts = CLIENT_ATTEMPTS if address and address.startswith("ray://") else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**kwargs)
+            break
+        except Exception as exc:  # ConnectionError, RuntimeError, ...
+            if attempt < attempts and _client_server_refused(exc):
+                # The head's proxy starts a server per client; on a busy head that server can die
+                # at start. The next connection gets a new one on another port.
+                print(f"sweep: {address} refused the client ({attempt}/{attempts}); retrying")
+                _shutdown_quietly(ray)
+                time.sleep(CLIENT_RETRY_S)
+                continue
+            _raise_unreachable(address, exc)
     return ray
+
+
+# Ray Client: how many times a refused connection is tried, and the pause between tries.
+CLIENT_ATTEMPTS = 3
+CLIENT_RETRY_S = 5.0
+
+
+def _client_server_refused(exc: BaseException) -> bool:
+    return "Starting Ray client server failed" in str(exc) or isinstance(
+        exc, ConnectionAbortedError
+    )
+
+
+def _shutdown_quietly(ray) -> None:
+    with contextlib.suppress(Exception):  # a half-made client: nothing to release
+        ray.shutdown()
+
+
+def _raise_unreachable(address: str | None, exc: BaseException):
+    """One line saying why Ray could not be started or reached."""
+    where = address or "a local Ray instance"
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:300]
+    hint = ""
+    if address and address.startswith("ray://"):
+        hint = " (the head's logs/ray_client_server*.err say why the client was refused)"
+    raise MicroError(f"cannot start or reach {where}: {type(exc).__name__}: {text}{hint}") from None
 
 
 def execute(

@@ -60,7 +60,11 @@ def ray_address(tmp_path_factory):
     while not raylet.exists():  # the node is up once its raylet listens
         assert head.poll() is None and time.time() < deadline, "ray start --head failed"
         time.sleep(0.2)
-    yield SimpleNamespace(address=f"127.0.0.1:{port}", client=f"ray://127.0.0.1:{client_port}")
+    yield SimpleNamespace(
+        address=f"127.0.0.1:{port}",
+        client=f"ray://127.0.0.1:{client_port}",
+        logs=temp / "session_latest" / "logs",
+    )
     head.send_signal(signal.SIGTERM)
     try:
         head.wait(timeout=60)
@@ -272,6 +276,53 @@ def test_bad_sweep_arguments_are_one_line_errors(tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1
 
 
+class _RefusingRay:
+    """A stand-in for the ``ray`` module whose Ray Client connection is refused ``refusals``
+    times, as a busy head's proxy refuses a client whose server died at start."""
+
+    def __init__(self, refusals: int):
+        self.refusals, self.inits, self.shutdowns = refusals, 0, 0
+
+    def init(self, **kwargs):
+        self.inits += 1
+        if self.inits <= self.refusals:
+            raise ConnectionAbortedError(
+                "Initialization failure from server: RuntimeError: Starting Ray client server "
+                "failed. See ray_client_server_23001.err for detailed logs."
+            )
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+@pytest.mark.parametrize("refusals, inits", [(0, 1), (1, 2), (2, 3)])
+def test_a_refused_ray_client_is_retried(monkeypatch, refusals, inits):
+    import micro.sweep as sweep_module
+
+    fake = _RefusingRay(refusals)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(sweep_module, "CLIENT_RETRY_S", 0.0)
+    assert sweep_module.start_ray("ray://head:10001", None) is fake
+    assert (fake.inits, fake.shutdowns) == (inits, refusals)
+
+
+def test_a_ray_client_refused_every_time_is_one_line(monkeypatch):
+    import micro.sweep as sweep_module
+
+    fake = _RefusingRay(refusals=10)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(sweep_module, "CLIENT_RETRY_S", 0.0)
+    with pytest.raises(MicroError, match=r"cannot start or reach ray://head:10001: Conn") as err:
+        sweep_module.start_ray("ray://head:10001", None)
+    assert fake.inits == sweep_module.CLIENT_ATTEMPTS == 3
+    assert "\n" not in str(err.value) and "ray_client_server" in str(err.value)
+    fake = _RefusingRay(refusals=1)  # a plain address is not retried: nothing would change
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with pytest.raises(MicroError):
+        sweep_module.start_ray("10.0.0.1:6379", None)
+    assert fake.inits == 1
+
+
 def test_a_sweep_through_ray_client(ray_address, hopper_file, tiny_config, tmp_path):
     """``--address ray://host:port``, as from a laptop to a remote cluster."""
     # A head's client server can refuse its first clients while the node is still starting
@@ -286,7 +337,12 @@ def test_a_sweep_through_ray_client(ray_address, hopper_file, tiny_config, tmp_p
     assert ready.returncode == 0, "the Ray head never accepted a client: " + ready.stderr[-1500:]
     logdir = tmp_path / "client"
     args = ["--tasks", "hopper-medium-v2", "--dataset", f"hopper-medium-v2={hopper_file}"]
-    sweep([*args, "--config", str(tiny_config), "--logdir", str(logdir)], ray_address, client=True)
+    args += ["--config", str(tiny_config), "--logdir", str(logdir)]
+    proc = sweep(args, ray_address, check=False, client=True)
+    if proc.returncode != 0:  # the head's own account of refusing the client
+        logs = sorted(ray_address.logs.glob("ray_client_server*.err"))
+        told = "".join(f"\n--- {f.name}\n{f.read_text(errors='replace')[-1500:]}" for f in logs)
+        pytest.fail(proc.stdout[-1500:] + proc.stderr[-1500:] + told)
     record = json.loads((logdir / "sweep.json").read_text())
     assert record["counts"]["finished"] == 1
     assert (Path(record["runs"][0]["run_dir"]) / "policy.pt").exists()
