@@ -28,13 +28,14 @@ CONFIG_DIR = Path(
 
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")
+ADV_STDS = ("population", "unbiased")
 
 
 @dataclass(frozen=True)
 class Config:
     # --- run -------------------------------------------------------------------------------
     task: str = "hopper-medium-v2"  # D4RL task or Minari dataset id: picks data, env and config
-    algo: str = "micro"  # micro | mobile | mopo: the conservatism (see micro/algos/)
+    algo: str = "micro"  # micro | mobile | mopo | rambo: the algorithm (see micro/algos/)
     seed: int = 0  # seeds torch, numpy and the environments
     device: str = "auto"  # auto | cpu | cuda | cuda:N  (auto = cuda when available)
     dataset: str | None = None  # a D4RL-format HDF5 file (Minari: a dataset folder) to use
@@ -80,6 +81,18 @@ class Config:
     model_retain_epochs: int = 5  # model buffer = rollout_batch_size * rollout_length * this
     real_ratio: float = 0.05  # share of real transitions in each batch
 
+    # --- adversarial model (RAMBO) ------------------------------------------------------------
+    dynamics_update_freq: int = 1000  # RAMBO: gradient steps between adversarial model updates
+    adv_steps: int = 1000  # RAMBO: dynamics gradient steps per adversarial update
+    adv_lr: float = 3e-4  # RAMBO: Adam learning rate of the adversarial model updates
+    adv_weight: float = 3e-4  # RAMBO: lambda_adv, weight of the adversarial term (0: none)
+    adv_batch_size: int = 256  # RAMBO: rows per adversarial step (and per supervised batch)
+    adv_include_entropy: bool = False  # RAMBO: -alpha log pi(a'|s') in the advantage's V(s')
+    adv_std: str = "population"  # RAMBO advantage scale: population (official) | unbiased (+1e-6)
+    adv_shared_sl_batch: bool = False  # RAMBO: one supervised batch for all members (the port's)
+    bc_epochs: int = 0  # behaviour cloning of the actor before training (RAMBO: 50); 0: none
+    bc_batch_size: int = 256  # rows per behaviour-cloning step
+
     # --- schedule --------------------------------------------------------------------------
     epoch: int = 3000  # epochs of training; also the actor lr cosine period
     step_per_epoch: int = 1000  # gradient steps per epoch
@@ -103,6 +116,10 @@ class Config:
             (0.0 < self.dynamics_holdout_ratio < 1.0, "dynamics_holdout_ratio must be in (0, 1)"),
             (self.algo in ALGORITHMS, f"algo must be one of {', '.join(ALGORITHMS)}"),
             (
+                self.adv_std in ADV_STDS,
+                f"adv_std must be one of {', '.join(ADV_STDS)}",
+            ),
+            (
                 self.matmul_precision in MATMUL_PRECISIONS,
                 f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}",
             ),
@@ -124,9 +141,15 @@ class Config:
             "dynamics_batch_size",
             "dynamics_max_holdout",
             "max_epochs_since_update",
+            "dynamics_update_freq",
+            "adv_steps",
+            "adv_batch_size",
+            "bc_batch_size",
         ]
         checks += [(getattr(self, k) > 0, f"{k} must be positive") for k in positive]
         checks.append((self.penalty_coef >= 0, "penalty_coef must be >= 0"))
+        checks.append((self.adv_weight >= 0, "adv_weight must be >= 0"))
+        checks.append((self.bc_epochs >= 0, "bc_epochs must be >= 0"))
         checks.append((0 <= self.seed <= MAX_SEED, f"seed must be an integer from 0 to {MAX_SEED}"))
         if self.dynamics_max_epochs is not None:
             checks.append((self.dynamics_max_epochs > 0, "dynamics_max_epochs must be positive"))

@@ -153,6 +153,15 @@ class Actor(nn.Module):
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self(obs)[0])
 
+    def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """log π(a|s) of given actions [B, act_dim] strictly inside (−1, 1): [B]. (Behaviour
+        cloning's likelihood; at ±1 the pre-tanh value is infinite.)"""
+        mean, log_std = self(obs)
+        pre_tanh = torch.atanh(action)
+        noise = (pre_tanh - mean) / log_std.exp()
+        gauss = -0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+        return (gauss - torch.log(1 - action.pow(2) + TANH_EPS)).sum(-1)
+
 
 def squash(mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Tensor) -> PolicyOutput:
     """a = tanh(μ + σ·ε) with its log-probability under the tanh-Gaussian."""

@@ -33,7 +33,8 @@ PROGRESS_FILE = "progress.csv"
 EPISODES_FILE = "eval-episodes.csv"
 POLICY_FILE = "policy.pt"
 CHECKPOINT_FILE = "checkpoints/last.pt"
-DYNAMICS_DIR = "dynamics"
+DYNAMICS_DIR = "dynamics"  # the model the run started from (fitted, or a copy of one given)
+FINAL_DYNAMICS_DIR = "dynamics-final"  # an algorithm that trains its model (RAMBO): the last one
 TIMINGS_FILE = "timings.json"
 SESSIONS_FILE = "sessions.jsonl"
 TB_DIR = "tb"
@@ -64,12 +65,27 @@ DATA_RECORD_KEYS = frozenset(
 )
 # Runs whose config.yaml differ only in these are seeds of one experiment.
 NOT_EXPERIMENT_KEYS = RUN_ONLY_KEYS | INPUT_PATH_KEYS | DATA_RECORD_KEYS
+# Config keys added after runs were first recorded (RAMBO's, 2026-12): every run before them
+# computed what these keys at their defaults compute, so a key at its default counts as absent —
+# older runs group with newer ones, and an existing sweep's folder names (config hashes) stay.
+LATER_KEYS = frozenset(
+    {"dynamics_update_freq", "adv_steps", "adv_lr", "adv_weight", "adv_batch_size"}
+    | {"adv_include_entropy", "adv_std", "adv_shared_sl_batch", "bc_epochs", "bc_batch_size"}
+)
+
+
+def without_later_defaults(config: dict) -> dict:
+    """``config`` less the ``LATER_KEYS`` that hold their default value."""
+    from micro.config import Config
+
+    defaults = Config().to_dict()
+    return {k: v for k, v in config.items() if not (k in LATER_KEYS and v == defaults[k])}
 
 
 def experiment(config: dict) -> dict:
     """The part of a run's config.yaml that defines what it computes; ``algo`` filled in for
     runs from before it was recorded (they are MICRO runs)."""
-    kept = {k: v for k, v in config.items() if k not in NOT_EXPERIMENT_KEYS}
+    kept = {k: v for k, v in without_later_defaults(config).items() if k not in NOT_EXPERIMENT_KEYS}
     return {**kept, "algo": config.get("algo", "micro")}
 
 
@@ -113,6 +129,10 @@ class RunDir:
     @property
     def dynamics_dir(self) -> Path:
         return self.path / DYNAMICS_DIR
+
+    @property
+    def final_dynamics_dir(self) -> Path:
+        return self.path / FINAL_DYNAMICS_DIR
 
     @property
     def timings_file(self) -> Path:

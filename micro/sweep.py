@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from micro import MicroError
 from micro.config import Config, resolve_config
-from micro.run_dir import RUN_ONLY_KEYS, RunDir, RunState
+from micro.run_dir import RUN_ONLY_KEYS, RunDir, RunState, without_later_defaults
 
 if TYPE_CHECKING:
     from micro.eval_sweep import EvalSpec
@@ -49,7 +49,9 @@ def config_hash(cfg: Config, data_sha256: str | None = None) -> str:
     computes (``RUN_ONLY_KEYS``) are left out, so the seeds of one experiment share the hash;
     the input paths stay in it, as they always have, so an existing sweep's folders keep their
     names."""
-    body = {k: v for k, v in cfg.to_dict().items() if k not in RUN_ONLY_KEYS}
+    body = {
+        k: v for k, v in without_later_defaults(cfg.to_dict()).items() if k not in RUN_ONLY_KEYS
+    }
     if data_sha256 is not None:
         body["dataset_sha256"] = data_sha256
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]

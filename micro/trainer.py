@@ -26,7 +26,7 @@ from micro.algos.base import Algorithm
 from micro.buffer import Batch, ReplayBuffer
 from micro.checkpoint import CheckpointWriter, Progress, load_checkpoint, save_checkpoint
 from micro.config import Config
-from micro.dynamics import EnsembleDynamics
+from micro.dynamics import EnsembleDynamics, read_dynamics_info
 from micro.envs import SimSpec, termination_fn
 from micro.evaluation import EvalResult, run_episodes
 from micro.graphs import graphed
@@ -142,12 +142,6 @@ class Trainer:
         rows: list[torch.Tensor] = []
         keys: list[str] = []
         for _ in range(cfg.step_per_epoch):
-            if self.agent.trains_model and state.step % self.agent.model_update_freq == 0:
-                # before the rollout of the same step, which then uses the updated model
-                t_model = time.time()
-                state.model_info = self.agent.model_update(self.real)
-                self.model_updates += 1
-                self.timings["model_updates"] += time.time() - t_model
             if state.step % cfg.rollout_freq == 0:
                 t_rollout = time.time()
                 state.rollout_info = self.rollout()
@@ -156,6 +150,13 @@ class Trainer:
             keys = keys or list(metrics)
             rows.append(torch.stack([metrics[k] for k in keys]))
             state.step += 1
+            if self.agent.trains_model and state.step % self.agent.model_update_freq == 0:
+                # after every model_update_freq steps (the published codes' order): a rollout at
+                # this step count uses the updated model
+                t_model = time.time()
+                state.model_info = self.agent.model_update(self.real, self.done_fn)
+                self.model_updates += 1
+                self.timings["model_updates"] += time.time() - t_model
             if bar is not None:
                 bar.update(1)  # host-side counter only: no device sync
         values = torch.stack(rows).cpu()
@@ -196,6 +197,15 @@ class Trainer:
         self.checkpoints.wait()
         t["checkpoints"] += time.time() - wait_start
         bar.close()
+        if self.agent.trains_model:  # dynamics/ stays the model the run started from
+            self.dynamics.save(
+                self.run.final_dynamics_dir,
+                extra={
+                    **read_dynamics_info(self.run.dynamics_dir),  # robot, task, data
+                    "trained_by": self.agent.name,
+                    "step": self.state.step,
+                },
+            )
         self.save_policy(self.run.policy_file, evaluated=True)
         self.logger.close()
         atomic_write_text(self.run.timings_file, json.dumps({k: round(v, 1) for k, v in t.items()}))
@@ -209,6 +219,8 @@ class Trainer:
         bar.write(
             f"schedule: {cfg.epoch} epochs x {cfg.step_per_epoch} steps, from epoch {first_epoch}"
         )
+        if state.step == 0:
+            self._pretrain(bar)
         while state.epoch < cfg.epoch:
             epoch_start, outside = time.time(), self._outside_updates()
             before = dict(t)
@@ -284,6 +296,18 @@ class Trainer:
                 )
                 t["checkpoints"] += time.time() - save_start
 
+    def _pretrain(self, bar: tqdm) -> None:
+        """The algorithm's training before the first step, if it has any (RAMBO's behaviour
+        cloning); a run killed before its first checkpoint does it again, from the same seed."""
+        start = time.time()
+        info = self.agent.pretrain(self.real)
+        if info is None:
+            return
+        self.timings["pretraining"] = time.time() - start
+        self.logger.scalars(info, 0, "pretrain/")
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in info.items())
+        bar.write(f"pretraining ({duration(self.timings['pretraining'])}): {shown}")
+
     def _estimate(self, epoch_seconds: float, before: dict[str, float]) -> str:
         """From the session's first epoch (``before``: the timings at its start): its time per
         gradient step and per rollout (and model update), extrapolated to the rest of the
@@ -296,10 +320,14 @@ class Trainer:
         first, now = state.step - cfg.step_per_epoch, state.step
         end = now + (cfg.epoch - state.epoch) * cfg.step_per_epoch
         seconds = steps / cfg.step_per_epoch * (end - now)
-        for key, every in (("rollouts", cfg.rollout_freq), ("model_updates", self._model_freq())):
-            done = _multiples(first, now, every) if every else 0
+        # rollouts come before the steps at multiples of their period, model updates after them
+        for key, every, after in (
+            ("rollouts", cfg.rollout_freq, 0),
+            ("model_updates", self._model_freq(), 1),
+        ):
+            done = _multiples(first + after, now + after, every) if every else 0
             if done:
-                seconds += spent.get(key, 0.0) / done * _multiples(now, end, every)
+                seconds += spent.get(key, 0.0) / done * _multiples(now + after, end + after, every)
         return (
             f"the first epoch took {duration(epoch_seconds)}: about {duration(seconds)} more for "
             f"the remaining {cfg.epoch - state.epoch} epochs at its rate, evaluations aside"

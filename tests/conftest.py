@@ -27,6 +27,8 @@ hidden_dims: [32, 32]
 dynamics_hidden_dims: [32, 32, 32, 32]
 """
 
+# RAMBO at the tiny config's scale: a model update after each 20-step epoch, short BC
+TINY_RAMBO = ["--dynamics_update_freq", "20", "--adv_steps", "10", "--bc_epochs", "1"]
 
 # Device-dependent tests run on every device this machine has: the CPU, and CUDA when present.
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
@@ -176,7 +178,7 @@ def run_eval(args, check=True, cwd=ROOT):
 
 
 def only_run_dir(logdir: Path) -> Path:
-    runs = list(logdir.glob("*/micro/*"))
+    runs = list(logdir.glob("*/*/*"))  # <task>/<algo>/<run>
     assert len(runs) == 1, runs
     return runs[0]
 
@@ -231,17 +233,17 @@ def algo_run(algo, logdir, hopper_file, tiny_config, env, seed=3, extra=()):
 
 @pytest.fixture(scope="session")
 def baseline_runs(tmp_path_factory, hopper_file, tiny_config, smoke_run):
-    """A tiny MOBILE and MOPO run beside the session's MICRO run, all on one fitted model."""
+    """A tiny MOBILE, MOPO and RAMBO run beside the session's MICRO run, all from one fitted
+    model (RAMBO's updated after each of its two epochs)."""
     import os
 
     logdir = tmp_path_factory.mktemp("baselines")
     env = {**os.environ, "D4RL_DATASET_DIR": str(logdir / "no-cache")}
     dynamics = str(smoke_run[0] / "dynamics")
     runs = {"micro": smoke_run[0]}
-    for algo in ("mobile", "mopo"):
-        runs[algo], _ = algo_run(
-            algo, logdir, hopper_file, tiny_config, env, extra=["--load_dynamics_path", dynamics]
-        )
+    for algo in ("mobile", "mopo", "rambo"):
+        extra = ["--load_dynamics_path", dynamics, *(TINY_RAMBO if algo == "rambo" else [])]
+        runs[algo], _ = algo_run(algo, logdir, hopper_file, tiny_config, env, extra=extra)
     return runs
 
 

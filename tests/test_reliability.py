@@ -66,30 +66,28 @@ def test_same_seed_same_progress_csv(reference, hopper_file, tmp_path):
     assert (again / "progress.csv").read_text() == (reference / "progress.csv").read_text()
 
 
-def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(reference, hopper_file, tmp_path):
-    cmd = [
-        sys.executable,
-        "train.py",
-        "--no_progress",
-        *SMALL,
-        "--dataset",
-        str(hopper_file),
-        "--logdir",
-        str(tmp_path),
-    ]
+def killed_run(args, logdir, rows=4):
+    """Start ``train.py ARGS --logdir LOGDIR``, SIGKILL it once progress.csv has ``rows``
+    lines (header included), and return its run folder, unfinished."""
+    cmd = [sys.executable, "train.py", "--no_progress", *args, "--logdir", str(logdir)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     run_dir = None
     while time.time() < deadline:  # wait for a few epochs and their checkpoint, then SIGKILL
-        runs = list(tmp_path.glob("*/micro/*"))
+        runs = list(logdir.glob("*/*/*"))
         if runs and (runs[0] / "progress.csv").exists():
             run_dir = runs[0]
-            if len((run_dir / "progress.csv").read_text().splitlines()) >= 4:
+            if len((run_dir / "progress.csv").read_text().splitlines()) >= rows:
                 break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert run_dir is not None and not (run_dir / "policy.pt").exists(), "killed too late"
+    return run_dir
+
+
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(reference, hopper_file, tmp_path):
+    run_dir = killed_run([*SMALL, "--dataset", str(hopper_file)], tmp_path)
     before = safe_torch_load(run_dir / "checkpoints" / "last.pt", "checkpoint")["timings"]
     out = run_train(["--resume", str(run_dir)], dict(os.environ))
     assert "resuming at epoch" in out.stdout
@@ -109,6 +107,23 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(reference, hopper
     assert after["dynamics"] == round(before["dynamics"], 1) > 0
     for stage in ("rollouts", "updates", "evaluation"):
         assert before[stage] > 0 and after[stage] >= round(before[stage], 1)
+
+
+def test_a_killed_rambo_run_resumes_exactly(hopper_file, tmp_path):
+    """RAMBO trains its model: the model and its optimizer are in the checkpoint, so a resumed
+    run ends with the same policy and the same final model as an uninterrupted one."""
+    args = [*SMALL, "--algo", "rambo", "--dataset", str(hopper_file), "--epoch", "6"]
+    args += ["--dynamics_update_freq", "15", "--adv_steps", "5", "--bc_epochs", "1"]
+    reference = small_run(hopper_file, tmp_path / "ref", dict(os.environ), args[len(SMALL) :])
+    run_dir = killed_run(args, tmp_path / "killed", rows=3)
+    run_train(["--resume", str(run_dir)], dict(os.environ))
+    assert (run_dir / "progress.csv").read_text() == (reference / "progress.csv").read_text()
+    for name in ("policy.pt", "dynamics-final/model.pt"):
+        a = torch.load(run_dir / name, weights_only=True)
+        b = torch.load(reference / name, weights_only=True)
+        for part in ("actor", "critics") if name == "policy.pt" else ("state_dict",):
+            for key in a[part]:
+                torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=0)
 
 
 def test_resume_refuses_a_finished_run_and_extra_flags(reference):

@@ -4,7 +4,7 @@ Every algorithm is an ``Algorithm`` (``micro.algos.base``): it owns its networks
 its update, the names of the metrics it logs, optional hooks into the training loop (how a
 model rollout step is taken, an update of the dynamics model) and one training state that a
 checkpoint saves whole. MICRO, MOBILE and MOPO are SAC (``micro.algos.sac``) with a
-conservatism of their own.
+conservatism of their own; RAMBO is SAC whose dynamics model trains against the policy.
 
 A new algorithm is a module here, one line in ``ALGORITHMS``, and its ``configs/<algo>/``.
 This module imports nothing, so that ``micro.config`` can check ``--algo`` against the names
@@ -24,6 +24,7 @@ ALGORITHMS: dict[str, str] = {
     "micro": "micro.algos.micro:MICRO",
     "mobile": "micro.algos.mobile:MOBILE",
     "mopo": "micro.algos.mopo:MOPO",
+    "rambo": "micro.algos.rambo:RAMBO",
 }
 
 

@@ -8,9 +8,10 @@ An ``Algorithm`` is an ``nn.Module`` built from ``(cfg, obs_dim, act_dim, dynami
   so that ``training_state()`` / ``load_training_state()`` cover everything it trains, and the
   checkpoint names none of them;
 - exposes the ``actor`` and ``critics`` a policy file holds;
-- may change how a model rollout steps (``model_step``: MOPO penalises the reward there) and may
+- may change how a model rollout steps (``model_step``: MOPO penalises the reward there), may
   train the dynamics model itself (``model_update`` every ``model_update_freq`` steps; the model
-  and its optimizer are then part of the training state).
+  and its optimizer are then part of the training state: RAMBO), and may train before the first
+  step (``pretrain``: RAMBO's behaviour cloning).
 
 ``penalty_metric`` names the conservatism's logged quantity (before its coefficient) as it
 appears in ``progress.csv``; ``micro.report`` reads it from here.
@@ -18,6 +19,7 @@ appears in ``progress.csv``; ``micro.report`` reads it from here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -70,9 +72,18 @@ class Algorithm(nn.Module):
         next_obs, reward = dynamics.sample_step(obs, act)
         return next_obs, reward, {}
 
-    def model_update(self, real: ReplayBuffer) -> dict[str, float]:
-        """Train ``self.dynamics`` (called every ``model_update_freq`` steps when that is set)."""
+    def model_update(
+        self, real: ReplayBuffer, done_fn: Callable[[torch.Tensor], torch.Tensor]
+    ) -> dict[str, float]:
+        """Train ``self.dynamics`` (when ``model_update_freq`` is set: after every that many
+        gradient steps, before the rollout of the next step); ``done_fn`` is the task's
+        termination function. Returns metrics, logged under ``model/``."""
         raise NotImplementedError(f"{self.name} does not train its model")
+
+    def pretrain(self, real: ReplayBuffer) -> dict[str, float] | None:
+        """Called once before the first gradient step of a run (RAMBO's behaviour cloning);
+        None when the algorithm does nothing there, else metrics logged under ``pretrain/``."""
+        return None
 
     @property
     def trains_model(self) -> bool:

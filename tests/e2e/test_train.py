@@ -1,6 +1,7 @@
 """The real command line, run as a user runs it, on small datasets made in the simulator."""
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -294,14 +295,30 @@ def test_unknown_flag_exit_code_two(tmp_path, cli_env):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("algo", ["mobile", "mopo"])
+@pytest.mark.parametrize("algo", ["mobile", "mopo", "rambo"])
 def test_baseline_cli_run(baseline_runs, algo):
     run_dir = baseline_runs[algo]
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["algo"] == algo and run_dir.parent.name == algo
-    assert cfg["rollout_length"] == 5 and cfg["penalty_coef"] == {"mobile": 1.5, "mopo": 5.0}[algo]
     rows = read_rows(run_dir / "progress.csv")
     assert len(rows) == 2 and all(r["eval_normalized_score"] != "" for r in rows)
+    if algo == "rambo":  # the official hopper-medium values; the model trained, then saved
+        assert (cfg["rollout_length"], cfg["adv_weight"], cfg["real_ratio"]) == (5, 3e-4, 0.5)
+        for key in ("model_sl_loss", "model_adv_loss", "model_advantage", "model_log_prob"):
+            assert all(r[key] != "" for r in rows), key
+        timings = json.loads((run_dir / "timings.json").read_text())
+        assert timings["model_updates"] > 0 and timings["pretraining"] >= 0
+        start = torch.load(run_dir / "dynamics" / "model.pt", weights_only=True)["state_dict"]
+        final = torch.load(run_dir / "dynamics-final" / "model.pt", weights_only=True)
+        assert final["state_dict"].keys() == start.keys()
+        moved = [k for k in start if not torch.equal(start[k], final["state_dict"][k])]
+        assert "layers.0.weight" in moved and "elites" not in moved
+        info = json.loads((run_dir / "dynamics-final" / "dynamics.json").read_text())
+        assert (info["trained_by"], info["step"], info["robot"]) == ("rambo", 40, "hopper")
+        assert "penalty" not in rows[0] and "uncertainty" not in rows[0]
+        assert torch.load(run_dir / "policy.pt", weights_only=True)["algo"] == "rambo"
+        return
+    assert cfg["rollout_length"] == 5 and cfg["penalty_coef"] == {"mobile": 1.5, "mopo": 5.0}[algo]
     if algo == "mobile":
         assert "penalty" in rows[0] and float(rows[-1]["penalty"]) > 0
         assert "uncertainty" not in rows[0]
