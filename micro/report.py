@@ -28,13 +28,25 @@ from micro.algos import penalty_columns
 from micro.data.d4rl import recorded_return
 from micro.envs import parse_task
 from micro.logger import read_progress
-from micro.run_dir import RunDir, experiment, find_run_dirs
+from micro.provenance import read_sessions
+from micro.run_dir import TIMED_STAGES, RunDir, experiment, find_run_dirs
 from micro.utils import atomic_path, atomic_write_text
 
 # The logged penalty of each algorithm (before its coefficient), in the order looked for.
 PENALTY_COLUMNS = penalty_columns()
 # The "last evaluations" score averages this many of a run's last evaluations.
 LAST_EVALS = 5
+# What a run's cost per 1000 gradient steps sums (timings.json): the steps themselves and what
+# an algorithm does every so many steps (model rollouts, RAMBO's model updates); evaluations,
+# checkpoints, the dynamics fit and pretraining are reported apart.
+COST_STAGES = ("updates", "rollouts", "model_updates")
+COST_KEYS = (
+    "train_s_per_1k",
+    *(f"{k}_s_per_1k" for k in COST_STAGES),
+    "dynamics_s",
+    "pretraining_s",
+    "total_h",
+)
 
 
 def last_evals_score(evals: list[dict], k: int = LAST_EVALS) -> float:
@@ -50,6 +62,24 @@ class Run:
     config: dict
     rows: list[dict]
     finished: bool
+    timings: dict = field(default_factory=dict)  # timings.json: wall seconds by stage
+    machines: list[str] = field(default_factory=list)  # the GPU or CPU of each session
+
+    def cost(self) -> dict[str, float] | None:
+        """Wall seconds per 1000 gradient steps (all of ``COST_STAGES``, and each), the dynamics
+        fit's and pretraining's seconds and the total hours; None without complete timings
+        (runs from before every stage was timed kept their last session's only)."""
+        t = self.timings
+        if not set(TIMED_STAGES) <= set(t) or self.steps == 0:
+            return None
+        per_1k = {k: t.get(k, 0.0) / self.steps * 1000 for k in COST_STAGES}
+        return {
+            "train_s_per_1k": sum(per_1k.values()),
+            **{f"{k}_s_per_1k": v for k, v in per_1k.items()},
+            "dynamics_s": t["dynamics"],
+            "pretraining_s": t.get("pretraining", 0.0),
+            "total_h": sum(t.values()) / 3600,
+        }
 
     @property
     def task(self) -> str:
@@ -85,7 +115,33 @@ class Run:
 def read_run(path: Path) -> Run:
     run = RunDir(path)
     config = run.read_config()
-    return Run(run.path, config, read_progress(run.progress_file), run.finished)
+    return Run(
+        run.path,
+        config,
+        read_progress(run.progress_file),
+        run.finished,
+        _read_json(run.timings_file),
+        _machines(run),
+    )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _machines(run: RunDir) -> list[str]:
+    """The GPU (else CPU) of each session that trained ``run`` (sessions.jsonl), or the one a
+    shipped run records (run.json)."""
+    sessions = read_sessions(run.path)
+    if sessions:
+        names = (s.get("machine", {}) for s in sessions)
+        return list(dict.fromkeys(m.get("gpu") or m.get("cpu", "?") for m in names))
+    shipped = _read_json(run.path / "run.json").get("machine", {})
+    return [shipped.get("gpu") or shipped["cpu"]] if shipped.get("cpu") else []
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Run]:
@@ -137,6 +193,9 @@ class Group:
         pen = [v for e in last if (v := _float(e, name)) is not None] if name else []
         lasts = [last_evals_score(r.evals) for r in self.runs if r.evals]
         final, best, last_k = _mean_std(finals), _mean_std(bests), _mean_std(lasts)
+        costs = [c for r in self.runs if (c := r.cost()) is not None]
+        cost = {k: _mean_std([c[k] for c in costs])[0] for k in COST_KEYS}
+        machines = dict.fromkeys(m for r in self.runs for m in r.machines)
         return {
             "task": self.task,
             "algo": self.algo,
@@ -154,6 +213,9 @@ class Group:
             "q_mean": _mean_std(q)[0],
             "penalty_name": name,
             "penalty": _mean_std(pen)[0],
+            **cost,
+            "cost_runs": len(costs),
+            "machines": "; ".join(machines),
             "run_dirs": " ".join(str(r.path) for r in self.runs),
         }
 
@@ -275,6 +337,19 @@ def _fmt(mean: float, std: float) -> str:
     return "–" if np.isnan(mean) else f"{mean:.1f} ± {std:.1f}"
 
 
+def _cost_cell(row: dict) -> str:
+    if not row["cost_runs"]:
+        return "– | –"
+    hours = row["total_h"]
+    wall = f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.0f} min"
+    timed = (
+        ""
+        if row["cost_runs"] == row["runs"]
+        else f"; {row['cost_runs']} of {row['runs']} seeds timed"
+    )
+    return f"{row['train_s_per_1k']:.1f} | {wall} ({row['machines']}{timed})"
+
+
 def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
     from micro import plots
 
@@ -288,8 +363,8 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
         w.writerows(rows)
     lines = [
         f"| task | algo | seeds | steps | final score | last {LAST_EVALS} evaluations | best score "
-        "| Q mean | penalty |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| Q mean | penalty | s / 1000 steps | wall time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r, g in zip(rows, groups, strict=True):
         running = "" if r["finished"] == r["runs"] else f" ({r['runs'] - r['finished']} running)"
@@ -299,7 +374,7 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
             f"{_fmt(r['final_mean'], r['final_std'])} | "
             f"{_fmt(r['last_evals_mean'], r['last_evals_std'])} | "
             f"{_fmt(r['best_mean'], r['best_std'])} | "
-            f"{r['q_mean']:.1f} | {pen} |"
+            f"{r['q_mean']:.1f} | {pen} | {_cost_cell(r)} |"
         )
     lines += [
         "",
@@ -309,7 +384,12 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
         "episodes can fail) and its best evaluation (best; picking the best of many noisy "
         "evaluations flatters a run), mean ± std (ddof 0) over seeds. Q mean and "
         "the penalty (before its coefficient: MICRO's U, MOBILE's std, MOPO's max‖σ‖) are the "
-        "epoch means at the last evaluation, averaged over seeds.",
+        "epoch means at the last evaluation, averaged over seeds. Cost, from each run's "
+        "timings.json, mean over the seeds that timed every stage: wall seconds per 1000 "
+        "gradient steps including what the algorithm does every so many steps (model rollouts, "
+        "RAMBO's model updates; the split in summary.csv), then the whole run's wall time "
+        "(dynamics fit, pretraining and evaluations included) and the machine. Compare costs "
+        "only between rows of one machine.",
     ]
     if notes:
         lines += ["", "Not averaged:", *(f"- {n}" for n in notes)]

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import h5py
 import pytest
-from conftest import ROOT, run_eval
+from conftest import ROOT, TINY_RAMBO, run_eval
 
 from micro import MicroError
 from micro.sweep import config_hash, plan
@@ -338,6 +338,7 @@ def test_a_sweep_through_ray_client(ray_address, hopper_file, tiny_config, tmp_p
     logdir = tmp_path / "client"
     args = ["--tasks", "hopper-medium-v2", "--dataset", f"hopper-medium-v2={hopper_file}"]
     args += ["--config", str(tiny_config), "--logdir", str(logdir)]
+    args += ["--algos", "rambo", *TINY_RAMBO]  # the algorithm that trains its model, on Ray
     proc = sweep(args, ray_address, check=False, client=True)
     if proc.returncode != 0:  # the head's own account of refusing the client
         logs = sorted(ray_address.logs.glob("ray_client_server*.err"))
@@ -345,4 +346,6 @@ def test_a_sweep_through_ray_client(ray_address, hopper_file, tiny_config, tmp_p
         pytest.fail(proc.stdout[-1500:] + proc.stderr[-1500:] + told)
     record = json.loads((logdir / "sweep.json").read_text())
     assert record["counts"]["finished"] == 1
-    assert (Path(record["runs"][0]["run_dir"]) / "policy.pt").exists()
+    run = Path(record["runs"][0]["run_dir"])
+    assert run.parent.name == "rambo" and (run / "policy.pt").exists()
+    assert (run / "dynamics-final" / "model.pt").exists()
