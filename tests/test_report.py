@@ -1,6 +1,7 @@
 """micro/report.py: runs grouped into experiments, the table, curves and diagnostics."""
 
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -105,7 +106,7 @@ def test_report_table_equals_the_progress_files(baseline_runs, tmp_path):
     (odd / "config.yaml").write_text(yaml.safe_dump(cfg))
 
     runs = find_runs([logdir])
-    assert len(runs) == 5
+    assert len(runs) == 6
     written = write_report(runs, tmp_path / "report")
     table = read_rows(written["csv"])
     (mobile,) = [r for r in table if r["algo"] == "mobile"]
@@ -128,6 +129,16 @@ def test_report_table_equals_the_progress_files(baseline_runs, tmp_path):
     assert float(mobile["q_mean"]) == pytest.approx(float(last["q_mean"]))
     (mopo,) = [r for r in table if r["algo"] == "mopo"]
     assert mopo["penalty_name"] == "rollout_reward_penalty"
+    # cost, from timings.json: seconds per 1000 gradient steps, RAMBO's model updates in it
+    (rambo,) = [r for r in table if r["algo"] == "rambo"]
+    assert rambo["penalty_name"] == ""
+    t = json.loads((baseline_runs["rambo"] / "timings.json").read_text())
+    per_1k = (t["updates"] + t["rollouts"] + t["model_updates"]) / 40 * 1000
+    assert float(rambo["train_s_per_1k"]) == pytest.approx(per_1k)
+    assert float(rambo["model_updates_s_per_1k"]) == pytest.approx(t["model_updates"] / 40 * 1000)
+    assert float(mopo["model_updates_s_per_1k"]) == 0.0
+    assert float(rambo["total_h"]) == pytest.approx(sum(t.values()) / 3600)
+    assert rambo["cost_runs"] == "1" and rambo["machines"]
     micro_rows = [r for r in table if r["algo"] == "micro"]
     assert len(micro_rows) == 2 and all(r["runs"] == "1" for r in micro_rows)
     assert all(r["variant"] for r in micro_rows)

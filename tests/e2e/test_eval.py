@@ -15,7 +15,7 @@ from micro.utils import ROBUSTNESS_SEED
 
 
 def test_eval_with_two_policies_draws_one_figure(baseline_runs, tmp_path):
-    policies = [str(baseline_runs[a] / "policy.pt") for a in ("micro", "mobile")]
+    policies = [str(baseline_runs[a] / "policy.pt") for a in ("micro", "mobile", "rambo")]
     out = tmp_path / "cmp"
     common = ["--policy_path", *policies, "--out", str(out), "--eval_episodes", "1"]
     run_eval([*common, "--choice", "attack", "--attack_mode", "min_Q", "--eps", "0", "0.1"])
@@ -25,21 +25,28 @@ def test_eval_with_two_policies_draws_one_figure(baseline_runs, tmp_path):
         ("micro", "0.1"),
         ("mobile", "0.0"),
         ("mobile", "0.1"),
+        ("rambo", "0.0"),
+        ("rambo", "0.1"),
     ]
     assert (out / "attack-min_Q.png").read_bytes()[:4] == b"\x89PNG"
     run_eval([*common, "--choice", "sim2real", "--friction", "1", "--gravity", "1", "2"])
     rows = read_rows(out / "sim2real.csv")
-    assert len(rows) == 4 and {r["group"] for r in rows} == {"micro seed 3", "mobile seed 3"}
+    groups = {"micro seed 3", "mobile seed 3", "rambo seed 3"}
+    assert len(rows) == 6 and {r["group"] for r in rows} == groups
     summary = (out / "sim2real-summary.md").read_text().splitlines()
-    for group in ("micro seed 3", "mobile seed 3"):  # one line per policy: grid mean, by gravity
+    for group in sorted(groups):  # one line per policy: grid mean, by gravity
         cells = [float(r["normalized_mean"]) for r in rows if r["group"] == group]
         means = " | ".join(f"{v:.1f}" for v in [sum(cells) / 2, *cells])
         assert f"| {group} | {means} |" in summary[:12]
     run_eval([*common, "--choice", "clean"])
     episodes = read_rows(out / "clean-episodes.csv")
-    assert [(e["algo"], e["episode"]) for e in episodes] == [("micro", "0"), ("mobile", "0")]
+    assert [(e["algo"], e["episode"]) for e in episodes] == [
+        ("micro", "0"),
+        ("mobile", "0"),
+        ("rambo", "0"),
+    ]
     # the policy's seed and the simulator's are separate columns
-    assert [(e["seed"], e["env_seed"]) for e in episodes] == [("3", str(ROBUSTNESS_SEED))] * 2
+    assert [(e["seed"], e["env_seed"]) for e in episodes] == [("3", str(ROBUSTNESS_SEED))] * 3
     # each policy's numbers equal a single-policy sweep of it
     alone = tmp_path / "alone"
     run_eval(
@@ -60,7 +67,7 @@ def test_eval_with_two_policies_draws_one_figure(baseline_runs, tmp_path):
         ]
     )
     single = read_rows(alone / "sim2real.csv")
-    assert [r["return_mean"] for r in rows[2:]] == [r["return_mean"] for r in single]
+    assert [r["return_mean"] for r in rows[2:4]] == [r["return_mean"] for r in single]
 
 
 def test_eval_without_policy_or_task_uses_the_newest_run(baseline_runs, tmp_path):

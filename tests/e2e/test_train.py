@@ -201,7 +201,7 @@ def test_one_writer_per_run_two_processes(hopper_file, tiny_config, tmp_path, cl
         assert second.returncode == 1
         line = second.stderr.strip()
         assert "\n" not in line and f"pid {first.pid} on {socket.gethostname()}" in line, line
-        assert first.wait(timeout=300) == 0, first.stderr.read()
+        assert first.wait(timeout=900) == 0, first.stderr.read()  # long on a busy machine
     finally:
         first.kill()
     epochs = [int(r["epoch"]) for r in read_rows(run / "progress.csv")]
