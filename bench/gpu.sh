@@ -49,7 +49,10 @@ for what in "${@:-tests speed}"; do
         python3 bench/speed.py --device cuda --only step algo --json | tee "$OUT/speed.jsonl"
         python3 bench/speed.py --device cuda --only rollout dynamics --json | tee "$OUT/speed-fit.jsonl"
         python3 .ref/bench/ref_micro_speed.py --device cuda --ref .ref/micro --steps 200 \
-            | tee "$OUT/ref-speed.txt" ;;
+            | tee "$OUT/ref-speed.txt"
+        # MICRO's computation claim: every algorithm's 1000 steps, RAMBO's model updates included
+        python3 bench/algos.py --device cuda --rounds 5 --steps 50 --adv_steps 50 \
+            --json "$OUT/algos-cuda.json" | tee "$OUT/algos-cuda.txt" ;;
     profile)
         for prec in highest high; do
             python3 bench/profile_step.py --device cuda --matmul_precision $prec \
