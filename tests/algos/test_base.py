@@ -47,9 +47,11 @@ def test_training_state_covers_everything_the_learner_trains():
             a.update(_batch(i), 2)
         a.end_epoch()
         state = copy.deepcopy(a.training_state())  # its tensors are the learner's own
-        assert set(state["optimizers"]) == {"critic", "actor", "alpha"}
+        trains = {"dynamics"} if a.trains_model else set()  # RAMBO's model is its own
+        assert set(state["optimizers"]) == {"critic", "actor", "alpha", *trains}
         assert set(state["schedulers"]) == {"actor"}
-        assert not any(k.startswith("dynamics.") for k in state["networks"])  # saved apart
+        # a frozen model is saved apart
+        assert any(k.startswith("dynamics.") for k in state["networks"]) == a.trains_model
         b = _learner(algo)
         b.load_training_state(state)
         torch.manual_seed(7)
@@ -79,7 +81,7 @@ class ToyModelTrainer(MICRO):
     def named_optimizers(self):
         return {**super().named_optimizers(), "model": self.model_optim}
 
-    def model_update(self, real: ReplayBuffer) -> dict[str, float]:
+    def model_update(self, real: ReplayBuffer, done_fn) -> dict[str, float]:
         batch = real.sample(32)
         mean, _ = self.dynamics(torch.cat([batch.observations, batch.actions], -1))
         target = torch.cat([batch.next_observations - batch.observations, batch.rewards], -1)
