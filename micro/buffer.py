@@ -16,13 +16,23 @@ class Batch:
     next_observations: torch.Tensor  # [B, obs_dim]
     rewards: torch.Tensor  # [B, 1]
     terminals: torch.Tensor  # [B, 1], 0/1
+    # (a population's batch has a leading run axis on every field: [runs, B, ...])
 
     def __len__(self) -> int:
-        return self.observations.shape[0]
+        """The rows B (per run, for a population's batch)."""
+        return self.observations.shape[-2]
 
     @staticmethod
     def cat(a: Batch, b: Batch) -> Batch:
-        return Batch(*(torch.cat([x, y]) for x, y in zip(a.fields(), b.fields(), strict=True)))
+        """``a``'s rows, then ``b``'s."""
+        return Batch(
+            *(torch.cat([x, y], dim=-2) for x, y in zip(a.fields(), b.fields(), strict=True))
+        )
+
+    @staticmethod
+    def stack(batches: list[Batch]) -> Batch:
+        """One batch per run -> a population's batch [runs, B, ...]."""
+        return Batch(*(torch.stack(f) for f in zip(*(b.fields() for b in batches), strict=True)))
 
     def fields(self) -> tuple[torch.Tensor, ...]:
         return (

@@ -1,4 +1,5 @@
-"""Networks: batched ensembles with a leading member axis, and the tanh-Gaussian actor."""
+"""Networks: batched ensembles with a leading member axis, and the tanh-Gaussian actor — one
+(``Actor``) or a population's, one per run, evaluated together (``PopulationActor``)."""
 
 from __future__ import annotations
 
@@ -87,15 +88,40 @@ class _InplaceReLU(nn.ReLU):
 
 
 class EnsembleCritic(nn.Module):
-    """``n`` Q-networks Q_j(s, a) evaluated together: returns [n, B]."""
+    """``n`` Q-networks Q_j(s, a) evaluated together: [B, ...] inputs give [n, B].
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dims: Sequence[int], n: int) -> None:
+    With ``runs`` > 1 it is the critics of a population of runs, ``runs × n`` members (run r's
+    are members r·n … r·n + n − 1): inputs [runs, B, ...] give [runs, n, B], each run's rows
+    seen by its own critics only. A single run's critics may be called that way too
+    ([1, B, ...] -> [1, n, B]), computing exactly what the [B, ...] call does."""
+
+    def __init__(
+        self, obs_dim: int, act_dim: int, hidden_dims: Sequence[int], n: int, runs: int = 1
+    ) -> None:
         super().__init__()
-        self.net = EnsembleMLP(obs_dim + act_dim, hidden_dims, 1, n, _InplaceReLU)
-        self.n = n
+        self.net = EnsembleMLP(obs_dim + act_dim, hidden_dims, 1, n * runs, _InplaceReLU)
+        self.n, self.runs = n, runs
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)
+        x = torch.cat([obs, act], dim=-1)
+        if x.dim() == 2:
+            return self.net(x).squeeze(-1)
+        runs, rows, width = x.shape
+        # each run's rows to its n critics: a view for one run, a copy for several
+        x = x.unsqueeze(1).expand(runs, self.n, rows, width).reshape(runs * self.n, rows, width)
+        return self.net(x).view(runs, self.n, rows)
+
+    def run_state(self, run: int) -> dict[str, torch.Tensor]:
+        """Run ``run``'s critics as the state dict of ``EnsembleCritic(..., n)`` (copies)."""
+        members = slice(run * self.n, (run + 1) * self.n)
+        return {k: v[members].clone() for k, v in self.state_dict().items()}
+
+    def load_run_state(self, run: int, state: dict[str, torch.Tensor]) -> None:
+        """Write one run's critics (an ``EnsembleCritic(..., n)`` state dict) into its slice."""
+        members = slice(run * self.n, (run + 1) * self.n)
+        with torch.no_grad():
+            for k, v in self.state_dict().items():
+                v[members].copy_(state[k])
 
 
 def mlp(in_dim: int, hidden_dims: Sequence[int]) -> nn.Sequential:
@@ -112,28 +138,15 @@ class PolicyOutput:
     log_prob: torch.Tensor  # [B]
 
 
-class Actor(nn.Module):
-    """Tanh-squashed diagonal Gaussian policy.
+class TanhGaussianPolicy(nn.Module):
+    """Tanh-squashed diagonal Gaussian policy; a subclass computes the pre-tanh mean and
+    clamped log-std (``forward``).
 
     log π(a|s) = Σ_d [log N(u_d; μ_d, σ_d) − log(1 − tanh(u_d)² + 1e-6)],  a = tanh(u).
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dims: Sequence[int]) -> None:
-        super().__init__()
-        self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.backbone = mlp(obs_dim, hidden_dims)
-        last = hidden_dims[-1] if hidden_dims else obs_dim
-        self.mean = nn.Linear(last, act_dim)
-        self.log_std = nn.Linear(last, act_dim)
-
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and clamped log-std of the pre-tanh Gaussian."""
-        # Both heads as one product: a matmul this narrow costs about the same for twice the
-        # columns, so this halves the heads' time.
-        weight = torch.cat([self.mean.weight, self.log_std.weight])
-        bias = torch.cat([self.mean.bias, self.log_std.bias])
-        mean, log_std = F.linear(self.backbone(obs), weight, bias).split(self.act_dim, dim=-1)
-        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+    obs_dim: int
+    act_dim: int
 
     def sample(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> PolicyOutput:
         """Reparameterized sample; ``noise`` (standard normal, same shape as the action) makes
@@ -161,6 +174,89 @@ class Actor(nn.Module):
         noise = (pre_tanh - mean) / log_std.exp()
         gauss = -0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
         return (gauss - torch.log(1 - action.pow(2) + TANH_EPS)).sum(-1)
+
+
+class Actor(TanhGaussianPolicy):
+    """One run's policy: an MLP backbone and two linear heads (mean, log-std)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dims: Sequence[int]) -> None:
+        super().__init__()
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.backbone = mlp(obs_dim, hidden_dims)
+        last = hidden_dims[-1] if hidden_dims else obs_dim
+        self.mean = nn.Linear(last, act_dim)
+        self.log_std = nn.Linear(last, act_dim)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and clamped log-std of the pre-tanh Gaussian."""
+        # Both heads as one product: a matmul this narrow costs about the same for twice the
+        # columns, so this halves the heads' time.
+        weight = torch.cat([self.mean.weight, self.log_std.weight])
+        bias = torch.cat([self.mean.bias, self.log_std.bias])
+        mean, log_std = F.linear(self.backbone(obs), weight, bias).split(self.act_dim, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+
+class PopulationActor(TanhGaussianPolicy):
+    """The policies of ``runs`` runs evaluated together: observations [runs, B, obs_dim] give
+    [runs, B, act_dim], run r's rows through run r's weights only.
+
+    Its parameters are the ``Actor``'s with a leading run axis, in ``nn.Linear``'s layout
+    (weight [runs, out, in], bias [runs, out]), so run r's slice is an ``Actor``'s state as it
+    is (``run_actor``) and each product is the one ``Actor`` computes, batched.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dims: Sequence[int], runs: int) -> None:
+        super().__init__()
+        self.obs_dim, self.act_dim, self.runs = obs_dim, act_dim, runs
+        self.hidden_dims = list(hidden_dims)
+        template = Actor(obs_dim, act_dim, hidden_dims)  # names and shapes; overwritten
+        self.names = list(template.state_dict())
+        self.params = nn.ParameterList(
+            nn.Parameter(torch.empty(runs, *v.shape)) for v in template.state_dict().values()
+        )
+
+    @classmethod
+    def stack(cls, actors: Sequence[Actor]) -> PopulationActor:
+        """The population of these actors (copies of their weights, in order)."""
+        first = actors[0]
+        hidden = [layer.out_features for layer in first.backbone if isinstance(layer, nn.Linear)]
+        pop = cls(first.obs_dim, first.act_dim, hidden, len(actors))
+        for r, actor in enumerate(actors):
+            pop.load_run_state(r, actor.state_dict())
+        return pop
+
+    def _weights(self) -> list[torch.Tensor]:
+        return list(self.params)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self._weights()
+        x = obs
+        n_hidden = len(self.hidden_dims)
+        for i in range(n_hidden):  # backbone.{2i}.weight / .bias
+            weight, bias = w[2 * i], w[2 * i + 1]
+            x = torch.relu_(torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2)))
+        mean_w, mean_b, std_w, std_b = w[2 * n_hidden :]
+        weight = torch.cat([mean_w, std_w], dim=1)
+        bias = torch.cat([mean_b, std_b], dim=1)
+        out = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+        mean, log_std = out.split(self.act_dim, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def run_state(self, run: int) -> dict[str, torch.Tensor]:
+        """Run ``run``'s policy as an ``Actor`` state dict (copies)."""
+        return {k: p[run].detach().clone() for k, p in zip(self.names, self.params, strict=True)}
+
+    def load_run_state(self, run: int, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for k, p in zip(self.names, self.params, strict=True):
+                p[run].copy_(state[k])
+
+    def run_actor(self, run: int) -> Actor:
+        """Run ``run``'s policy as an ``Actor`` of its own (a copy, on this one's device)."""
+        actor = Actor(self.obs_dim, self.act_dim, self.hidden_dims)
+        actor.load_state_dict(self.run_state(run))
+        return actor.to(self.params[0].device)
 
 
 def squash(mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Tensor) -> PolicyOutput:

@@ -15,11 +15,11 @@ from micro.algos.sac import soft_bellman_target
 def state_uncertainty(values: torch.Tensor) -> torch.Tensor:
     """U = mean_e V̄_e − min_e V̄_e with V̄_e = mean_k V_ek.
 
-    values: [K, E, B] — V_ek per row. Returns [B]: how far the worst member of the state
-    uncertainty set falls below the average.
+    values: [..., K, E, B] — V_ek per row. Returns [..., B]: how far the worst member of the
+    state uncertainty set falls below the average.
     """
-    per_member = values.mean(dim=0)
-    return per_member.mean(dim=0) - per_member.min(dim=0).values
+    per_member = values.mean(dim=-3)
+    return per_member.mean(dim=-2) - per_member.min(dim=-2).values
 
 
 def conservative_target(
@@ -35,7 +35,7 @@ def conservative_target(
 
         y = max( r + γ (1 − d) (V(s') − β U(s, a)),  0 )
 
-    β = ``penalty_coef``, U = 0 on real rows. All inputs are [B]. With ``clamp=False`` the max
+    β = ``penalty_coef``, U = 0 on real rows. All inputs are [..., B]. With ``clamp=False`` the max
     with 0 is skipped.
     """
     y = soft_bellman_target(rewards, terminals, next_value - penalty_coef * uncertainty, gamma)

@@ -13,8 +13,8 @@ from micro.algos.sac import soft_bellman_target
 
 def bellman_inconsistency(values: torch.Tensor) -> torch.Tensor:
     """MOBILE's penalty P = std_e V̄_e: the sample standard deviation (unbiased, torch's default)
-    over the elites of V̄_e = mean_k V_ek. values: [K, E, B] -> [B]."""
-    return values.mean(dim=0).std(dim=0)
+    over the elites of V̄_e = mean_k V_ek. values: [..., K, E, B] -> [..., B]."""
+    return values.mean(dim=-3).std(dim=-2)
 
 
 def mobile_target(
@@ -30,7 +30,7 @@ def mobile_target(
 
         y = max( r − β P(s, a) + γ (1 − d) V(s'),  0 )
 
-    P = 0 on real rows; all inputs [B].
+    P = 0 on real rows; all inputs [..., B].
     """
     y = soft_bellman_target(rewards - penalty_coef * penalty, terminals, next_value, gamma)
     return y.clamp(min=0.0) if clamp else y

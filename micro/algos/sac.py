@@ -6,12 +6,21 @@ algorithm's conservatism enters through two methods a subclass overrides: ``valu
 (a penalty per row, computed with the target networks) and ``bellman_target`` (how the penalty
 enters the target). Plain ``SAC`` has no penalty: with ``clamp_target`` false and
 ``real_ratio`` 1 it is the online SAC that trains the behavior policies (``micro.datagen``).
+
+A learner built with ``runs=N`` is the learners of N runs trained together (a population,
+``micro.population``): every network gains a leading run axis (``PopulationActor``, critics of
+N × n members, N temperatures), batches are [N, B, ...], losses and metrics are [N] (summed
+before each backward pass, so each run's gradient is its own loss's), and each run draws its
+noise from its own generator. The pure functions reduce over their trailing dimensions, so the
+same ones serve both. ``run_training_state`` / ``load_runs_training_state`` convert between a
+population and its runs' ordinary training states (what their checkpoints hold).
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -21,7 +30,7 @@ from micro.algos.base import Algorithm, Metrics
 from micro.buffer import Batch
 from micro.config import Config
 from micro.dynamics import EnsembleDynamics
-from micro.nets import Actor, EnsembleCritic, polyak_update
+from micro.nets import Actor, EnsembleCritic, PopulationActor, polyak_update
 from micro.utils import adam
 
 MAX_Q_BACKUP_ACTIONS = 10
@@ -52,20 +61,23 @@ def soft_bellman_target(
 
 
 def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """mean over critics j and rows i of (Q_j(s_i, a_i) − y_i)²; q: [n, B], target: [B]."""
-    return (q - target.unsqueeze(0)).pow(2).mean()
+    """mean over critics j and rows i of (Q_j(s_i, a_i) − y_i)²; q: [..., n, B], target: [..., B]
+    -> [...] (one per run of a population)."""
+    return (q - target.unsqueeze(-2)).pow(2).mean(dim=(-2, -1))
 
 
 def actor_loss(log_prob: torch.Tensor, q_new: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """mean of α log π(ã|s) − min_j Q_j(s, ã); q_new: [n, B]."""
-    return (alpha * log_prob - q_new.min(dim=0).values).mean()
+    """mean over rows of α log π(ã|s) − min_j Q_j(s, ã); log_prob [..., B], q_new [..., n, B],
+    alpha [...] -> [...]."""
+    return (alpha.unsqueeze(-1) * log_prob - q_new.min(dim=-2).values).mean(-1)
 
 
 def alpha_loss(
     log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float
 ) -> torch.Tensor:
-    """−log α · (log π + target entropy), the entropy term detached."""
-    return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
+    """−log α · (log π + target entropy), the entropy term detached, averaged over rows;
+    log_alpha [...], log_prob [..., B] -> [...]."""
+    return -(log_alpha.unsqueeze(-1) * (log_prob.detach() + target_entropy)).mean(-1)
 
 
 # --- the learner ---------------------------------------------------------------------------------
@@ -80,18 +92,32 @@ class SAC(Algorithm):
     value_penalized: ClassVar[bool] = False
 
     def __init__(
-        self, cfg: Config, obs_dim: int, act_dim: int, dynamics: EnsembleDynamics | None = None
+        self,
+        cfg: Config,
+        obs_dim: int,
+        act_dim: int,
+        dynamics: EnsembleDynamics | None = None,
+        runs: int | None = None,
     ) -> None:
         super().__init__(cfg, obs_dim, act_dim, dynamics)
-        self.actor = Actor(obs_dim, act_dim, cfg.hidden_dims)
-        self.critics = EnsembleCritic(obs_dim, act_dim, cfg.hidden_dims, cfg.num_q_ensemble)
+        # None: one run; N: a population of N runs, whose weights are loaded afterwards
+        # (``load_runs_training_state``) and whose draws come from ``generators``
+        self.runs = runs
+        self.generators: list[torch.Generator] | None = None
+        if runs is None:
+            self.actor = Actor(obs_dim, act_dim, cfg.hidden_dims)
+        else:
+            self.actor = PopulationActor(obs_dim, act_dim, cfg.hidden_dims, runs)
+        n_q = cfg.num_q_ensemble
+        self.critics = EnsembleCritic(obs_dim, act_dim, cfg.hidden_dims, n_q, runs or 1)
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
         self.target_entropy = (
             float(-act_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
         )
         # Tuned: starts at α = 1 (log α = 0) as in the published code; fixed: α = cfg.alpha.
         init = 0.0 if cfg.auto_alpha else float(torch.log(torch.tensor(cfg.alpha)))
-        self.log_alpha = nn.Parameter(torch.tensor(init), requires_grad=cfg.auto_alpha)
+        log_alpha = torch.tensor(init) if runs is None else torch.full((runs,), init)
+        self.log_alpha = nn.Parameter(log_alpha, requires_grad=cfg.auto_alpha)
         self.actor_optim = adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_optim = adam(self.critics.parameters(), cfg.critic_lr)
         self.alpha_optim = adam([self.log_alpha], cfg.alpha_lr) if cfg.auto_alpha else None
@@ -111,9 +137,24 @@ class SAC(Algorithm):
     def epoch_metrics(self) -> dict[str, float]:
         return {"actor_lr": self.actor_optim.param_groups[0]["lr"]}
 
+    # --- random draws ---------------------------------------------------------------------------
+    def randn(self, shape: Sequence[int], device: torch.device) -> torch.Tensor:
+        """Standard-normal draws of ``shape`` for each run: from the global generator for one
+        run; [runs, *shape] for a population, run r's from its own generator."""
+        if self.generators is None:
+            return torch.randn(tuple(shape), device=device)
+        return torch.stack(
+            [torch.randn(tuple(shape), device=device, generator=g) for g in self.generators]
+        )
+
+    def _policy_noise(self, obs: torch.Tensor) -> torch.Tensor:
+        """Noise for one policy sample on observations [..., B, obs_dim]."""
+        return self.randn((obs.shape[-2], self.act_dim), obs.device)
+
     @property
     def alpha(self) -> torch.Tensor:
-        """The temperature in use: clamp(exp(log α), 0, 1) when tuned, else the fixed α."""
+        """The temperature in use: clamp(exp(log α), 0, 1) when tuned, else the fixed α; one
+        per run of a population."""
         if not self.cfg.auto_alpha:
             return self.log_alpha.detach().exp()
         return self.log_alpha.detach().exp().clamp(0.0, 1.0)
@@ -121,24 +162,28 @@ class SAC(Algorithm):
     # --- the target ----------------------------------------------------------------------------
     @torch.no_grad()
     def next_value(self, next_obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """V(s') for the target: [B]."""
+        """V(s') for the target: [..., B] for next_obs [..., B, obs_dim]."""
+        rows = next_obs.shape[-2]
         if self.cfg.max_q_backup:
             k = MAX_Q_BACKUP_ACTIONS
-            repeated = next_obs.repeat_interleave(k, dim=0)
+            repeated = next_obs.repeat_interleave(k, dim=-2)
+            noise = self._policy_noise(repeated) if noise is None else noise
             pi = self.actor.sample(repeated, noise)
-            q = self.target_critics(repeated, pi.action).view(-1, next_obs.shape[0], k)
-            return q.max(dim=2).values.min(dim=0).values
+            q = self.target_critics(repeated, pi.action)
+            q = q.view(*q.shape[:-1], rows, k)
+            return q.max(dim=-1).values.min(dim=-2).values
+        noise = self._policy_noise(next_obs) if noise is None else noise
         pi = self.actor.sample(next_obs, noise)
-        value = self.target_critics(next_obs, pi.action).min(dim=0).values
+        value = self.target_critics(next_obs, pi.action).min(dim=-2).values
         if not self.cfg.deterministic_backup:
-            value = value - self.alpha * pi.log_prob
+            value = value - self.alpha.unsqueeze(-1) * pi.log_prob
         return value
 
     @torch.no_grad()
     def value_penalty(self, batch: Batch, n_real: int, noise: TargetNoise) -> torch.Tensor:
-        """The conservatism's penalty per row [B], 0 on the first ``n_real`` rows (real data);
-        0 everywhere for an algorithm without one (plain SAC, MOPO)."""
-        return torch.zeros(len(batch), device=batch.rewards.device)
+        """The conservatism's penalty per row [..., B], 0 on the first ``n_real`` rows (real
+        data); 0 everywhere for an algorithm without one (plain SAC, MOPO)."""
+        return torch.zeros(batch.rewards.shape[:-1], device=batch.rewards.device)
 
     def bellman_target(
         self,
@@ -147,7 +192,7 @@ class SAC(Algorithm):
         next_value: torch.Tensor,
         penalty: torch.Tensor,
     ) -> torch.Tensor:
-        """y from [B] inputs: the soft Bellman target, clamped at 0 when ``clamp_target``."""
+        """y from [..., B] inputs: the soft Bellman target, clamped at 0 when ``clamp_target``."""
         y = soft_bellman_target(rewards, terminals, next_value, self.cfg.gamma)
         return y.clamp(min=0.0) if self.cfg.clamp_target else y
 
@@ -155,7 +200,7 @@ class SAC(Algorithm):
     def target(
         self, batch: Batch, n_real: int, noise: TargetNoise | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Target y [B] and the value penalty [B] for a mixed batch."""
+        """Target y [..., B] and the value penalty [..., B] for a mixed batch."""
         noise = noise or TargetNoise()
         next_value = self.next_value(batch.next_observations, noise.next_action)
         penalty = self.value_penalty(batch, n_real, noise)
@@ -167,41 +212,42 @@ class SAC(Algorithm):
     # --- one gradient step -----------------------------------------------------------------------
     def update(self, batch: Batch, n_real: int) -> Metrics:
         """Critic, actor and temperature steps, then the Polyak update. Returns detached
-        scalars (left on the device: reading them is the caller's choice)."""
+        scalars (left on the device: reading them is the caller's choice); [runs] each for a
+        population, whose losses are summed over runs before each backward pass."""
         y, penalty = self.target(batch, n_real)
 
         q = self.critics(batch.observations, batch.actions)
         loss_q = critic_loss(q, y)
         self.critic_optim.zero_grad(set_to_none=True)
-        loss_q.backward()
+        loss_q.sum().backward()
         self.critic_optim.step()
 
         alpha = self.alpha
-        pi = self.actor.sample(batch.observations)
+        pi = self.actor.sample(batch.observations, self._policy_noise(batch.observations))
         self.critics.requires_grad_(False)  # the actor step needs no critic weight gradients
         q_new = self.critics(batch.observations, pi.action)
         loss_pi = actor_loss(pi.log_prob, q_new, alpha)
         self.actor_optim.zero_grad(set_to_none=True)
-        loss_pi.backward()
+        loss_pi.sum().backward()
         self.actor_optim.step()
         self.critics.requires_grad_(True)
 
         metrics = {
             "critic_loss": loss_q.detach(),
             "actor_loss": loss_pi.detach(),
-            "q_mean": q.detach().mean(),
-            "target_mean": y.mean(),
-            "log_prob": pi.log_prob.detach().mean(),
+            "q_mean": q.detach().mean(dim=(-2, -1)),
+            "target_mean": y.mean(-1),
+            "log_prob": pi.log_prob.detach().mean(-1),
         }
         if self.value_penalized:
             # its mean over the model rows (0 without any)
             metrics[self.penalty_metric] = (
-                penalty[n_real:].mean() if n_real < len(batch) else penalty.sum()
+                penalty[..., n_real:].mean(-1) if n_real < len(batch) else penalty.sum(-1)
             )
         if self.alpha_optim is not None:
             loss_alpha = alpha_loss(self.log_alpha, pi.log_prob, self.target_entropy)
             self.alpha_optim.zero_grad(set_to_none=True)
-            loss_alpha.backward()
+            loss_alpha.sum().backward()
             self.alpha_optim.step()
             metrics["alpha_loss"] = loss_alpha.detach()
         metrics["alpha"] = self.alpha
