@@ -46,6 +46,10 @@ RUNS = [
     ("mopo", ["--seed", "3"]),
     ("micro", ["--seed", "4", "--max_q_backup", "--auto_alpha", "false", "--snapshot_freq", "1"]),
     ("mopo", ["--seed", "4", "--deterministic_backup", "--real_ratio", "0.5", "--epoch", "3"]),
+    (
+        "rambo",
+        ["--seed", "3", "--dynamics_update_freq", "20", "--adv_steps", "10", "--bc_epochs", "1"],
+    ),
 ]
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,15 +48,33 @@ class Progress:
     timings: dict[str, float] | None = None  # wall seconds by stage, summed over all sessions
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Every RNG's state; with ``generator`` (a population's run's, drawing on the training
+    device) in the place of the global generator of its device, so that the run continues
+    alone from its checkpoint with the stream it had."""
     np_state = np.random.get_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    cpu = torch.get_rng_state()
+    if generator is not None and generator.device.type == "cpu":
+        cpu = generator.get_state()
+    elif generator is not None:  # CUDA: the run's stream, as the state of its device
+        cuda = list(cuda)
+        cuda[generator.device.index or 0] = generator.get_state()
     return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "torch": cpu,
+        "cuda": cuda,
         # numpy's state as tensors and primitives, so the file loads with weights_only
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
         "python": random.getstate(),
     }
+
+
+def restore_generator(generator: torch.Generator, rng: dict[str, Any]) -> None:
+    """Set a population run's generator from its checkpoint's ``rng`` (``rng_state``)."""
+    if generator.device.type == "cpu":
+        generator.set_state(rng["torch"])
+    else:
+        generator.set_state(rng["cuda"][generator.device.index or 0])
 
 
 def restore_rng(rng: dict[str, Any]) -> None:
@@ -90,13 +109,24 @@ class CheckpointWriter:
         self._error: BaseException | None = None
 
     def write(self, path: Path, blob: dict[str, Any]) -> None:
+        self.write_all([(path, blob)])
+
+    def write_all(
+        self, files: list[tuple[Path, dict[str, Any]]], then: Callable[[], None] | None = None
+    ) -> None:
+        """Write ``files`` one after another, then call ``then`` (if all were written)."""
         self.wait()
-        self._thread = threading.Thread(target=self._run, args=(path, blob), name="checkpoint")
+        self._thread = threading.Thread(target=self._run, args=(files, then), name="checkpoint")
         self._thread.start()
 
-    def _run(self, path: Path, blob: dict[str, Any]) -> None:
+    def _run(
+        self, files: list[tuple[Path, dict[str, Any]]], then: Callable[[], None] | None
+    ) -> None:
         try:
-            atomic_torch_save(blob, path)
+            for path, blob in files:
+                atomic_torch_save(blob, path)
+            if then is not None:
+                then()
         except BaseException as exc:  # handed to the training thread by wait()
             self._error = exc
 
@@ -121,34 +151,86 @@ def save_checkpoint(
     """Write the checkpoint (atomically: the old one stays until the new one is complete); with
     ``writer``, in the background from a snapshot taken now. ``obs_std``, the data's observation
     std that policy files carry, lets a policy be exported from it without the data."""
-    buf = model_buffer
-    blob = {
-        "format": CHECKPOINT_FORMAT,
-        "task": task,
-        "epoch": progress.epoch,
-        "step": progress.step,
-        "learner": agent.training_state(),
-        "model_buffer": {
-            "ptr": buf.ptr,
-            "size": buf.size,
-            **{k: v[: buf.size] for k, v in buf.named_tensors().items()},
-        },
-        "rng": rng_state(),
-        "last_eval": progress.last_eval,
-        "rollout_info": dict(progress.rollout_info or {}),
-        "model_info": progress.model_info,
-        "timings": dict(progress.timings or {}),
-        "obs_std": obs_std,
-    }
-    blob = _host_copy(blob)
+    blob = checkpoint_blob(task, agent, model_buffer, progress, obs_std)
     if writer is None:
         atomic_torch_save(blob, path)
     else:
         writer.write(path, blob)
 
 
-def _read(path: Path, task: str) -> dict[str, Any]:
-    blob = safe_torch_load(path, "checkpoint")
+def checkpoint_blob(
+    task: str,
+    agent: Algorithm,
+    model_buffer: ReplayBuffer,
+    progress: Progress,
+    obs_std: torch.Tensor | None = None,
+    run: int | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, Any]:
+    """What ``save_checkpoint`` writes, copied to host memory now. For run ``run`` of a
+    population ``agent``: an ordinary checkpoint of that run alone, the random stream its
+    ``generator``'s."""
+    buf = model_buffer
+    learner = agent.training_state() if run is None else agent.run_training_state(run)
+    blob = {
+        "format": CHECKPOINT_FORMAT,
+        "task": task,
+        "epoch": progress.epoch,
+        "step": progress.step,
+        "learner": learner,
+        "model_buffer": {
+            "ptr": buf.ptr,
+            "size": buf.size,
+            **{k: v[: buf.size] for k, v in buf.named_tensors().items()},
+        },
+        "rng": rng_state(generator),
+        "last_eval": progress.last_eval,
+        "rollout_info": dict(progress.rollout_info or {}),
+        "model_info": progress.model_info,
+        "timings": dict(progress.timings or {}),
+        "obs_std": obs_std,
+    }
+    return _host_copy(blob)
+
+
+def commit_together(pending: list[tuple[Path, Path]]) -> None:
+    """Replace each ``final`` by its ``staged`` file, after all were written: a population's
+    runs each write their checkpoint to ``staged`` first, so that a process killed while they
+    are written leaves every run's ``final`` at the same epoch (``settle_together`` finishes a
+    commit that was cut short)."""
+    for staged, final in pending:
+        staged.replace(final)
+
+
+def settle_together(pairs: list[tuple[Path, Path]], task: str) -> None:
+    """Before a population resumes: bring every run's checkpoint (``final``) to one epoch.
+    Staged files (``staged``) of an epoch that every run reached are committed; otherwise they
+    are removed, which leaves the epoch before. ``MicroError`` if the runs still differ."""
+
+    def epoch(path: Path) -> int | None:
+        return _read(path, task, mmap=True)["epoch"] if path.exists() else None
+
+    finals = [epoch(final) for _, final in pairs]
+    staged = [epoch(s) for s, _ in pairs]
+    newest = max((e for e in finals + staged if e is not None), default=None)
+    if newest is not None and all(newest in (f, s) for f, s in zip(finals, staged, strict=True)):
+        for (s_path, final), f, s in zip(pairs, finals, staged, strict=True):
+            if s == newest and f != newest:
+                s_path.replace(final)
+    for s_path, _ in pairs:
+        s_path.unlink(missing_ok=True)
+    finals = [epoch(final) for _, final in pairs]
+    if len(set(finals)) > 1:
+        named = zip(pairs, finals, strict=True)
+        shown = ", ".join(f"{final.parents[1].name} at {e}" for (_, final), e in named)
+        raise MicroError(
+            f"the population's checkpoints are at different epochs ({shown}); resume its runs "
+            "one by one (train.py --resume RUN_DIR)"
+        )
+
+
+def _read(path: Path, task: str, mmap: bool = False) -> dict[str, Any]:
+    blob = safe_torch_load(path, "checkpoint", mmap=mmap)
     if blob.get("format") not in READABLE_FORMATS or blob.get("task") != task:
         raise MicroError(f"{path} is not a checkpoint of this {task} run")
     if blob["format"] == "micro-checkpoint-v1":  # SAC's parts under fixed keys
@@ -172,12 +254,27 @@ def load_checkpoint(
         agent.load_training_state(blob["learner"])
     except (ValueError, KeyError, RuntimeError) as exc:
         raise MicroError(f"{path} does not match this run's learner ({exc})") from None
-    saved = blob["model_buffer"]
+    _fill_buffer(model_buffer, blob["model_buffer"])
+    restore_rng(blob["rng"])
+    return _progress(blob)
+
+
+def load_run_checkpoint(
+    path: Path, task: str, model_buffer: ReplayBuffer, generator: torch.Generator
+) -> tuple[Progress, dict[str, Any]]:
+    """For one run of a population: restore ``model_buffer`` and the run's ``generator`` in
+    place; return the counters and the learner's training state (``Algorithm.training_state``),
+    which the population takes with its other runs' (``load_runs_training_state``)."""
+    blob = _read(path, task)
+    _fill_buffer(model_buffer, blob["model_buffer"])
+    restore_generator(generator, blob["rng"])
+    return _progress(blob), blob["learner"]
+
+
+def _fill_buffer(model_buffer: ReplayBuffer, saved: dict[str, Any]) -> None:
     for key, store in model_buffer.named_tensors().items():
         store[: saved["size"]] = saved[key].to(store.device)
     model_buffer.ptr, model_buffer.size = saved["ptr"], saved["size"]
-    restore_rng(blob["rng"])
-    return _progress(blob)
 
 
 def read_learner(

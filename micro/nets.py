@@ -226,21 +226,32 @@ class PopulationActor(TanhGaussianPolicy):
             pop.load_run_state(r, actor.state_dict())
         return pop
 
-    def _weights(self) -> list[torch.Tensor]:
-        return list(self.params)
-
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w = self._weights()
-        x = obs
+        """Mean and clamped log-std [runs, B, act_dim] of observations [runs, B, obs_dim]."""
+        w = list(self.params)
+        if self.runs == 1:
+            # One run: the Actor's own products (F.linear), whose weight gradients round
+            # differently from a batched product's; so a population of one is the ordinary run
+            # to the bit.
+            w, x = [t[0] for t in w], obs[0]
+
+            def linear(x, weight, bias):
+                return F.linear(x, weight, bias)
+        else:
+            x = obs
+
+            def linear(x, weight, bias):
+                return torch.baddbmm(bias.unsqueeze(-2), x, weight.transpose(-1, -2))
+
         n_hidden = len(self.hidden_dims)
         for i in range(n_hidden):  # backbone.{2i}.weight / .bias
-            weight, bias = w[2 * i], w[2 * i + 1]
-            x = torch.relu_(torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2)))
+            x = torch.relu_(linear(x, w[2 * i], w[2 * i + 1]))
         mean_w, mean_b, std_w, std_b = w[2 * n_hidden :]
-        weight = torch.cat([mean_w, std_w], dim=1)
-        bias = torch.cat([mean_b, std_b], dim=1)
-        out = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
-        mean, log_std = out.split(self.act_dim, dim=-1)
+        weight = torch.cat([mean_w, std_w], dim=-2)
+        bias = torch.cat([mean_b, std_b], dim=-1)
+        mean, log_std = linear(x, weight, bias).split(self.act_dim, dim=-1)
+        if self.runs == 1:
+            mean, log_std = mean.unsqueeze(0), log_std.unsqueeze(0)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def run_state(self, run: int) -> dict[str, torch.Tensor]:

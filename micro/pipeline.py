@@ -4,14 +4,16 @@
 
 ``run`` starts a new run directory, ``resume`` continues one, ``fit_dynamics_only`` stops after
 the dynamics stage so that one fitted model serves every algorithm and seed on a dataset
-(``--load_dynamics_path``).
+(``--load_dynamics_path``). ``run_population`` and ``resume_population`` do the same for
+several seeds trained together in one process (``micro.population``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +28,10 @@ from micro.data.types import TaskData, Transitions
 from micro.dynamics import EnsembleDynamics, copy_saved, fit_dynamics, read_dynamics_info
 from micro.envs import SimSpec, parse_task
 from micro.logger import RunLogger
+from micro.population import build_population, check_population, population_record
 from micro.provenance import record_session
 from micro.run_dir import CONFIG_FILE, RunDir, RunState
-from micro.trainer import Trainer, TrainResult
+from micro.trainer import Member, Trainer, TrainResult, model_buffer_for
 from micro.utils import resolve_device, set_seed, sha256_file
 
 # --- stage 1: data -------------------------------------------------------------------------------
@@ -183,7 +186,9 @@ def _trainer(
     when it has one (a model given by ``--load_dynamics_path`` is copied there when the run
     starts; ``dynamics_sha256``, recorded in config.yaml then, is checked), else they are fitted
     into it. The RNG order is fixed (dynamics fit, then network initialisation) so that runs
-    with the same seed are identical."""
+    with the same seed are identical; the RNGs are seeded again after the dynamics stage, so
+    that the learner starts from the same weights and random stream whether the dynamics were
+    fitted or loaded (and as a population's run of that seed does)."""
     sim = data.sim
     device = resolve_device(cfg.device)
     torch.set_float32_matmul_precision(cfg.matmul_precision)  # process-wide, like the CLI
@@ -208,6 +213,7 @@ def _trainer(
         cfg, sim, real, saved, source, log_fit, progress, sha, dynamics_sha256
     )
     seconds = time.time() - start
+    set_seed(cfg.seed)  # the learner's weights and draws follow from the seed alone
     agent = algorithm_class(cfg.algo)(cfg, sim.obs_dim, sim.act_dim, dynamics).to(device)
     trainer = Trainer(cfg, run_dir, real, dynamics, agent, logger, sim, progress)
     trainer.timings["dynamics"] = seconds
@@ -303,6 +309,167 @@ def resume(
         result = trainer.train()
     _report(result)
     return result
+
+
+def _population_trainer(
+    cfgs: Sequence[Config],
+    runs: Sequence[RunDir],
+    data: TaskData,
+    progress: bool,
+    resume: bool,
+    dynamics_sha256: str | None = None,
+) -> Trainer:
+    """``_trainer`` for a population: one dynamics model (the first run's ``dynamics/``, fitted
+    or copied there, then copied into the others'), one learner with a run axis, one member per
+    run."""
+    cfg, sim = cfgs[0], data.sim
+    device = resolve_device(cfg.device)
+    torch.set_float32_matmul_precision(cfg.matmul_precision)
+    real = transitions_to_buffer(data.transitions, device)
+    loggers = [RunLogger(r.path, resume=resume) for r in runs]
+    first = runs[0].dynamics_dir
+    source = first if (first / "model.pt").exists() else None
+    start = time.time()
+
+    def log_fit(epoch: int, train_loss: float, holdout_loss: float) -> None:
+        for logger in loggers:
+            logger.dynamics_scalars({"train_loss": train_loss, "holdout_loss": holdout_loss}, epoch)
+
+    sha = data.record.get("dataset_sha256")
+    dynamics = fit_or_load_dynamics(
+        cfg, sim, real, first, source, log_fit, progress, sha, dynamics_sha256
+    )
+    model_sha = sha256_file(first / "model.pt")
+    for run in runs[1:]:
+        if not (run.dynamics_dir / "model.pt").exists():
+            copy_saved(first, run.dynamics_dir)
+        elif sha256_file(run.dynamics_dir / "model.pt") != model_sha:
+            raise MicroError(
+                f"{run.path} learns from another dynamics model than {runs[0].path}; they are not "
+                "one population (resume them one by one)"
+            )
+    seconds = time.time() - start
+    agent, generators = build_population(cfgs, sim, dynamics, device)
+    members = [
+        Member(c, r, logger, model_buffer_for(c, sim, device), generator=g)
+        for c, r, logger, g in zip(cfgs, runs, loggers, generators, strict=True)
+    ]
+    trainer = Trainer(cfg, None, real, dynamics, agent, None, sim, progress, members)
+    trainer.timings["dynamics"] = seconds
+    if resume:
+        trainer.restore()
+    return trainer
+
+
+def run_population(
+    cfg: Config,
+    seeds: Sequence[int],
+    progress: bool = True,
+    extra_config: dict | None = None,
+    run_dirs: Sequence[Path] | None = None,
+    on_start: Callable[[list[Path]], None] | None = None,
+) -> list[TrainResult]:
+    """``run`` for several seeds at once: one process, one dataset, one dynamics model, one
+    learner with a run axis; each seed an ordinary run directory (``run_dirs`` when given, else
+    new ones), ``cfg`` with its seed in its config.yaml."""
+    seeds = list(seeds)
+    check_population(cfg.algo, seeds)
+    task = parse_task(cfg.task)
+    device = resolve_device(cfg.device)
+    data = load_task_data(task, cfg.dataset)
+    extra_config = {**data_record(data), **(extra_config or {})}
+    if cfg.load_dynamics_path:
+        data_sha = data.record.get("dataset_sha256")
+        model_sha = check_saved_dynamics(cfg.load_dynamics_path, data.sim, data_sha)
+        extra_config["dynamics_sha256"] = model_sha
+    set_seed(seeds[0])  # the dynamics fit's
+    cfgs = [config_from_dict({**cfg.to_dict(), "seed": seed}) for seed in seeds]
+    if run_dirs is None:
+        runs = [RunDir.create(cfg.logdir, cfg.task, cfg.algo, seed) for seed in seeds]
+    else:
+        runs = [RunDir.claim(path) for path in run_dirs]
+    record = population_record([r.path for r in runs], seeds)
+    with contextlib.ExitStack() as locks:
+        for run in runs:
+            locks.enter_context(run.writer())
+            if run.state() is not RunState.NEW:  # another process claimed it first
+                raise MicroError(f"{run.path} is not empty; a new run needs a new folder")
+        for c, run in zip(cfgs, runs, strict=True):
+            save_config(c, run.config_file, {**extra_config, **record})
+            record_session(run.path)
+        dynamics_sha256 = extra_config.get("dynamics_sha256")
+        if cfg.load_dynamics_path and copy_saved(cfg.load_dynamics_path, runs[0].dynamics_dir) != (
+            dynamics_sha256
+        ):
+            raise MicroError(f"{cfg.load_dynamics_path} changed while it was copied into the run")
+        names = "\n".join(f"  {run.path}" for run in runs)
+        print(
+            f"run directories ({len(runs)} seeds trained together):\n{names}\n"
+            f"algorithm: {cfg.algo}; {config_files_note(cfg)}\n"
+            f"{describe(data)}\ndevice: {describe_device(device, cfg)}"
+        )
+        if on_start is not None:
+            on_start([run.path for run in runs])
+        trainer = _population_trainer(cfgs, runs, data, progress, False, dynamics_sha256)
+        results = trainer.train_all()
+    _report_population(results)
+    return results
+
+
+def resume_population(
+    run_dirs: Sequence[str | Path],
+    device_name: str | None = None,
+    progress: bool = True,
+    on_start: Callable[[list[Path]], None] | None = None,
+) -> list[TrainResult]:
+    """Continue the runs of a killed population together, from their last checkpoints (brought
+    to one epoch first), exactly as the population would have gone on."""
+    runs = [RunDir(path) for path in run_dirs]
+    saved = [run.read_config() for run in runs]
+    cfgs = [config_from_dict(c) for c in saved]
+    if device_name:
+        cfgs = [config_from_dict({**c.to_dict(), "device": device_name}) for c in cfgs]
+    check_population(cfgs[0].algo, [c.seed for c in cfgs], saved)
+    data = reload_task_data(parse_task(cfgs[0].task), saved[0])
+    with contextlib.ExitStack() as locks:
+        for run in runs:
+            locks.enter_context(run.writer())
+        kept = [i for i, run in enumerate(runs) if not run.finished and run.failure() is None]
+        for i, run in enumerate(runs):
+            if i not in kept:
+                why = "finished" if run.finished else f"stopped early ({run.failed_file.name})"
+                print(f"note: {run.path.name} {why}; resuming the others", file=sys.stderr)
+        if not kept:
+            raise MicroError("every run named has finished or stopped early; nothing to resume")
+        runs, saved, cfgs = ([x[i] for i in kept] for x in (runs, saved, cfgs))
+        for run in runs:
+            note = record_session(run.path)
+            if note:
+                print(note, file=sys.stderr)
+        if on_start is not None:
+            on_start([run.path for run in runs])
+        set_seed(cfgs[0].seed)
+        trainer = _population_trainer(
+            cfgs, runs, data, progress, True, saved[0].get("dynamics_sha256")
+        )
+        results = trainer.train_all()
+    _report_population(results)
+    return results
+
+
+def _report_population(results: Sequence[TrainResult]) -> None:
+    for result in results:
+        run = RunDir(result.run_dir)
+        if result.failed is not None:
+            print(f"{run.path.name}: stopped early: {result.failed}")
+        elif result.final_eval is not None:
+            e = result.final_eval
+            print(
+                f"{run.path.name}: final return {e.mean:.1f} ± {e.std:.1f}, normalized score "
+                f"{e.normalized_mean:.1f} ± {e.normalized_std:.1f}"
+            )
+    logdir = RunDir(results[0].run_dir).path.parent
+    print(f"policies: {logdir}/*/policy.pt\ntensorboard --logdir {logdir}")
 
 
 def fit_dynamics_only(cfg: Config, out: str | Path, progress: bool = True) -> Path:

@@ -33,6 +33,9 @@ PROGRESS_FILE = "progress.csv"
 EPISODES_FILE = "eval-episodes.csv"
 POLICY_FILE = "policy.pt"
 CHECKPOINT_FILE = "checkpoints/last.pt"
+# a population's run: its next checkpoint, until every run's is written (micro.checkpoint)
+STAGED_CHECKPOINT_FILE = "checkpoints/next.pt"
+FAILED_FILE = "failed.json"  # a population's run stopped early: why, and at which step
 DYNAMICS_DIR = "dynamics"  # the model the run started from (fitted, or a copy of one given)
 FINAL_DYNAMICS_DIR = "dynamics-final"  # an algorithm that trains its model (RAMBO): the last one
 TIMINGS_FILE = "timings.json"
@@ -63,8 +66,11 @@ DATA_RECORD_KEYS = frozenset(
     {"dataset_file", "dataset_source", "dataset_id", "minari_version", "dataset_episodes", "sim"}
     | {"dataset_return_mean", "dynamics_sha256"}
 )
+# How a run was trained, not what: the runs it trained beside in one process (a population:
+# ``micro.population``), recorded in config.yaml.
+POPULATION_KEY = "population"
 # Runs whose config.yaml differ only in these are seeds of one experiment.
-NOT_EXPERIMENT_KEYS = RUN_ONLY_KEYS | INPUT_PATH_KEYS | DATA_RECORD_KEYS
+NOT_EXPERIMENT_KEYS = RUN_ONLY_KEYS | INPUT_PATH_KEYS | DATA_RECORD_KEYS | {POPULATION_KEY}
 # Config keys added after runs were first recorded (RAMBO's, 2026-12): every run before them
 # computed what these keys at their defaults compute, so a key at its default counts as absent —
 # older runs group with newer ones, and an existing sweep's folder names (config hashes) stay.
@@ -125,6 +131,31 @@ class RunDir:
     @property
     def checkpoint_file(self) -> Path:
         return self.path / CHECKPOINT_FILE
+
+    @property
+    def staged_checkpoint_file(self) -> Path:
+        return self.path / STAGED_CHECKPOINT_FILE
+
+    @property
+    def failed_file(self) -> Path:
+        return self.path / FAILED_FILE
+
+    def record_failure(self, reason: str, step: int) -> None:
+        """Mark a population's run as stopped early (``failed.json``)."""
+        from micro.utils import atomic_write_text  # (torch: not for readers of run folders)
+
+        record = {
+            "step": step,
+            "reason": reason,
+            "time": datetime.now().isoformat(timespec="seconds"),
+        }
+        atomic_write_text(self.failed_file, json.dumps(record, indent=2))
+
+    def failure(self) -> dict | None:
+        """What ``record_failure`` wrote, or None."""
+        if not self.failed_file.exists():
+            return None
+        return json.loads(self.failed_file.read_text())
 
     @property
     def dynamics_dir(self) -> Path:

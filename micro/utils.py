@@ -131,17 +131,18 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         tmp.write_bytes(buffer.getbuffer())
 
 
-def safe_torch_load(path: str | Path, what: str = "file") -> dict[str, Any]:
+def safe_torch_load(path: str | Path, what: str = "file", mmap: bool = False) -> dict[str, Any]:
     """Load a plain dict of tensors and primitives; never executes pickled objects. A file that
     is not one (damaged, truncated, another format, or holding objects to run) is refused in
-    one line, without torch's advice to load it unsafely."""
+    one line, without torch's advice to load it unsafely. ``mmap``: tensors are read only when
+    used (to read a large file's counters)."""
     path = Path(path)
     if path.is_dir():
         raise MicroError(f"{what} {path} is a directory; pass the file")
     if not path.is_file():
         raise MicroError(f"{what} not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:  # weights_only refused it: not plain tensors and primitives
         raise MicroError(
             f"cannot load {what} {path}: it is not a micro file of plain tensors (damaged, or "

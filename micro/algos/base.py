@@ -39,6 +39,9 @@ class Algorithm(nn.Module):
     penalty_metric: ClassVar[str | None] = None
     # train the dynamics model every this many gradient steps (``model_update``); None: frozen
     model_update_freq: int | None = None
+    # why the algorithm cannot train a population of runs in one process (``runs=N``:
+    # ``micro.population``); None: it can
+    population_refused: ClassVar[str | None] = "it has no population form"
 
     actor: nn.Module
     critics: nn.Module
@@ -65,11 +68,16 @@ class Algorithm(nn.Module):
     # --- hooks into the loop -------------------------------------------------------------------
     @torch.no_grad()
     def model_step(
-        self, dynamics: EnsembleDynamics, obs: torch.Tensor, act: torch.Tensor
+        self,
+        dynamics: EnsembleDynamics,
+        obs: torch.Tensor,
+        act: torch.Tensor,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """One step of a model rollout: next observations [N, obs_dim], the rewards to store
-        [N, 1] and per-row extras [N, 1] whose means the rollout reports by name."""
-        next_obs, reward = dynamics.sample_step(obs, act)
+        [N, 1] and per-row extras [N, 1] whose means the rollout reports by name; its draws
+        from ``generator`` (a population's run's), else the global one."""
+        next_obs, reward = dynamics.sample_step(obs, act, generator)
         return next_obs, reward, {}
 
     def model_update(

@@ -28,8 +28,12 @@ class MOPO(SAC):
 
     @torch.no_grad()
     def model_step(
-        self, dynamics: EnsembleDynamics, obs: torch.Tensor, act: torch.Tensor
+        self,
+        dynamics: EnsembleDynamics,
+        obs: torch.Tensor,
+        act: torch.Tensor,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        next_obs, reward, logvar = dynamics.sample_step_all_members(obs, act)
+        next_obs, reward, logvar = dynamics.sample_step_all_members(obs, act, generator)
         penalty = reward_penalty(logvar).unsqueeze(-1)
         return next_obs, reward - self.cfg.penalty_coef * penalty, {"reward_penalty": penalty}

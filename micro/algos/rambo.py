@@ -92,6 +92,9 @@ def supervised_loss(
 class RAMBO(SAC):
     name = "rambo"
     title = "RAMBO (Rigter, Lacerda & Hawes, NeurIPS 2022)"
+    population_refused = (
+        "it trains its own dynamics model in every run, and a population shares one model"
+    )
 
     def __init__(
         self, cfg: Config, obs_dim: int, act_dim: int, dynamics: EnsembleDynamics | None = None

@@ -19,8 +19,8 @@ population and its runs' ordinary training states (what their checkpoints hold).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -90,6 +90,7 @@ class SAC(Algorithm):
     title = "SAC (Haarnoja et al., ICML 2018)"
     # whether ``value_penalty`` computes one (then logged as ``penalty_metric``)
     value_penalized: ClassVar[bool] = False
+    population_refused = None  # SAC and its conservative forms train populations
 
     def __init__(
         self,
@@ -136,6 +137,75 @@ class SAC(Algorithm):
 
     def epoch_metrics(self) -> dict[str, float]:
         return {"actor_lr": self.actor_optim.param_groups[0]["lr"]}
+
+    # --- a population and its runs ---------------------------------------------------------------
+    def _run_axes(self) -> dict[str, str]:
+        """How each optimizer's parameters hold the runs: ``stack`` (a leading run axis) or
+        ``cat`` (the runs' critics one after another, ``num_q_ensemble`` each)."""
+        return {"actor": "stack", "critic": "cat", "alpha": "stack"}
+
+    def _take(self, tensor: torch.Tensor, how: str, run: int) -> torch.Tensor:
+        n = self.critics.n
+        part = tensor[run] if how == "stack" else tensor[run * n : (run + 1) * n]
+        return part.detach().clone()
+
+    def run_training_state(self, run: int) -> dict[str, Any]:
+        """Run ``run`` of a population as an ordinary learner's ``training_state()`` (copies):
+        what its checkpoint holds, loadable by ``SAC(cfg, ...)`` without ``runs``."""
+        assert self.runs is not None, "not a population"
+        networks = {f"actor.{k}": v for k, v in self.actor.run_state(run).items()}
+        for name in ("critics", "target_critics"):
+            state = getattr(self, name).run_state(run)
+            networks.update({f"{name}.{k}": v for k, v in state.items()})
+        networks["log_alpha"] = self.log_alpha.detach()[run].clone()
+        axes = self._run_axes()
+        optimizers = {}
+        for name, opt in self.named_optimizers().items():
+            full = opt.state_dict()
+            per_param = {
+                i: {
+                    key: value if key == "step" else self._take(value, axes[name], run)
+                    for key, value in param_state.items()
+                }
+                for i, param_state in full["state"].items()
+            }
+            optimizers[name] = {"state": per_param, "param_groups": full["param_groups"]}
+        schedulers = {k: s.state_dict() for k, s in self.named_schedulers().items()}
+        return {"networks": networks, "optimizers": optimizers, "schedulers": schedulers}
+
+    def load_runs_training_state(self, states: Sequence[dict[str, Any]]) -> None:
+        """Make this population the runs whose ordinary ``training_state()`` are ``states``, in
+        order; ``ValueError`` if they do not fit (another learner's, or runs at different
+        steps)."""
+        assert self.runs == len(states), (self.runs, len(states))
+        for run, state in enumerate(states):
+            nets = state["networks"]
+            try:
+                self.actor.load_run_state(run, _prefixed(nets, "actor."))
+                self.critics.load_run_state(run, _prefixed(nets, "critics."))
+                self.target_critics.load_run_state(run, _prefixed(nets, "target_critics."))
+                with torch.no_grad():
+                    self.log_alpha[run] = nets["log_alpha"]
+            except (KeyError, RuntimeError) as exc:
+                raise ValueError(f"run {run}'s networks do not fit this learner ({exc})") from None
+        axes = self._run_axes()
+        for name, opt in self.named_optimizers().items():
+            saved = [s["optimizers"][name] for s in states]
+            combined = {}
+            for i, first in saved[0]["state"].items():
+                combined[i] = {}
+                for key, value in first.items():
+                    values = [s["state"][i][key] for s in saved]
+                    if key == "step":
+                        if any(not torch.equal(v, value) for v in values):
+                            raise ValueError("the runs have taken different numbers of steps")
+                        combined[i][key] = value
+                    else:
+                        join = torch.stack if axes[name] == "stack" else torch.cat
+                        combined[i][key] = join(values)
+            opt.load_state_dict({"state": combined, "param_groups": saved[0]["param_groups"]})
+        for name, scheduler in self.named_schedulers().items():
+            scheduler.load_state_dict(states[0]["schedulers"][name])
 
     # --- random draws ---------------------------------------------------------------------------
     def randn(self, shape: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -254,3 +324,7 @@ class SAC(Algorithm):
 
         polyak_update(self.target_critics, self.critics, self.cfg.tau)
         return metrics
+
+
+def _prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

@@ -22,7 +22,18 @@ def build_train_parser() -> OneLineParser:
     parser.add_argument(
         "--resume",
         metavar="RUN_DIR",
-        help="continue a killed run from its last checkpoint (its config applies)",
+        nargs="+",
+        help="continue a killed run from its last checkpoint (its config applies); several "
+        "runs of one population (--seeds) continue together",
+    )
+    parser.add_argument(
+        "--seeds",
+        metavar="SEED",
+        nargs="+",
+        type=int,
+        help="train these seeds together in one process (a population: one dataset, one "
+        "dynamics model, batched gradient steps), each in its own run directory; instead of "
+        "--seed",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("--no_progress", action="store_true", help="hide progress bars")
@@ -33,36 +44,60 @@ def build_train_parser() -> OneLineParser:
 @dataclass
 class TrainArgs:
     cfg: Config | None  # None when resuming: the run's own config.yaml applies
-    resume_dir: str | None
+    resume_dirs: list[str] | None  # one run, or a population's runs
     device: str | None  # an override of the device when resuming
     progress: bool
+    seeds: list[int] | None = None  # a population's seeds (cfg's seed is the first)
 
 
 def parse_train_args(argv: Sequence[str] | None = None) -> TrainArgs:
     args = vars(build_train_parser().parse_args(argv))
     no_progress = args.pop("no_progress")
     args.pop("debug")
-    resume_dir = args.pop("resume")
-    if resume_dir is not None:
+    resume_dirs = args.pop("resume")
+    seeds = args.pop("seeds")
+    if resume_dirs is not None:
         presets = args.pop("config")
         extra = sorted(k for k in args if k != "device") + (["config"] if presets else [])
+        extra += ["seeds"] if seeds is not None else []
         if extra:
             raise MicroError(
                 f"--resume continues a run with its own config.yaml; drop --{', --'.join(extra)}"
             )
-        return TrainArgs(None, resume_dir, args.get("device"), not no_progress)
+        return TrainArgs(None, resume_dirs, args.get("device"), not no_progress)
+    if seeds is not None:
+        if "seed" in args:
+            raise MicroError("give --seed or --seeds, not both")
+        for seed in seeds[1:]:  # each checked like any --seed
+            config_from_args({**args, "seed": seed})
+        cfg = config_from_args({**args, "seed": seeds[0]})
+        return TrainArgs(cfg, None, None, not no_progress, seeds)
     return TrainArgs(config_from_args(args), None, None, not no_progress)
 
 
 def _train(argv: list[str]) -> int:
     args = parse_train_args(argv)
-    from micro.pipeline import resume, run
+    from micro.pipeline import resume, resume_population, run, run_population
 
-    if args.resume_dir is not None:
-        resume(args.resume_dir, args.device, progress=args.progress)
+    if args.resume_dirs is not None and len(args.resume_dirs) > 1:
+        _check_population(resume_population(args.resume_dirs, args.device, progress=args.progress))
+    elif args.resume_dirs is not None:
+        resume(args.resume_dirs[0], args.device, progress=args.progress)
+    elif args.seeds is not None:
+        _check_population(run_population(args.cfg, args.seeds, progress=args.progress))
     else:
         run(args.cfg, progress=args.progress)
     return 0
+
+
+def _check_population(results: list) -> None:
+    """Exit 1 when any run of a population stopped early (the others finished)."""
+    failed = [r.run_dir.name for r in results if r.failed is not None]
+    if failed:
+        raise MicroError(
+            f"{len(failed)} of {len(results)} runs stopped early on non-finite values "
+            f"({', '.join(failed)}: see failed.json in each); the others finished"
+        )
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
