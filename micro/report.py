@@ -68,10 +68,14 @@ class Run:
     def cost(self) -> dict[str, float] | None:
         """Wall seconds per 1000 gradient steps (all of ``COST_STAGES``, and each), the dynamics
         fit's and pretraining's seconds and the total hours; None without complete timings
-        (runs from before every stage was timed kept their last session's only)."""
-        t = self.timings
+        (runs from before every stage was timed kept their last session's only). A run trained
+        in a population of N counts 1/N of the process's time."""
+        t = dict(self.timings)
         if not set(TIMED_STAGES) <= set(t) or self.steps == 0:
             return None
+        # a population's run: the process's wall time was shared by this many runs
+        share = t.pop("population", 1)
+        t = {k: v / share for k, v in t.items()}
         per_1k = {k: t.get(k, 0.0) / self.steps * 1000 for k in COST_STAGES}
         return {
             "train_s_per_1k": sum(per_1k.values()),
@@ -388,7 +392,8 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
         "timings.json, mean over the seeds that timed every stage: wall seconds per 1000 "
         "gradient steps including what the algorithm does every so many steps (model rollouts, "
         "RAMBO's model updates; the split in summary.csv), then the whole run's wall time "
-        "(dynamics fit, pretraining and evaluations included) and the machine. Compare costs "
+        "(dynamics fit, pretraining and evaluations included) and the machine; a run trained in a "
+        "population of N (train.py --seeds) counts 1/N of the process's time. Compare costs "
         "only between rows of one machine.",
     ]
     if notes:
