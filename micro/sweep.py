@@ -8,6 +8,12 @@ skips finished runs (``policy.pt``), continues killed ones exactly as ``train.py
 and starts a changed config or dataset in a new folder, never mixed with the old one. A failing
 run is recorded with its one-line error and does not stop the others. ``<logdir>/sweep.json``
 records the grid and every run's state, path and error, rewritten atomically as runs change.
+
+With ``--pack_seeds`` the seeds of one (task, algorithm) train together as one Ray task, a
+population (``micro.population``: one process, batched steps; ``--cpus_per_run`` and
+``--gpus_per_run`` are then the population's); each seed is still its own run directory and
+entry, resumed and recorded as above. An algorithm without a population form (RAMBO) runs its
+seeds one per task.
 """
 
 from __future__ import annotations
@@ -142,6 +148,93 @@ class _RunLog(io.TextIOBase):
         super().close()
 
 
+class _Tee(io.TextIOBase):
+    """Writes to several logs at once (a population's output, to each of its runs' train.log)."""
+
+    def __init__(self, logs: Sequence[io.TextIOBase]) -> None:
+        self.logs = list(logs)
+
+    def write(self, text: str) -> int:
+        for log in self.logs:
+            log.write(text)
+        return len(text)
+
+    def close(self) -> None:
+        for log in self.logs:
+            log.close()
+        super().close()
+
+
+def _started(folder: Path) -> None:
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    atomic_write_text(RunDir(folder).worker_file, json.dumps(info))
+
+
+def train_pack(configs: list[dict], run_dirs: list[str], threads: int) -> list[dict]:
+    """``train_one`` for the seeds of one experiment trained together (a population): started,
+    resumed or skipped per run; one result per run, in order. A run that stopped early on
+    non-finite values is failed, the others finished; an error of the population fails all."""
+    import torch
+
+    from micro.config import config_from_dict
+    from micro.pipeline import resume_population, run_population
+
+    torch.set_num_threads(max(1, threads))
+    start = time.time()
+    log = _Tee([_RunLog(Path(d)) for d in run_dirs])
+    results: dict[str, dict] = {}
+
+    def on_start(folders: list[Path]) -> None:
+        for folder in folders:
+            _started(folder)
+
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            states = {d: RunDir(d).state() for d in run_dirs}
+            for d, state in states.items():
+                failure = RunDir(d).failure()
+                if state == RunState.FINISHED:
+                    results[d] = {"state": "finished", "seconds": 0.0, "final_score": None}
+                elif failure is not None:
+                    results[d] = {"state": "failed", "error": failure["reason"]}
+            todo = [d for d in run_dirs if d not in results]
+            partial = [d for d in todo if states[d] == RunState.PARTIAL]
+            new = [d for d in todo if states[d] == RunState.NEW]
+            done = []
+            if partial:
+                done += resume_population(partial, progress=False, on_start=on_start)
+            if new:
+                cfgs = [config_from_dict(configs[run_dirs.index(d)]) for d in new]
+                done += run_population(
+                    cfgs[0],
+                    [c.seed for c in cfgs],
+                    progress=False,
+                    run_dirs=[Path(d) for d in new],
+                    on_start=on_start,
+                )
+        by_path = {Path(d).resolve(): d for d in run_dirs}
+        for result in done:
+            d = by_path[Path(result.run_dir).resolve()]
+            if result.failed is not None:
+                results[d] = {"state": "failed", "error": result.failed}
+            else:
+                score = None if result.final_eval is None else result.final_eval.normalized_mean
+                seconds = time.time() - start
+                results[d] = {"state": "finished", "seconds": seconds, "final_score": score}
+    except MicroError as exc:
+        for d in run_dirs:
+            results.setdefault(d, {"state": "failed", "error": str(exc)})
+    except Exception as exc:  # a bug or a crash inside the population: keep the others going
+        log.write(traceback.format_exc())
+        first = (str(exc).splitlines() or [""])[0]
+        error = f"{type(exc).__name__}: {first}".rstrip(": ")
+        for d in run_dirs:
+            results.setdefault(d, {"state": "failed", "error": error})
+    finally:
+        log.close()
+    return [results[d] for d in run_dirs]
+
+
 def train_one(config: dict, run_dir: str, threads: int) -> dict:
     """Train, resume or skip one run; never raises for a run's own failure (the error is
     returned, one line, and the traceback goes to the run's train.log when it has one)."""
@@ -153,11 +246,7 @@ def train_one(config: dict, run_dir: str, threads: int) -> dict:
     torch.set_num_threads(max(1, threads))
     path = Path(run_dir)
     start = time.time()
-
-    def started(folder: Path) -> None:
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        atomic_write_text(RunDir(folder).worker_file, json.dumps(info))
-
+    started = _started
     log = _RunLog(path)
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
@@ -299,6 +388,20 @@ def _raise_unreachable(address: str | None, exc: BaseException):
     raise MicroError(f"cannot start or reach {where}: {type(exc).__name__}: {text}{hint}") from None
 
 
+def packs(entries: Sequence[RunEntry]) -> list[list[RunEntry]]:
+    """``entries`` grouped into the populations ``--pack_seeds`` trains: the seeds of one
+    (task, algorithm, config) together, in order; an algorithm without a population form gets
+    one group per seed."""
+    from micro.algos import algorithm_class
+
+    groups: dict[tuple, list[RunEntry]] = {}
+    for e in entries:
+        alone = algorithm_class(e.algo).population_refused is not None
+        key = (e.task, e.algo, e.config_hash, e.seed if alone else None)
+        groups.setdefault(key, []).append(e)
+    return list(groups.values())
+
+
 def execute(
     record: Record,
     configs: dict[str, Config],
@@ -307,52 +410,59 @@ def execute(
     gpus_per_run: float,
     max_retries: int,
     status_every: float = 30.0,
+    pack_seeds: bool = False,
 ) -> None:
-    """Submit every unfinished run to Ray and follow them to the end."""
-    remote = ray.remote(train_one).options(
-        num_cpus=cpus_per_run,
-        num_gpus=gpus_per_run,
-        max_retries=max_retries,
-        retry_exceptions=False,
-        name="micro-train",
-    )
-    pending: dict[Any, RunEntry] = {}
+    """Submit every unfinished run to Ray (with ``pack_seeds``, the seeds of one experiment as
+    one population task) and follow them to the end."""
+    options = {
+        "num_cpus": cpus_per_run,
+        "num_gpus": gpus_per_run,
+        "max_retries": max_retries,
+        "retry_exceptions": False,
+    }
+    remote = ray.remote(train_one).options(**options, name="micro-train")
+    remote_pack = ray.remote(train_pack).options(**options, name="micro-train-seeds")
+    pending: dict[Any, list[RunEntry]] = {}
     submitted = time.time()
+    todo = []
     for entry in record.entries:
         state = RunDir(entry.run_dir).state()
         if state == RunState.FINISHED:
             entry.state, entry.error = "finished", None
             continue
-        threads = max(1, int(cpus_per_run))
-        config = configs[entry.run_dir].to_dict()
-        pending[remote.remote(config, entry.run_dir, threads)] = entry
+        todo.append(entry)
         entry.state, entry.error = "pending", None
         verb = "resumes" if state == RunState.PARTIAL else "starts"
         print(f"{entry.name}: {verb} in {entry.run_dir}")
+    threads = max(1, int(cpus_per_run))
+    for group in packs(todo) if pack_seeds else [[e] for e in todo]:
+        if len(group) == 1:
+            (entry,) = group
+            ref = remote.remote(configs[entry.run_dir].to_dict(), entry.run_dir, threads)
+        else:
+            group_configs = [configs[e.run_dir].to_dict() for e in group]
+            ref = remote_pack.remote(group_configs, [e.run_dir for e in group], threads)
+            seeds = " ".join(str(e.seed) for e in group)
+            print(f"{group[0].task}/{group[0].algo}: seeds {seeds} train together")
+        pending[ref] = group
     record.save()
     print(_status(record), flush=True)
     last_status = time.time()
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
         for ref in ready:
-            entry = pending.pop(ref)
+            group = pending.pop(ref)
             try:
-                result = ray.get(ref)
+                results = ray.get(ref)
             except Exception as exc:  # the worker died (killed, pre-empted, out of memory)
                 first = (str(exc).strip().splitlines() or [""])[0]
-                result = {"state": "failed", "error": f"{type(exc).__name__}: {first}"[:300]}
-            entry.state = result["state"]
-            entry.error = result.get("error")
-            entry.final_score = result.get("final_score")
-            entry.seconds = result.get("seconds")
-            record.save()
-            if entry.state == "finished":
-                score = "" if entry.final_score is None else f", score {entry.final_score:.1f}"
-                print(f"{_status(record)} {entry.name}: finished{score}", flush=True)
-            else:
-                print(f"{_status(record)} {entry.name}: FAILED: {entry.error}", flush=True)
-        for entry in pending.values():  # queued runs that a worker has picked up
-            worker = _worker(Path(entry.run_dir))
+                results = {"state": "failed", "error": f"{type(exc).__name__}: {first}"[:300]}
+            if isinstance(results, dict):  # one run's, or a lost worker's for its whole group
+                results = [results] * len(group)
+            for entry, result in zip(group, results, strict=True):
+                _record_result(record, entry, result)
+        for entry in (e for group in pending.values() for e in group):
+            worker = _worker(Path(entry.run_dir))  # queued runs that a worker has picked up
             if entry.state == "pending" and worker and worker["started"] >= submitted:
                 entry.state = "running"
                 record.save()
@@ -362,9 +472,22 @@ def execute(
                     flush=True,
                 )
         if time.time() - last_status >= status_every:
-            if any(e.state == "running" for e in pending.values()):
+            if any(e.state == "running" for group in pending.values() for e in group):
                 print(_running_line(record, configs), flush=True)
             last_status = time.time()
+
+
+def _record_result(record: Record, entry: RunEntry, result: dict) -> None:
+    entry.state = result["state"]
+    entry.error = result.get("error")
+    entry.final_score = result.get("final_score")
+    entry.seconds = result.get("seconds")
+    record.save()
+    if entry.state == "finished":
+        score = "" if entry.final_score is None else f", score {entry.final_score:.1f}"
+        print(f"{_status(record)} {entry.name}: finished{score}", flush=True)
+    else:
+        print(f"{_status(record)} {entry.name}: FAILED: {entry.error}", flush=True)
 
 
 def _worker(run_dir: Path) -> dict | None:
@@ -489,6 +612,7 @@ def run_grid(
     max_retries: int = 3,
     status_every: float = 30.0,
     report_only: bool = False,
+    pack_seeds: bool = False,
 ) -> int:
     """Train every (task, algorithm, seed) not finished yet on Ray (``plan``, ``execute``),
     record them in ``<logdir>/sweep.json`` and write the report; returns the number of failed
@@ -501,6 +625,7 @@ def run_grid(
         "datasets": datasets,
         "presets": [str(Path(p).resolve()) for p in presets],
         "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
+        "pack_seeds": pack_seeds,
     }
     logdir.mkdir(parents=True, exist_ok=True)
     record = Record(logdir / SWEEP_FILE, grid, entries)
@@ -513,7 +638,7 @@ def run_grid(
         ray = start_ray(address, num_cpus)
         try:
             _check_resources(ray, cpus, gpus)
-            execute(record, configs, ray, cpus, gpus, max_retries, status_every)
+            execute(record, configs, ray, cpus, gpus, max_retries, status_every, pack_seeds)
         finally:
             ray.shutdown()
     else:

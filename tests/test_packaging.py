@@ -166,3 +166,17 @@ def test_the_readme_reads_in_five_minutes():
     the measurement notes live in docs/."""
     assert len((ROOT / "README.md").read_text().splitlines()) < 150
     assert len(DOCS) >= 4 + 8
+
+
+def test_console_scripts_resolve():
+    """Every [project.scripts] entry names a function that exists (micro-train once named a
+    module that did not)."""
+    import importlib
+
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), name

@@ -349,3 +349,41 @@ def test_a_sweep_through_ray_client(ray_address, hopper_file, tiny_config, tmp_p
     run = Path(record["runs"][0]["run_dir"])
     assert run.parent.name == "rambo" and (run / "policy.pt").exists()
     assert (run / "dynamics-final" / "model.pt").exists()
+
+
+def test_packs_group_the_seeds_of_one_experiment():
+    from micro.sweep import RunEntry, packs
+
+    def entry(task, algo, seed, digest="h1"):
+        return RunEntry(task, algo, seed, f"/x/{task}/{algo}/seed{seed}-{digest}", digest)
+
+    entries = [entry("t", "micro", s) for s in (0, 1, 2)] + [entry("t", "micro", 0, "h2")]
+    entries += [entry("t", "rambo", s) for s in (0, 1)] + [entry("u", "micro", 5)]
+    groups = [[(e.task, e.algo, e.seed, e.config_hash) for e in g] for g in packs(entries)]
+    assert groups == [
+        [("t", "micro", 0, "h1"), ("t", "micro", 1, "h1"), ("t", "micro", 2, "h1")],
+        [("t", "micro", 0, "h2")],
+        [("t", "rambo", 0, "h1")],  # no population form: one seed per task
+        [("t", "rambo", 1, "h1")],
+        [("u", "micro", 5, "h1")],
+    ]
+
+
+def test_pack_seeds_trains_each_experiments_seeds_together(
+    ray_address, hopper_file, tiny_config, tmp_path
+):
+    logdir = tmp_path / "packed"
+    args = ["--tasks", "hopper-medium-v2", "--dataset", f"hopper-medium-v2={hopper_file}"]
+    args += ["--algos", "micro", "rambo", "--seeds", "0", "1", "--config", str(tiny_config)]
+    args += [*TINY_RAMBO, "--logdir", str(logdir), "--pack_seeds"]
+    proc = sweep(args, ray_address)
+    assert "hopper-medium-v2/micro: seeds 0 1 train together" in proc.stdout
+    assert "rambo: seeds" not in proc.stdout
+    record = json.loads((logdir / "sweep.json").read_text())
+    assert record["counts"]["finished"] == 4 and record["grid"]["pack_seeds"] is True
+    for r in record["runs"]:
+        log = (Path(r["run_dir"]) / "train.log").read_text()
+        assert ("2 seeds trained together" in log) == (r["algo"] == "micro"), r["run_dir"]
+        assert (Path(r["run_dir"]) / "policy.pt").exists()
+    again = sweep(args, ray_address)
+    assert "4 finished before" in again.stdout

@@ -49,6 +49,12 @@ def build_parser() -> OneLineParser:
     )
     parser.add_argument("--status_every", type=float, default=30.0, help="seconds between status")
     parser.add_argument("--report_only", action="store_true", help="only write the report")
+    parser.add_argument(
+        "--pack_seeds",
+        action="store_true",
+        help="train the seeds of each (task, algo) together, one population per Ray task "
+        "(train.py --seeds); --cpus_per_run/--gpus_per_run are then the population's",
+    )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     add_config_flags(parser, exclude=("task", "algo", "seed", "dataset", "logdir"))
     return parser
@@ -62,7 +68,7 @@ def _sweep(argv: list[str]) -> int:
     address, num_cpus = args.pop("address"), args.pop("num_cpus")
     cpus, gpus = args.pop("cpus_per_run"), args.pop("gpus_per_run")
     max_retries, status_every = args.pop("max_retries"), args.pop("status_every")
-    report_only = args.pop("report_only")
+    report_only, pack_seeds = args.pop("report_only"), args.pop("pack_seeds")
     args.pop("debug")
     presets = args.pop("config")
     unknown = sorted(set(datasets) - set(tasks))
@@ -87,6 +93,7 @@ def _sweep(argv: list[str]) -> int:
         max_retries,
         status_every,
         report_only,
+        pack_seeds,
     )
     return 1 if failed else 0
 
