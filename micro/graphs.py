@@ -14,6 +14,11 @@ step is recorded again (at most once per rollout and per learning-rate change, i
 
 Requirements on ``step``: no host synchronisation (no ``.item()``, boolean masks or
 data-dependent shapes), and Adam with ``fused=True`` (its step counters live on the GPU).
+
+A population's step (``micro.population``) draws from one generator per run; those are
+registered with each recording (``CUDAGraph.register_generator_state``), so that replays
+advance them as the default generator's are advanced. Where torch lacks that, the step runs
+eagerly (``can_record_generators``).
 """
 
 from __future__ import annotations
@@ -30,13 +35,29 @@ def fused(optimizers: Sequence[torch.optim.Optimizer]) -> bool:
     return all(g.get("fused") for opt in optimizers for g in opt.param_groups)
 
 
+def can_record_generators() -> bool:
+    """Whether this torch can register a generator of its own with a CUDA graph."""
+    return hasattr(torch.cuda.CUDAGraph, "register_generator_state")
+
+
 def graphed(
-    step: Step, key: Callable[[], Hashable], optimizers: Sequence[torch.optim.Optimizer]
+    step: Step,
+    key: Callable[[], Hashable],
+    optimizers: Sequence[torch.optim.Optimizer],
+    generators: Sequence[torch.Generator] = (),
 ) -> Step:
     """``step`` as a ``GraphedStep``, or ``step`` itself (with a warning) where Adam is not
-    fused: torch before 2.4 has no fused Adam for the CPU, where the optimizers are made."""
+    fused (torch before 2.4 has no fused Adam for the CPU, where the optimizers are made) or
+    where ``generators`` (a population's) cannot be registered with a graph."""
+    if generators and not can_record_generators():
+        warnings.warn(
+            f"CUDA graphs are off for this population: torch {torch.__version__} cannot record "
+            "draws from the runs' own generators; steps run eagerly",
+            stacklevel=2,
+        )
+        return step
     if fused(optimizers):
-        return GraphedStep(step, key, optimizers)
+        return GraphedStep(step, key, optimizers, generators=generators)
     warnings.warn(
         f"CUDA graphs are off: they need fused Adam, which torch {torch.__version__} did not "
         "give here (torch >= 2.4 does); steps run eagerly",
@@ -55,10 +76,12 @@ class GraphedStep:
         key: Callable[[], Hashable],
         optimizers: Sequence[torch.optim.Optimizer],
         warmup: int = 3,
+        generators: Sequence[torch.Generator] = (),
     ) -> None:
         if not fused(optimizers):
             raise ValueError("CUDA graphs need fused Adam (micro.utils.adam on CUDA)")
         self.step, self.key, self.optimizers, self.warmup = step, key, list(optimizers), warmup
+        self.generators = list(generators)  # a population's runs' own: registered per recording
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_key: Hashable = None
         self.outputs: dict[str, torch.Tensor] = {}
@@ -93,6 +116,8 @@ class GraphedStep:
         for group, _ in flags:
             group["capturable"] = True  # fused Adam reads its step counter on the GPU anyway
         graph = torch.cuda.CUDAGraph()
+        for generator in self.generators:
+            graph.register_generator_state(generator)
         try:
             with torch.cuda.graph(graph):
                 outputs = self.step()  # recorded, not run

@@ -125,7 +125,8 @@ class Trainer:
         # the step the loop calls: recorded and replayed on CUDA (micro.graphs), else eager
         self.step: Callable[[], dict[str, torch.Tensor]] = self.eager_step
         if self.device.type == "cuda" and cfg.cuda_graph:
-            self.step = graphed(self.eager_step, self.graph_key, agent.optimizers())
+            generators = [m.generator for m in self.members if m.generator is not None]
+            self.step = graphed(self.eager_step, self.graph_key, agent.optimizers(), generators)
 
     # --- the run alone (one member) ------------------------------------------------------------
     @property

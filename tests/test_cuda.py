@@ -85,6 +85,57 @@ def test_recorded_steps_compute_what_eager_steps_compute(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
+def make_population_trainer(tmp_path, cuda_graph: bool, seeds=(4, 5, 6)) -> Trainer:
+    """``make_trainer``'s setting for a population of three seeds (micro.population)."""
+    from types import SimpleNamespace
+
+    from micro.config import config_from_dict
+    from micro.logger import RunLogger
+    from micro.population import build_population
+    from micro.run_dir import RunDir
+    from micro.trainer import Member, model_buffer_for
+
+    single = make_trainer(tmp_path / "template", cuda_graph)
+    cfgs = [config_from_dict({**single.cfg.to_dict(), "seed": s}) for s in seeds]
+    sim = SimpleNamespace(obs_dim=OBS, act_dim=ACT)
+    agent, gens = build_population(cfgs, sim, single.dynamics, CUDA)
+    members = []
+    for c, g in zip(cfgs, gens, strict=True):
+        run = RunDir(tmp_path / f"seed{c.seed}")
+        run.path.mkdir(parents=True)
+        logger = RunLogger(run.path)
+        members.append(Member(c, run, logger, model_buffer_for(c, sim, CUDA), generator=g))
+    sim_spec = d4rl_sim("halfcheetah")
+    return Trainer(
+        cfgs[0], None, single.real, single.dynamics, agent, None, sim_spec, False, members
+    )
+
+
+def test_a_populations_recorded_steps_compute_what_its_eager_steps_compute(tmp_path):
+    """The population's step recorded with its runs' generators registered: the same metrics
+    and weights as its eager steps, run by run."""
+    from micro.graphs import can_record_generators
+
+    if not can_record_generators():
+        pytest.skip("this torch cannot register generators with a CUDA graph")
+    runs = []
+    for graphed in (False, True):
+        trainer = make_population_trainer(tmp_path / str(graphed), graphed)
+        means = []
+        for _ in range(3):
+            means.append(trainer.train_population_epoch())
+            trainer.agent.end_epoch()
+        torch.cuda.synchronize()
+        runs.append((trainer, means))
+    (eager, eager_means), (graphed, graphed_means) = runs
+    assert isinstance(graphed.step, GraphedStep) and graphed.step.recordings > 0
+    assert graphed_means == eager_means
+    for run in range(3):
+        a, b = eager.agent.run_training_state(run), graphed.agent.run_training_state(run)
+        for name, tensor in a["networks"].items():
+            torch.testing.assert_close(tensor, b["networks"][name], rtol=0, atol=0, msg=name)
+
+
 def test_recorded_dynamics_fit_equals_the_eager_fit():
     """Four epochs of 16 full batches (recorded) and one shorter batch (eager) each: the same
     losses, elites and weights as the fit without graphs."""
