@@ -404,7 +404,7 @@ def run_population(
             raise MicroError(f"{cfg.load_dynamics_path} changed while it was copied into the run")
         names = "\n".join(f"  {run.path}" for run in runs)
         print(
-            f"run directories ({len(runs)} seeds trained together):\n{names}\n"
+            f"run directories, trained together as a population of {len(runs)}:\n{names}\n"
             f"algorithm: {cfg.algo}; {config_files_note(cfg)}\n"
             f"{describe(data)}\ndevice: {describe_device(device, cfg)}"
         )

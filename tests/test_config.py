@@ -179,9 +179,24 @@ def test_to_dict_round_trips_through_yaml():
 
 def test_resume_flags():
     args = parse_train_args(["--resume", "runs/x", "--device", "cpu", "--no_progress"])
-    assert (args.cfg, args.resume_dir, args.device, args.progress) == (None, "runs/x", "cpu", False)
+    assert (args.cfg, args.resume_dirs, args.device, args.progress) == (
+        None,
+        ["runs/x"],
+        "cpu",
+        False,
+    )
     with pytest.raises(MicroError, match="drop --penalty_coef"):
         parse_train_args(["--resume", "runs/x", "--penalty_coef", "1"])
+    assert parse_train_args(["--resume", "runs/x", "runs/y"]).resume_dirs == ["runs/x", "runs/y"]
+    with pytest.raises(MicroError, match="drop --seeds"):
+        parse_train_args(["--resume", "runs/x", "--seeds", "1", "2"])
+
+
+def test_seeds_flags():
+    args = parse_train_args(["--task", "hopper-medium-v2", "--seeds", "4", "2"])
+    assert args.seeds == [4, 2] and args.cfg.seed == 4
+    with pytest.raises(MicroError, match="--seed or --seeds"):
+        parse_train_args(["--task", "hopper-medium-v2", "--seeds", "4", "--seed", "1"])
 
 
 def test_help_explains_every_commented_key(capsys):

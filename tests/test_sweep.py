@@ -383,7 +383,7 @@ def test_pack_seeds_trains_each_experiments_seeds_together(
     assert record["counts"]["finished"] == 4 and record["grid"]["pack_seeds"] is True
     for r in record["runs"]:
         log = (Path(r["run_dir"]) / "train.log").read_text()
-        assert ("2 seeds trained together" in log) == (r["algo"] == "micro"), r["run_dir"]
+        assert ("a population of 2:" in log) == (r["algo"] == "micro"), r["run_dir"]
         assert (Path(r["run_dir"]) / "policy.pt").exists()
     again = sweep(args, ray_address)
     assert "4 finished before" in again.stdout
