@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What a lent GPU machine runs for this project (README, "On a GPU"): the test suite on CUDA,
 # our step and the published code's step timed in one command, a profile, and real runs.
-#   bash bench/gpu.sh "tests speed profile train"   (default: "tests speed"; $OUT: where logs go)
+#   bash bench/gpu.sh "tests speed profile train population"   (default: "tests speed"; $OUT: logs)
 # Wheels for packages the machine lacks are read from .whl/, the published code from .ref/micro
 # (git archive of github.com/xiaoyinliu0714/MICRO) and its timing script from .ref/bench, the
 # reference dynamics from .ref/dyn-halfcheetah. Make them here first (both paths git-ignored via
@@ -82,6 +82,28 @@ for what in "${@:-tests speed}"; do
         cat /tmp/four/*/micro/*/timings.json; echo
         (cd /tmp && tar czf "$OUT/train-runs.tgz" four-*.log \
             $(find one four -name '*.json' -o -name '*.csv' -o -name '*.yaml')) ;;
+    population)
+        # Issue 31: N seeds as one batched step (train.py --seeds), aggregate steps/s against one
+        # run and the published code's step; recorded graphs, eager, and TF32. Then a real
+        # population: 8 seeds x 10 epochs against one run, rollouts and evaluations included.
+        python3 bench/population.py --device cuda --runs 1 2 4 8 16 32 --rounds 3 \
+            --ref .ref/micro --ref_script .ref/bench/ref_micro_speed.py \
+            --json "$OUT/population-cuda.json" | tee "$OUT/population-cuda.txt"
+        python3 bench/population.py --device cuda --runs 1 8 32 --rounds 3 --eager \
+            --json "$OUT/population-eager.json" | tee "$OUT/population-eager.txt"
+        python3 bench/population.py --device cuda --runs 1 8 32 --rounds 3 \
+            --json "$OUT/population-tf32.json" --matmul_precision high | tee "$OUT/population-tf32.txt"
+        python3 -m micro.datagen.collect --env halfcheetah --kind medium --steps 50000 --seed 0 \
+            --out /tmp/hc.hdf5 --no_progress | tail -1
+        python3 fit_dynamics.py --task halfcheetah-medium-v2 --dataset /tmp/hc.hdf5 \
+            --dynamics_max_epochs 5 --out /tmp/dyn-pop --no_progress 2>&1 | tail -1
+        common=(--task halfcheetah-medium-v2 --dataset /tmp/hc.hdf5 --no_progress
+                --load_dynamics_path /tmp/dyn-pop --epoch 10 --eval_freq 5)
+        python3 train.py "${common[@]}" --seed 0 --logdir /tmp/pop1 2>&1 | tail -1
+        python3 train.py "${common[@]}" --seeds 0 1 2 3 4 5 6 7 --logdir /tmp/pop8 2>&1 | tail -2
+        for d in /tmp/pop1 /tmp/pop8; do echo "$d"; cat $d/*/micro/seed0-*/timings.json; echo; done
+        (cd /tmp && tar czf "$OUT/population-runs.tgz" $(find pop1 pop8 -name '*.json' -o \
+            -name '*.csv' -o -name '*.yaml')) ;;
     longrun)
         # Issue 14's long runs on the GPU: the 200k halfcheetah-medium dataset remade by its
         # recipe (results/README.md; trained on only if its SHA-256 is the card's, so seeds share

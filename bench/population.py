@@ -88,18 +88,15 @@ def timed(step, device: torch.device, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def published(ref: str, device: str, steps: int) -> float | None:
+def published(ref: str, device: str, steps: int, script: Path = REF_SCRIPT) -> float | None:
     """The published MICRO code's steps/s (real_ratio 0.05) on ``device``."""
-    cmd = [sys.executable, str(REF_SCRIPT), "--ref", ref, "--device", device]
+    cmd = [sys.executable, str(script), "--ref", ref, "--device", device]
     cmd += ["--steps", str(steps), "--real-ratio", "0.05"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    for line in out.stdout.splitlines():
-        parts = line.replace(",", " ").split()
-        if parts and parts[0].startswith("step") and len(parts) >= 2:
-            try:
-                return float(parts[1])
-            except ValueError:
-                continue
+    for line in out.stdout.splitlines():  # "learn real_ratio=0.05: 11.4 steps/s, 87.5 ms/step"
+        words = line.replace(",", " ").split()
+        if line.startswith("learn") and "steps/s" in words:
+            return float(words[words.index("steps/s") - 1])
     print(f"published code: no timing ({(out.stderr or out.stdout)[-300:]})", file=sys.stderr)
     return None
 
@@ -112,10 +109,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
     parser.add_argument("--steps", type=int, help="steps per timing (CPU 3, CUDA 50)")
     parser.add_argument("--eager", action="store_true", help="CUDA: no graphs")
+    parser.add_argument(
+        "--matmul_precision", default="highest", help="highest | high (TF32) | medium"
+    )
     parser.add_argument("--ref", help="the published code's folder: time its step too")
+    parser.add_argument("--ref_script", type=Path, default=REF_SCRIPT, help="its timing script")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     keep_freed_memory()
+    torch.set_float32_matmul_precision(args.matmul_precision)
     device = torch.device(args.device)
     runs = args.runs or [1, 2, 4, 8]
     steps = args.steps or (3 if device.type == "cpu" else 50)
@@ -129,10 +131,11 @@ def main() -> int:
             times[case].append(timed(step, device, steps))
     machine = torch.cuda.get_device_name(0) if device.type == "cuda" else cpu_model()
     ref_steps = 40 if device.type == "cpu" else 200
-    ref = published(args.ref, args.device, ref_steps) if args.ref else None
+    ref = published(args.ref, args.device, ref_steps, args.ref_script) if args.ref else None
     print(
         f"{TASK} settings, {machine}, torch {torch.__version__}, {torch.get_num_threads()} "
-        f"threads, {'eager' if args.eager or device.type == 'cpu' else 'CUDA graphs'}, medians "
+        f"threads, {'eager' if args.eager or device.type == 'cpu' else 'CUDA graphs'}, matmul "
+        f"precision {args.matmul_precision}, medians "
         f"of {args.rounds} interleaved rounds of {steps} steps"
     )
     header = "| algo | runs | ms per step | aggregate steps/s | vs one run |"
@@ -173,6 +176,7 @@ def main() -> int:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "graphs": device.type == "cuda" and not args.eager,
+            "matmul_precision": args.matmul_precision,
             "rounds": args.rounds,
             "steps": steps,
             "published_steps_per_s": ref,

@@ -24,3 +24,20 @@ def test_step_products_add_up_to_the_step_flop_count(env, real_ratio):
 def test_mlp_flops_known_value():
     # 2 per multiply-add: 10 rows through 3 -> 4 -> 2
     assert speed.mlp_flops(10, [3, 4, 2]) == 2 * 10 * (3 * 4 + 4 * 2)
+
+
+def test_population_bench_runs_and_records(tmp_path):
+    """bench/population.py end to end at one round: a row per (algo, runs), one run's first."""
+    import json
+    import subprocess
+
+    out = tmp_path / "pop.json"
+    cmd = [sys.executable, "bench/population.py", "--algos", "mobile", "--runs", "2"]
+    cmd += ["--rounds", "1", "--steps", "1", "--json", str(out)]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["algo"], r["runs"]) for r in rows] == [("mobile", "one run"), ("mobile", 2)]
+    assert rows[0]["vs_one_run"] == 1.0 and rows[1]["steps_per_s"] > 0
+    assert "| mobile | 2 |" in proc.stdout
