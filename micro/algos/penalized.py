@@ -64,7 +64,11 @@ class ValuePenalizedSAC(SAC):
             action_noise = self.randn((states.shape[-2], self.act_dim), states.device)
         # Row blocks sized to stay in cache: the activations of all K·E·M states (12 200 x 256
         # at the defaults) would be streamed through memory once per elementwise op.
-        chunk = UNCERTAINTY_CHUNK if states.device.type == "cpu" else states.shape[-2]
+        # A population's block holds every run's rows: as many rows in all as one run's.
+        runs = 1 if not lead else lead.numel()
+        chunk = (
+            max(1, UNCERTAINTY_CHUNK // runs) if states.device.type == "cpu" else states.shape[-2]
+        )
         values = torch.cat(
             [
                 self.target_critics(s, self.actor.sample_action(s, n)).min(dim=-2).values
