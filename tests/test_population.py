@@ -375,3 +375,27 @@ def test_bad_population_input_is_one_line(tiny, tmp_path, extra, message):
     assert proc.returncode == 1 and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "hopper-medium-v2").exists()  # nothing written
+
+
+def test_a_sweep_pack_resumes_a_killed_population(tiny, tmp_path):
+    """sweep.py --pack_seeds's worker (train_pack, here without Ray) on a killed population's
+    runs: resumed together, finished, each run recorded; the same files as an uninterrupted
+    population."""
+    from test_reliability import killed_run
+
+    from micro.run_dir import RunDir
+    from micro.sweep import train_pack
+
+    args = [*tiny, "--seeds", "0", "1", "--epoch", "4"]
+    _train(args, tmp_path / "reference")
+    killed_run(args, tmp_path / "killed", rows=4)
+    runs = _runs(tmp_path / "killed")
+    configs = [RunDir(r).read_config() for r in runs]
+    threads = torch.get_num_threads()  # as the processes that trained the reference
+    results = train_pack(configs, [str(r) for r in runs], threads)
+    assert [r["state"] for r in results] == ["finished", "finished"], results
+    assert "resuming 2 runs at epoch" in (runs[0] / "train.log").read_text()
+    for a, b in zip(runs, _runs(tmp_path / "reference"), strict=True):
+        _same_run(a, b)
+    again = train_pack(configs, [str(r) for r in runs], threads)  # finished: skipped
+    assert [r["seconds"] for r in again] == [0.0, 0.0]
