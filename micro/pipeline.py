@@ -233,6 +233,24 @@ def _report(result: TrainResult) -> None:
     print(f"policy: {run.policy_file}\ntensorboard --logdir {run.tb_dir}")
 
 
+def _inputs(cfg: Config, extra_config: dict | None) -> tuple[TaskData, dict]:
+    """A new run's data and what its config.yaml records besides the config (the data, and a
+    ``--load_dynamics_path`` model's SHA-256), checked before any file is written."""
+    data = load_task_data(parse_task(cfg.task), cfg.dataset)
+    extra = {**data_record(data), **(extra_config or {})}
+    if cfg.load_dynamics_path:
+        data_sha = data.record.get("dataset_sha256")
+        extra["dynamics_sha256"] = check_saved_dynamics(cfg.load_dynamics_path, data.sim, data_sha)
+    return data, extra
+
+
+def _copy_given_dynamics(cfg: Config, run: RunDir, sha256: str | None) -> None:
+    """A ``--load_dynamics_path`` model into the run's ``dynamics/``, refused if it is no longer
+    the one checked (SHA-256 ``sha256``)."""
+    if cfg.load_dynamics_path and copy_saved(cfg.load_dynamics_path, run.dynamics_dir) != sha256:
+        raise MicroError(f"{cfg.load_dynamics_path} changed while it was copied into the run")
+
+
 def run(
     cfg: Config,
     progress: bool = True,
@@ -243,14 +261,8 @@ def run(
     """Everything ``train.py`` does, in order, validating input before writing any file. The run
     goes to ``run_dir`` when given (a sweep's fixed place), else to a new timestamped folder;
     ``on_start(run_dir)`` is called once it holds its config.yaml."""
-    task = parse_task(cfg.task)
     device = resolve_device(cfg.device)
-    data = load_task_data(task, cfg.dataset)
-    extra_config = {**data_record(data), **(extra_config or {})}
-    if cfg.load_dynamics_path:
-        data_sha = data.record.get("dataset_sha256")
-        model_sha = check_saved_dynamics(cfg.load_dynamics_path, data.sim, data_sha)
-        extra_config["dynamics_sha256"] = model_sha
+    data, extra_config = _inputs(cfg, extra_config)
     set_seed(cfg.seed)
     if run_dir is None:
         run = RunDir.create(cfg.logdir, cfg.task, cfg.algo, cfg.seed)
@@ -262,10 +274,7 @@ def run(
         save_config(cfg, run.config_file, extra_config)
         record_session(run.path)
         dynamics_sha256 = extra_config.get("dynamics_sha256")
-        if cfg.load_dynamics_path and copy_saved(cfg.load_dynamics_path, run.dynamics_dir) != (
-            dynamics_sha256
-        ):
-            raise MicroError(f"{cfg.load_dynamics_path} changed while it was copied into the run")
+        _copy_given_dynamics(cfg, run, dynamics_sha256)
         print(
             f"run directory: {run.path}\nalgorithm: {cfg.algo}; {config_files_note(cfg)}\n"
             f"{describe(data)}\ndevice: {describe_device(device, cfg)}"
@@ -374,14 +383,8 @@ def run_population(
     new ones), ``cfg`` with its seed in its config.yaml."""
     seeds = list(seeds)
     check_population(cfg.algo, seeds)
-    task = parse_task(cfg.task)
     device = resolve_device(cfg.device)
-    data = load_task_data(task, cfg.dataset)
-    extra_config = {**data_record(data), **(extra_config or {})}
-    if cfg.load_dynamics_path:
-        data_sha = data.record.get("dataset_sha256")
-        model_sha = check_saved_dynamics(cfg.load_dynamics_path, data.sim, data_sha)
-        extra_config["dynamics_sha256"] = model_sha
+    data, extra_config = _inputs(cfg, extra_config)
     set_seed(seeds[0])  # the dynamics fit's
     cfgs = [config_from_dict({**cfg.to_dict(), "seed": seed}) for seed in seeds]
     if run_dirs is None:
@@ -398,10 +401,7 @@ def run_population(
             save_config(c, run.config_file, {**extra_config, **record})
             record_session(run.path)
         dynamics_sha256 = extra_config.get("dynamics_sha256")
-        if cfg.load_dynamics_path and copy_saved(cfg.load_dynamics_path, runs[0].dynamics_dir) != (
-            dynamics_sha256
-        ):
-            raise MicroError(f"{cfg.load_dynamics_path} changed while it was copied into the run")
+        _copy_given_dynamics(cfg, runs[0], dynamics_sha256)
         names = "\n".join(f"  {run.path}" for run in runs)
         print(
             f"run directories, trained together as a population of {len(runs)}:\n{names}\n"
