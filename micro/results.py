@@ -183,8 +183,12 @@ def table(root: Path) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in runs:
-        seconds = sum((r.get("seconds") or {}).values())
+        stages = dict(r.get("seconds") or {})
+        population = stages.pop("population", None)  # the process's time, for all its runs
+        seconds = sum(stages.values())
         hours = f"{seconds / 3600:.1f} h" if seconds else "not recorded"
+        if seconds and population:
+            hours += f" ({population} runs together)"
         # where it trained, when its sessions say; else where it was shipped from
         hardware = ", ".join(r.get("trained_on") or [r["machine"]["gpu"] or r["machine"]["cpu"]])
         last_k = (

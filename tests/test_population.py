@@ -300,14 +300,29 @@ def test_population_runs_go_through_report_and_eval(population, tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = (out / "summary.csv").read_text()
-    assert "micro" in summary and ",3," in summary  # three seeds of one experiment
+    (row,) = read_rows(out / "summary.csv")
+    assert row["algo"] == "micro" and row["seeds"] == "0 1 2"  # three seeds of one experiment
+    # each run's cost is a third of the process's: (updates + rollouts) / 3 per 1000 steps
+    t = json.loads((_runs(logdir)[0] / "timings.json").read_text())
+    expected = (t["updates"] + t["rollouts"]) / 3 / 40 * 1000
+    assert float(row["train_s_per_1k"]) == pytest.approx(expected, rel=1e-3)
     policies = [str(r / "policy.pt") for r in _runs(logdir)]
     out = tmp_path / "eval"
     args = ["--policy_path", *policies, "--choice", "clean", "--eval_episodes", "1"]
     run_eval([*args, "--out", str(out)])
     rows = read_rows(out / "clean.csv")
     assert sorted(r["seed"] for r in rows) == ["0", "1", "2"]
+
+
+def test_population_runs_ship_and_say_they_shared_the_process(population, tmp_path):
+    from micro.results import ship, table
+
+    for run in _runs(population[0]):
+        ship(run, "hopper-tiny", tmp_path)
+    rows = table(tmp_path).splitlines()[2:]
+    assert len(rows) == 3 and all("(3 runs together)" in r for r in rows)
+    costs = [json.loads((r / "timings.json").read_text()) for r in _runs(population[0])]
+    assert costs[0] == costs[1] == costs[2]  # the process's time, recorded in each run
 
 
 def test_killed_population_resumes_exactly(tiny, tmp_path):
