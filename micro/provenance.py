@@ -113,7 +113,9 @@ def read_sessions(run_dir: Path) -> list[dict]:
 
 def record_session(run_dir: Path, record: dict | None = None) -> str | None:
     """Append this session's line to ``run_dir/sessions.jsonl`` (rewritten whole, atomically);
-    returns a note when the code differs from the run's first session's."""
+    returns a note when the code differs from the run's first session's, or when a CPU session
+    uses another number of torch threads than the session before (CPU products round
+    differently with it)."""
     run_dir = Path(run_dir)
     record = session_record() if record is None else record
     earlier = read_sessions(run_dir)
@@ -121,15 +123,27 @@ def record_session(run_dir: Path, record: dict | None = None) -> str | None:
     atomic_write_text(RunDir(run_dir).sessions_file, "\n".join(lines) + "\n")
     if not earlier:
         return None
+    notes = []
     first, now = earlier[0]["code"], record["code"]
-    if first["source_sha256"] == now["source_sha256"]:
-        return None
+    if first["source_sha256"] != now["source_sha256"]:
 
-    def name(code: dict) -> str:
-        commit = f"commit {code['git_commit'][:10]}" if code.get("git_commit") else "no git commit"
-        return f"source {code['source_sha256'][:12]} ({commit})"
+        def name(code: dict) -> str:
+            commit = (
+                f"commit {code['git_commit'][:10]}" if code.get("git_commit") else "no git commit"
+            )
+            return f"source {code['source_sha256'][:12]} ({commit})"
 
-    return (
-        f"note: {run_dir.name} started on other code, {name(first)}; it continues on "
-        f"{name(now)}, so its numbers from here on may differ from an uninterrupted run's"
-    )
+        notes.append(
+            f"note: {run_dir.name} started on other code, {name(first)}; it continues on "
+            f"{name(now)}, so its numbers from here on may differ from an uninterrupted run's"
+        )
+    before, machine = earlier[-1].get("machine") or {}, record.get("machine") or {}
+    threads = before.get("torch_threads"), machine.get("torch_threads")
+    on_cpu = before.get("gpu") is None and machine.get("gpu") is None
+    if on_cpu and None not in threads and threads[0] != threads[1]:
+        notes.append(
+            f"note: {run_dir.name}'s last session used {threads[0]} torch threads, this one "
+            f"{threads[1]}: CPU products round differently, so from here on it is not bit for "
+            "bit the uninterrupted run (set OMP_NUM_THREADS to match)"
+        )
+    return "\n".join(notes) or None

@@ -68,6 +68,18 @@ def test_each_session_appends_a_line_and_a_code_change_is_noted(tmp_path):
     assert read_sessions(tmp_path / "elsewhere") == []
 
 
+def test_another_thread_count_on_the_cpu_is_noted(tmp_path):
+    def on(threads, gpu=None):
+        return {**session("a" * 64), "machine": {"cpu": "x", "gpu": gpu, "torch_threads": threads}}
+
+    assert record_session(tmp_path, on(2)) is None
+    assert record_session(tmp_path, on(2)) is None
+    note = record_session(tmp_path, on(1))
+    assert note is not None and "used 2 torch threads, this one 1" in note
+    assert record_session(tmp_path / "gpu", on(2, "H100")) is None
+    assert record_session(tmp_path / "gpu", on(1, "H100")) is None  # GPU products: no note
+
+
 def test_a_run_records_its_session(smoke_run):
     run_dir, _ = smoke_run
     (record,) = read_sessions(run_dir)
