@@ -13,6 +13,10 @@ of their shapes and sums, so that a renamed or regrouped checkpoint format still
 observation std that v2 checkpoints add is left out). Exit 0 when all are the same.
 Used for the restructuring of issue 28: against ff07cc3 every run was the same up to d741ab2;
 from 40a866c on, MOPO's differ from ff07cc3's by design (its target is no longer clamped).
+Issue 31 (populations) reseeds the learner after the dynamics stage, which changes runs that fit
+their own dynamics: against d3677e8 with only that line added (``set_seed(cfg.seed)`` before the
+learner is built in ``micro.pipeline._trainer``), every run here, RAMBO's included, was the same
+at 65ffd97 and again at the issue's last commit.
 """
 
 from __future__ import annotations
