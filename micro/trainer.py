@@ -303,7 +303,8 @@ class Trainer:
     def _stop(self, m: Member, key: str, value: float, step: int) -> None:
         """Stop member ``m`` at ``step``, where its ``key`` became ``value``: for a run alone an
         error; a population's member is recorded as failed and the others go on."""
-        m.checkpoints.wait()  # the last one may still be being written
+        self.members[0].checkpoints.wait()  # the last one may still be being written (a
+        # population's are written by its first member's writer)
         kept = (
             f"the last good checkpoint is {m.run.checkpoint_file}"
             if m.run.checkpoint_file.exists()
