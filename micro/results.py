@@ -7,6 +7,9 @@ policy file alone, for ``eval.py``.
                                 [--in_progress]
     python -m micro.results export RUN_DIR [--out FILE]
     python -m micro.results table [--root results]
+    python -m micro.results overview [--root results]
+    python -m micro.results card FILE --dataset hopper-medium-200k --recipe="--env hopper …"
+    python -m micro.results remake hopper-medium-200k --out FILE
 
 ``run.json`` holds the task, algorithm, seed, whether it finished, steps done and planned, the
 normalized score at the last evaluation, averaged over the last 5 and at the best one (the
@@ -17,7 +20,13 @@ runs older than either), the machine it is shipped from
 ``sessions.jsonl`` (shipped beside it, as is ``eval-episodes.csv`` when the run has one),
 its number of sessions, their code and the CPUs/GPUs
 they trained on. ``table`` prints
-the Markdown table that ``results/README.md`` carries.
+the Markdown table that ``results/README.md`` carries; ``overview`` the one the README opens
+with: datasets (robots) by algorithms, each cell the mean ± std over seeds, beside the score of the
+policy that made the data. ``card`` writes a dataset made here into
+``results/<dataset>/dataset.json``: the ``micro.datagen.collect`` arguments that made it (its
+recipe), its SHA-256, rows, episodes, behavior policy and score; ``remake`` runs the recipe again
+and checks the new file is the same, byte for byte (so new runs on it compare with the shipped
+ones).
 """
 
 from __future__ import annotations
@@ -29,11 +38,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from micro import MicroError
+from micro.data.d4rl import read_metadata
 from micro.logger import logged_seconds
 from micro.policy_file import export_checkpoint_policy
 from micro.provenance import machine, read_sessions
-from micro.report import LAST_EVALS, last_evals_score
+from micro.report import LAST_EVALS, behavior_score, find_runs, last_evals_score
 from micro.run_dir import (
     CONFIG_FILE,
     EPISODES_FILE,
@@ -44,11 +56,12 @@ from micro.run_dir import (
     TIMINGS_FILE,
     RunDir,
 )
-from micro.utils import atomic_path, atomic_write_text
+from micro.utils import atomic_path, atomic_write_text, sha256_file
 
 SHIPPED = (POLICY_FILE, PROGRESS_FILE, CONFIG_FILE)
 OPTIONAL = (TIMINGS_FILE, SESSIONS_FILE, EPISODES_FILE)
 RUN_FILE = "run.json"
+CARD_FILE = "dataset.json"  # results/<dataset>/dataset.json: how the data was made
 
 
 def read_progress(
@@ -211,3 +224,113 @@ if __name__ == "__main__":  # the command line is micro.cli.results's
     from micro.cli.results import main
 
     sys.exit(main())
+
+
+ALGO_ORDER = ("micro", "mobile", "rambo", "mopo")  # the overview's columns, those shipped
+
+
+def _cell(records: list[dict], key: str, runs: bool) -> str:
+    """Mean ± std (ddof 0, as report.py) of ``key`` over a dataset's seeds of one algorithm
+    (the value alone for one seed); with ``runs``, the number of seeds and how far unfinished
+    runs got."""
+    values = [r[key] for r in records]
+    cell = f"{np.mean(values):.1f}" + (f" ± {np.std(values):.1f}" if len(values) > 1 else "")
+    if not runs:
+        return cell
+    seeds = f"{len(records)} seed{'s' * (len(records) > 1)}"
+    unfinished = [r for r in records if not r.get("finished", True)]
+    if unfinished:
+        steps = min(r["steps"] for r in unfinished)
+        seeds += f", {steps // 1000}k of {unfinished[0]['steps_planned'] // 1000}k steps"
+    return f"{cell} ({seeds})"
+
+
+def overview(root: Path) -> str:
+    """The Markdown table of datasets by algorithms: each algorithm's final and last-5
+    scores, mean ± std over its shipped seeds, beside the dataset's behavior score (the
+    policy that made it, on the dataset's own episodes, normalized as the runs are)."""
+    by_dataset: dict[str, dict[str, list[dict]]] = {}
+    for p in sorted(root.glob(f"*/*/*/{RUN_FILE}")):
+        r = json.loads(p.read_text())
+        by_dataset.setdefault(r["dataset"], {}).setdefault(r["algo"], []).append(r)
+    if not by_dataset:
+        raise MicroError(f"no shipped run ({RUN_FILE}) under {root}")
+    shipped = set().union(*by_dataset.values())
+    algos = [a for a in ALGO_ORDER if a in shipped] + sorted(shipped - set(ALGO_ORDER))
+    header = ["dataset", "behavior"]
+    for a in algos:
+        header += [f"{a.upper()} final", f"{a.upper()} last {LAST_EVALS}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for dataset, runs in sorted(by_dataset.items()):
+        behavior = behavior_score(find_runs([root / dataset]))
+        row = [dataset, "–" if behavior is None else f"{behavior:.1f}"]
+        for a in algos:
+            records = sorted(runs.get(a, []), key=lambda r: r["seed"])
+            row += (
+                [_cell(records, "final_score", True), _cell(records, "last_evals_score", False)]
+                if records
+                else ["–", "–"]
+            )
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def write_card(
+    path: Path, dataset: str, root: Path, recipe: list[str], force: bool = False
+) -> Path:
+    """Write ``root/<dataset>/dataset.json`` for the file at ``path``, made by
+    ``python -m micro.datagen.collect RECIPE --out FILE``: what remakes it and what it is."""
+    meta, rows = read_metadata(path)
+    if "generator" not in meta:
+        raise MicroError(
+            f"{path} was not made by micro.datagen.collect (no metadata/generator): a card "
+            "records how a dataset made here was made"
+        )
+    if any(a == "--out" or a.startswith("--out=") or a == "--force" for a in recipe):
+        raise MicroError("--recipe: give collect's arguments without --out or --force")
+    dest = root / dataset / CARD_FILE
+    if dest.exists() and not force:
+        raise MicroError(f"{dest} exists; pass --force to replace it")
+    card = {
+        "dataset": dataset,
+        "recipe": ["python", "-m", "micro.datagen.collect", *recipe],
+        "sha256": sha256_file(path),
+        "rows": rows,
+        **{k: meta[k] for k in sorted(meta)},
+    }
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(dest, json.dumps(card, indent=1) + "\n")
+    return dest
+
+
+def read_card(dataset: str, root: Path) -> dict:
+    path = root / dataset / CARD_FILE
+    if not path.is_file():
+        known = sorted(p.parent.name for p in root.glob(f"*/{CARD_FILE}"))
+        raise MicroError(
+            f"no dataset card {path}; cards: {', '.join(known) or 'none'} "
+            "(python -m micro.results card writes one)"
+        )
+    return json.loads(path.read_text())
+
+
+def remake(dataset: str, root: Path, out: Path, force: bool = False) -> dict:
+    """Run ``dataset``'s recipe into ``out`` and check the file is the card's to the byte. A
+    file that differs (another MuJoCo build or CPU can round differently) stays, and the error
+    says so: runs on it do not compare with the shipped ones."""
+    from micro.cli.collect import main as collect
+
+    card = read_card(dataset, root)
+    if out.exists() and not force:
+        raise MicroError(f"{out} exists; choose another --out or pass --force to replace it")
+    args = [*card["recipe"][3:], "--out", str(out), "--no_progress"]
+    if collect(args + ["--force"] * force) != 0:
+        raise MicroError(f"remaking {dataset} failed (above)")
+    sha = sha256_file(out)
+    if sha != card["sha256"]:
+        raise MicroError(
+            f"{out} differs from {dataset}'s card (SHA-256 {sha[:12]}…, the card's "
+            f"{card['sha256'][:12]}…): this machine's simulator made other numbers, so runs on "
+            "it do not compare with the shipped ones"
+        )
+    return card

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 import subprocess
 import sys
 
+import h5py
+import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import ROOT
 
 from micro import MicroError
+from micro.cli.collect import main as collect_main
 from micro.cli.results import main
 from micro.logger import logged_seconds
 from micro.policy_file import export_checkpoint_policy as export_policy
 from micro.provenance import read_sessions
-from micro.results import ship, table
+from micro.results import overview, remake, ship, table, write_card
 from micro.run_dir import TIMED_STAGES
 
 
@@ -353,3 +358,85 @@ def test_snapshot_freq_keeps_earlier_policies_without_changing_the_run(
     assert all(f"| {label} | " in summary for label in labels)
     proc = subprocess.run([*script, str(tmp_path / "bad"), str(b)], env=env, capture_output=True)
     assert proc.returncode == 1 and b"needs snapshots" in proc.stderr
+
+
+def test_overview_tabulates_datasets_by_algorithms_with_the_behavior_score(smoke_run, tmp_path):
+    run_dir, _ = smoke_run
+    root = tmp_path / "results"
+    first = ship(run_dir, "hopper-tiny", root)
+    record = json.loads((first / "run.json").read_text())
+
+    def copy(algo: str, seed: int, **changes) -> dict:
+        dest = root / "hopper-tiny" / algo / f"seed{seed}"
+        shutil.copytree(first, dest)
+        new = {**record, "algo": algo, "seed": seed, **changes}
+        (dest / "run.json").write_text(json.dumps(new))
+        return new
+
+    second = copy("micro", 4, final_score=record["final_score"] + 2.0, last_evals_score=7.0)
+    late = copy("mobile", 0, finished=False, steps=20000, steps_planned=40000, final_score=1.25)
+    lines = overview(root).splitlines()
+    assert lines[0] == (
+        "| dataset | behavior | MICRO final | MICRO last 5 | MOBILE final | MOBILE last 5 |"
+    )
+    assert len(lines) == 3
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    low, high = -20.272305, 3234.3  # D4RL's hopper references
+    behavior = 100 * (config["dataset_return_mean"] - low) / (high - low)
+    finals = [record["final_score"], second["final_score"]]
+    lasts = [record["last_evals_score"], 7.0]
+    mean = lambda v: sum(v) / 2  # noqa: E731
+    std = lambda v: abs(v[0] - v[1]) / 2  # noqa: E731  (ddof 0, two values)
+    assert lines[2] == (
+        f"| hopper-tiny | {behavior:.1f} | {mean(finals):.1f} ± {std(finals):.1f} (2 seeds) "
+        f"| {mean(lasts):.1f} ± {std(lasts):.1f} | 1.2 (1 seed, 20k of 40k steps) "
+        f"| {late['last_evals_score']:.1f} |"
+    )
+    with pytest.raises(MicroError, match="no shipped run"):
+        overview(tmp_path / "empty")
+    assert main(["overview", "--root", str(root)]) == 0
+
+
+def test_a_dataset_card_remakes_its_dataset_to_the_byte(tmp_path):
+    root = tmp_path / "results"
+    recipe = ["--env", "hopper", "--kind", "random", "--steps", "300", "--seed", "1"]
+    made = tmp_path / "made.hdf5"
+    assert collect_main([*recipe, "--out", str(made), "--no_progress"]) == 0
+    text = " ".join(recipe)
+    assert main(["card", str(made), "--dataset", "hop-tiny", "--root", str(root),
+                 f"--recipe={text}"]) == 0  # fmt: skip
+    card = json.loads((root / "hop-tiny" / "dataset.json").read_text())
+    with h5py.File(made) as f:
+        rows, episodes = len(f["rewards"]), int(f["metadata/episodes"][()])
+        score = float(f["metadata/normalized_score_mean"][()])
+    assert card["recipe"] == ["python", "-m", "micro.datagen.collect", *recipe]
+    assert card["sha256"] == hashlib.sha256(made.read_bytes()).hexdigest()
+    assert (card["rows"], card["episodes"], card["env"]) == (300, episodes, "Hopper-v4")
+    assert rows == 300 and card["normalized_score_mean"] == score and card["seed"] == 1
+
+    again = tmp_path / "again.hdf5"
+    assert remake("hop-tiny", root, again)["sha256"] == card["sha256"]
+    assert again.read_bytes() == made.read_bytes()
+    cli = tmp_path / "cli.hdf5"
+    assert main(["remake", "hop-tiny", "--root", str(root), "--out", str(cli)]) == 0
+    assert cli.read_bytes() == made.read_bytes()
+    with pytest.raises(MicroError, match="exists; choose another --out"):
+        remake("hop-tiny", root, again)  # nothing a user saved is overwritten
+    # a card whose file this machine does not make again says so, and the file stays
+    (root / "hop-tiny" / "dataset.json").write_text(json.dumps({**card, "sha256": "0" * 64}))
+    with pytest.raises(MicroError, match="differs from hop-tiny's card"):
+        remake("hop-tiny", root, again, force=True)
+    assert again.is_file()
+
+    with pytest.raises(MicroError, match="exists; pass --force"):
+        write_card(made, "hop-tiny", root, recipe)
+    with pytest.raises(MicroError, match="without --out"):
+        write_card(made, "other", root, [*recipe, "--out", "x.hdf5"])
+    with pytest.raises(MicroError, match=r"no dataset card .*cards: hop-tiny"):
+        remake("nothing", root, tmp_path / "n.hdf5")
+    foreign = tmp_path / "foreign.hdf5"  # D4RL's own files carry no metadata/generator
+    with h5py.File(foreign, "w") as f:
+        f["rewards"] = np.zeros(3)
+    with pytest.raises(MicroError, match=r"not made by micro\.datagen\.collect"):
+        write_card(foreign, "d4rl", root, recipe)
+    assert not (root / "d4rl").exists() and not (root / "other").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from micro.cli import OneLineParser, guarded
 from micro.policy_file import export_checkpoint_policy
 from micro.results import __doc__ as RESULTS_DOC
-from micro.results import ship, table
+from micro.results import overview, remake, ship, table, write_card
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +33,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     x.add_argument("--out", help="the policy file (default RUN/snapshots/epoch<N>.pt)")
     t = sub.add_parser("table", help="print the Markdown table of the shipped runs")
     t.add_argument("--root", default="results")
+    o = sub.add_parser(
+        "overview", help="print the table of datasets by algorithms (means over seeds)"
+    )
+    o.add_argument("--root", default="results")
+    c = sub.add_parser("card", help="record how a dataset made here was made (dataset.json)")
+    c.add_argument("file", help="the HDF5 file micro.datagen.collect wrote")
+    c.add_argument("--dataset", required=True, help="its name, e.g. hopper-medium-200k")
+    c.add_argument(
+        "--recipe",
+        required=True,
+        help="collect's arguments that made it, e.g. --recipe=\"--env hopper --kind medium "
+        '--steps 200000 --seed 0"',
+    )
+    c.add_argument("--root", default="results")
+    c.add_argument("--force", action="store_true", help="replace the card")
+    r = sub.add_parser("remake", help="make a carded dataset again and check it is the same")
+    r.add_argument("dataset")
+    r.add_argument("--out", required=True, help="the HDF5 file to write")
+    r.add_argument("--root", default="results")
+    r.add_argument("--force", action="store_true", help="replace an existing --out file")
     parser.add_argument("--debug", action="store_true")
 
     def run(argv: list[str]) -> int:
@@ -42,6 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif a.command == "export":
             out, progress = export_checkpoint_policy(a.run_dir, a.out)
             print(f"policy at epoch {progress.epoch} (step {progress.step}): {out}")
+        elif a.command == "card":
+            dest = write_card(Path(a.file), a.dataset, Path(a.root), shlex.split(a.recipe), a.force)
+            print(f"wrote {dest}")
+        elif a.command == "remake":
+            card = remake(a.dataset, Path(a.root), Path(a.out), a.force)
+            print(f"{a.out} is {a.dataset}, SHA-256 {card['sha256']} as its card says")
+        elif a.command == "overview":
+            print(overview(Path(a.root)))
         else:
             print(table(Path(a.root)))
         return 0

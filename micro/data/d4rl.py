@@ -160,6 +160,28 @@ def qlearning_dataset(raw: dict[str, Any]) -> Transitions:
     )
 
 
+def read_metadata(path: str | Path) -> tuple[dict[str, Any], int]:
+    """A D4RL-format file's ``metadata/…`` scalars (strings decoded; none for D4RL's own files)
+    and its number of rows, without reading the arrays."""
+    path = Path(path)
+    check_hdf5_file(path)
+    try:
+        with h5py.File(path, "r") as f:
+            rows = len(f["rewards"])
+            group = f.get("metadata", {})
+            meta = {k: group[k][()] for k in group}
+    except (OSError, KeyError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MicroError(
+            f"cannot read dataset {path}: a damaged or truncated HDF5 file ({first}); "
+            "download or collect it again"
+        ) from None
+    return {
+        k: v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v
+        for k, v in meta.items()
+    }, rows
+
+
 def recorded_return(path: str | Path) -> float | None:
     """The behavior policy's mean episode return that a file made here records
     (``metadata/return_mean``); None for files without it (D4RL's own)."""
