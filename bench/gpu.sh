@@ -4,10 +4,12 @@
 #   bash bench/gpu.sh "tests speed profile train population"   (default: "tests speed"; $OUT: logs)
 # Wheels for packages the machine lacks are read from .whl/, the published code from .ref/micro
 # (git archive of github.com/xiaoyinliu0714/MICRO) and its timing script from .ref/bench, the
-# reference dynamics from .ref/dyn-halfcheetah. Make them here first (both paths git-ignored via
+# long runs' dynamics from .ref/dyn-<dataset>. Make them here first (both paths git-ignored via
 # .git/info/exclude), then carry .whl and .ref with the command:
 #   REF_GIT=<clone of the published code> REF_BENCH=<dir of ref_micro_speed.py> \
-#   DYN=<a run's dynamics/ folder> bash bench/gpu.sh prepare
+#   DYN="hopper-medium-200k=<its dynamics folder> ..." bash bench/gpu.sh prepare
+# The long runs:  LONG_DATASET=hopper-medium-200k LONG_ALGOS="micro mobile" \
+#   LONG_SEEDS="0 1 2" LONG_SECONDS=500 bash bench/gpu.sh longrun   (again to continue)
 set -uo pipefail
 if [ "${1:-}" = prepare ]; then
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || printf '/.whl/\n/.ref/\n' >> .git/info/exclude
@@ -20,7 +22,9 @@ if [ "${1:-}" = prepare ]; then
     mkdir -p .ref/micro .ref/bench
     git -C "$REF_GIT" archive HEAD | tar x -C .ref/micro
     cp "$REF_BENCH"/ref_micro_speed.py .ref/bench/
-    rm -rf .ref/dyn-halfcheetah && cp -r "$DYN" .ref/dyn-halfcheetah
+    for pair in ${DYN:-}; do  # dataset=folder
+        rm -rf ".ref/dyn-${pair%%=*}" && cp -r "${pair#*=}" ".ref/dyn-${pair%%=*}"
+    done
     du -sh .whl .ref
     exit 0
 fi
@@ -105,31 +109,44 @@ for what in "${@:-tests speed}"; do
         (cd /tmp && tar czf "$OUT/population-runs.tgz" $(find pop1 pop8 -name '*.json' -o \
             -name '*.csv' -o -name '*.yaml')) ;;
     longrun)
-        # Issue 14's long runs on the GPU: the 200k halfcheetah-medium dataset remade by its
-        # recipe (results/README.md; trained on only if its SHA-256 is the card's, so seeds share
-        # the data), the reference dynamics (.ref/dyn-halfcheetah, from the MICRO seed-0 run),
-        # the CPU runs' flags; $LONG_ALGOS run side by side for each of $LONG_SEEDS. Each run
-        # comes back as $OUT/long-ALGO-seedN.tgz (no checkpoints; snapshots from epoch 150).
-        python3 -m micro.datagen.collect --env halfcheetah --kind medium --steps 200000 \
-            --seed 0 --out /tmp/hc200k.hdf5 --no_progress | tail -1
-        sha=$(sha256sum /tmp/hc200k.hdf5 | cut -c1-64)
-        want=75ab9e6c71d436a48d3f2f421ec206a18b4f520442d6a96808e523dd1e8bced5
-        echo "dataset sha256 $sha"
-        [ "$sha" = "$want" ] || { echo "not the card's dataset: no long runs"; exit 3; }
-        for seed in ${LONG_SEEDS:-2}; do
-            for algo in ${LONG_ALGOS:-micro mobile}; do
-                python3 train.py --task halfcheetah-medium-v2 --algo $algo --seed $seed \
-                    --dataset /tmp/hc200k.hdf5 --load_dynamics_path .ref/dyn-halfcheetah \
-                    --dynamics_max_epochs 30 --epoch 200 --eval_freq 5 --eval_episodes 10 \
-                    --snapshot_freq 5 --logdir /tmp/long --no_progress > /tmp/long-$algo-$seed.log 2>&1 &
-            done
-            wait
-            for algo in ${LONG_ALGOS:-micro mobile}; do
-                run=$(ls -d /tmp/long/halfcheetah-medium-v2/$algo/seed$seed-*)
-                tail -2 /tmp/long-$algo-$seed.log; cat $run/timings.json; echo
-                find $run/snapshots -name 'epoch*.pt' | awk -F'epoch|[.]pt' '$2 < 150' | xargs -r rm
-                (cd $(dirname $run) && tar czf "$OUT/long-$algo-seed$seed.tgz" --exclude checkpoints \
-                    $(basename $run))
+        # Issue 32's reference runs on the GPU: $LONG_DATASET (a dataset card under results/)
+        # remade by its recipe and trained on only if its SHA-256 is the card's, the dynamics the
+        # CPU runs share (.ref/dyn-$LONG_DATASET), the CPU runs' flags; the seeds of each of
+        # $LONG_ALGOS as one population (train.py --seeds), the algorithms side by side. Runs
+        # live in .gpu-runs/ (kept while the machine stays warm): a part cut by $LONG_SECONDS
+        # (default 500) resumes there on the next call. Each run comes back as
+        # $OUT/long-ALGO-seedN.tgz: its small files, and its policy (the last checkpoint's while
+        # unfinished); checkpoints and the dynamics copy stay.
+        ds=${LONG_DATASET:-hopper-medium-200k}; task=${ds%-*}-v2; dyn=.ref/dyn-$ds
+        grep -qx '/.gpu-runs/' .git/info/exclude 2>/dev/null || echo '/.gpu-runs/' >> .git/info/exclude
+        mkdir -p .gpu-runs/data
+        data=.gpu-runs/data/$ds.hdf5
+        if [ ! -f "$data" ]; then
+            python3 -m micro.results remake "$ds" --out "$data" || { rm -f "$data"; exit 3; }
+        fi
+        [ -f "$dyn/model.pt" ] || { echo "no $dyn: carry .ref (bash bench/gpu.sh prepare)"; exit 3; }
+        for algo in ${LONG_ALGOS:-micro mobile}; do
+            runs=$(ls -d .gpu-runs/runs/$task/$algo/seed* 2>/dev/null)
+            if [ -n "$runs" ]; then
+                args=(--resume $runs)
+            else
+                args=(--task "$task" --algo "$algo" --seeds ${LONG_SEEDS:-0 1 2} --dataset "$data"
+                      --load_dynamics_path "$dyn" --epoch 200 --eval_freq 5 --eval_episodes 10
+                      --logdir .gpu-runs/runs)
+            fi
+            timeout "${LONG_SECONDS:-500}" python3 train.py "${args[@]}" --no_progress \
+                >> ".gpu-runs/$ds-$algo.log" 2>&1 &
+        done
+        wait
+        for algo in ${LONG_ALGOS:-micro mobile}; do
+            tail -3 ".gpu-runs/$ds-$algo.log"
+            for run in .gpu-runs/runs/$task/$algo/seed*; do
+                [ -f "$run/policy.pt" ] || python3 -m micro.results export "$run" \
+                    --out "$run/in-progress-policy.pt" | tail -1
+                seed=$(basename "$run" | cut -d- -f1)
+                (cd "$(dirname "$run")" && tar czf "$OUT/long-$algo-$seed.tgz" \
+                    --exclude checkpoints --exclude dynamics "$(basename "$run")")
+                rm -f "$run/in-progress-policy.pt"
             done
         done ;;
     *) echo "unknown part $w"; exit 2 ;;
