@@ -126,10 +126,12 @@ for what in "${@:-tests speed}"; do
         fi
         [ -f "$dyn/model.pt" ] || { echo "no $dyn: carry .ref (bash bench/gpu.sh prepare)"; exit 3; }
         for algo in ${LONG_ALGOS:-micro mobile}; do
-            runs=$(ls -d .gpu-runs/runs/$task/$algo/seed* 2>/dev/null)
+            runs=$(ls -d .gpu-runs/runs/$task/$algo/seed*/checkpoints/last.pt 2>/dev/null \
+                   | sed 's#/checkpoints/last.pt##')
             if [ -n "$runs" ]; then
                 args=(--resume $runs)
-            else
+            else  # none reached its first checkpoint: start again
+                rm -rf ".gpu-runs/runs/$task/$algo"
                 args=(--task "$task" --algo "$algo" --seeds ${LONG_SEEDS:-0 1 2} --dataset "$data"
                       --load_dynamics_path "$dyn" --epoch 200 --eval_freq 5 --eval_episodes 10
                       --logdir .gpu-runs/runs)
@@ -141,6 +143,7 @@ for what in "${@:-tests speed}"; do
         for algo in ${LONG_ALGOS:-micro mobile}; do
             tail -3 ".gpu-runs/$ds-$algo.log"
             for run in .gpu-runs/runs/$task/$algo/seed*; do
+                [ -f "$run/checkpoints/last.pt" ] || continue
                 [ -f "$run/policy.pt" ] || python3 -m micro.results export "$run" \
                     --out "$run/in-progress-policy.pt" | tail -1
                 seed=$(basename "$run" | cut -d- -f1)
