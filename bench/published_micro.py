@@ -71,7 +71,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 class Resumable:
     """The hooks, and the state they save and restore."""
 
-    def __init__(self, out: Path, stop_after: int | None = None):
+    def __init__(self, out: Path, stop_after: int | None = None, argv: list[str] | None = None):
         self.out = out.resolve()
         self.stop_after = stop_after
         self.state_path = self.out / STATE_FILE
@@ -81,6 +81,8 @@ class Resumable:
         self.log_dir: str | None = self.saved["log_dir"] if self.saved else None
         self.session = {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "argv": argv or [],
+            "ref_commit": None,
             "from_epoch": (self.saved["epoch"] + 1) if self.saved else 1,
             "cpu": cpu_model(),
             "threads": torch.get_num_threads(),
@@ -135,7 +137,10 @@ class Resumable:
                 raise SystemExit(
                     "error: step_per_epoch must be a multiple of rollout_freq for a resumable run"
                 )
-            self.session["device"] = str(next(trainer.policy.actor.parameters()).device)
+            device = next(trainer.policy.actor.parameters()).device
+            self.session["device"] = str(device)
+            if device.type == "cuda":
+                self.session["gpu"] = torch.cuda.get_device_name(device)
             start = 1
             if self.saved is not None:
                 self.restore(trainer, self.saved)
@@ -330,6 +335,20 @@ class _Wrapped(importlib.abc.Loader):
             cls.train = r.dynamics_train(cls.train)
 
 
+def _commit_of(ref: Path) -> str | None:
+    """The published code's commit: ``git archive`` writes it into the tar's header, not the
+    files, so it is read from a clone when ``ref`` is one, else from REF_COMMIT in the
+    environment (None when neither says)."""
+    head = ref / ".git" / "HEAD"
+    if head.is_file():
+        text = head.read_text().strip()
+        if text.startswith("ref: "):
+            target = ref / ".git" / text[5:]
+            return target.read_text().strip() if target.is_file() else None
+        return text
+    return os.environ.get("REF_COMMIT")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a, rest = parse(argv)
@@ -337,7 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     if (out / FINISHED_FILE).is_file():
         print(f"error: {out} has finished ({FINISHED_FILE}); choose another --out", file=sys.stderr)
         return 1
-    resumable = Resumable(out, a.stop_after_epoch)
+    resumable = Resumable(out, a.stop_after_epoch, argv)
+    ref = rest[rest.index("--ref") + 1] if "--ref" in rest else "/tmp/ref-micro"
+    resumable.session["ref_commit"] = _commit_of(Path(ref))
     if resumable.saved is not None:
         print(f"continuing {out} after epoch {resumable.saved['epoch']}", flush=True)
     sys.meta_path.insert(0, _Hooks(resumable))

@@ -123,7 +123,8 @@ def read_run(path: Path) -> Run:
         run.path,
         config,
         read_progress(run.progress_file),
-        run.finished,
+        # a shipped run says so in run.json (an imported one has no policy.pt of ours)
+        _read_json(run.path / "run.json").get("finished", run.finished),
         _read_json(run.timings_file),
         _machines(run),
     )
@@ -378,7 +379,8 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
             f"{_fmt(r['final_mean'], r['final_std'])} | "
             f"{_fmt(r['last_evals_mean'], r['last_evals_std'])} | "
             f"{_fmt(r['best_mean'], r['best_std'])} | "
-            f"{r['q_mean']:.1f} | {pen} | {_cost_cell(r)} |"
+            f"{'–' if np.isnan(r['q_mean']) else format(r['q_mean'], '.1f')} | {pen} "
+            f"| {_cost_cell(r)} |"
         )
     lines += [
         "",

@@ -10,6 +10,7 @@ policy file alone, for ``eval.py``.
     python -m micro.results overview [--root results]
     python -m micro.results card FILE --dataset hopper-medium-200k --recipe="--env hopper …"
     python -m micro.results remake hopper-medium-200k --out FILE
+    python -m micro.results import-published OUT --dataset halfcheetah-medium-200k [--data FILE]
 
 ``run.json`` holds the task, algorithm, seed, whether it finished, steps done and planned, the
 normalized score at the last evaluation, averaged over the last 5 and at the best one (the
@@ -26,7 +27,10 @@ policy that made the data. ``card`` writes a dataset made here into
 ``results/<dataset>/dataset.json``: the ``micro.datagen.collect`` arguments that made it (its
 recipe), its SHA-256, rows, episodes, behavior policy and score; ``remake`` runs the recipe again
 and checks the new file is the same, byte for byte (so new runs on it compare with the shipped
-ones).
+ones). ``import-published`` ships a run of the published trainer
+(``bench/published_micro.py --out OUT``) as ``results/<dataset>/published-micro/seed<N>/``:
+its log converted by ``micro.published`` (no policy: the published code's own format), with
+``run.json`` like ours, so the table, the overview and ``report.py`` show it beside our runs.
 """
 
 from __future__ import annotations
@@ -39,12 +43,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from micro import MicroError
-from micro.data.d4rl import read_metadata
+from micro.data.d4rl import read_metadata, recorded_return
 from micro.logger import logged_seconds
 from micro.policy_file import export_checkpoint_policy
 from micro.provenance import machine, read_sessions
+from micro.published import EVAL_EVERY, convert_rows, read_published
 from micro.report import LAST_EVALS, behavior_score, find_runs, last_evals_score
 from micro.run_dir import (
     CONFIG_FILE,
@@ -80,14 +86,27 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def summarize(run_dir: Path, rows: list[dict], timings: dict | None, finished: bool = True) -> dict:
-    """What ``run.json`` records about a run whose progress.csv rows are ``rows``."""
-    config = RunDir(run_dir).read_config()
+def scores(run_dir: Path, rows: list[dict]) -> dict:
+    """run.json's scores: the last evaluation's, the last 5's mean and the best one's."""
     evals = [r for r in rows if r.get("eval_normalized_score", "") != ""]
     if not evals:
         raise MicroError(f"{run_dir}/progress.csv has no evaluation")
-    scores = [float(r["eval_normalized_score"]) for r in evals]
-    best = max(range(len(scores)), key=scores.__getitem__)
+    values = [float(r["eval_normalized_score"]) for r in evals]
+    best = max(range(len(values)), key=values.__getitem__)
+    return {
+        "final_score": values[-1],
+        "final_score_std": float(evals[-1]["eval_normalized_score_std"]),
+        "final_step": int(evals[-1]["step"]),
+        "last_evals_score": last_evals_score(evals),
+        "last_evals_from_step": int(evals[-LAST_EVALS:][0]["step"]),
+        "best_score": values[best],
+        "best_step": int(evals[best]["step"]),
+    }
+
+
+def summarize(run_dir: Path, rows: list[dict], timings: dict | None, finished: bool = True) -> dict:
+    """What ``run.json`` records about a run whose progress.csv rows are ``rows``."""
+    config = RunDir(run_dir).read_config()
     # timings from code older than TIMED_STAGES cover only a resumed run's last session
     complete = timings is not None and set(TIMED_STAGES) <= set(timings)
     sessions = read_sessions(run_dir)  # none for runs from before sessions.jsonl
@@ -100,13 +119,7 @@ def summarize(run_dir: Path, rows: list[dict], timings: dict | None, finished: b
         "finished": finished,
         "steps": int(rows[-1]["step"]),
         "steps_planned": config["epoch"] * config["step_per_epoch"],
-        "final_score": scores[-1],
-        "final_score_std": float(evals[-1]["eval_normalized_score_std"]),
-        "final_step": int(evals[-1]["step"]),
-        "last_evals_score": last_evals_score(evals),
-        "last_evals_from_step": int(evals[-LAST_EVALS:][0]["step"]),
-        "best_score": scores[best],
-        "best_step": int(evals[best]["step"]),
+        **scores(run_dir, rows),
         "eval_episodes": config.get("eval_episodes"),
         "seconds": timings if complete else logged_seconds(run_dir),
         "seconds_from": "the run's timings" if complete else "TensorBoard events",
@@ -226,7 +239,14 @@ if __name__ == "__main__":  # the command line is micro.cli.results's
     sys.exit(main())
 
 
-ALGO_ORDER = ("micro", "mobile", "rambo", "mopo")  # the overview's columns, those shipped
+PUBLISHED_ALGO = "published-micro"  # the published trainer's runs, imported
+ALGO_ORDER = (
+    "micro",
+    PUBLISHED_ALGO,
+    "mobile",
+    "rambo",
+    "mopo",
+)  # the overview's columns, those shipped
 
 
 def _cell(records: list[dict], key: str, runs: bool) -> str:
@@ -334,3 +354,79 @@ def remake(dataset: str, root: Path, out: Path, force: bool = False) -> dict:
             "it do not compare with the shipped ones"
         )
     return card
+
+
+def _dataset_of(sessions: list[dict], data: Path | None) -> Path:
+    if data is None:
+        argv = next((s["argv"] for s in sessions if "--dataset" in s.get("argv", [])), None)
+        if argv is None:
+            raise MicroError("the run does not say its dataset: pass --data FILE")
+        data = Path(argv[argv.index("--dataset") + 1])
+    if not data.is_file():
+        raise MicroError(f"dataset {data} is missing: pass --data FILE (the file the run used)")
+    return data
+
+
+def import_published(
+    out: Path, dataset: str, root: Path, data: Path | None = None, force: bool = False
+) -> Path:
+    """Ship the published trainer's run at ``out`` (``bench/published_micro.py --out``) as
+    ``root/<dataset>/published-micro/seed<N>/``: config.yaml, progress.csv and run.json."""
+    hyper, raw, sessions = read_published(out)
+    data = _dataset_of(sessions, data)
+    sha = sha256_file(data)
+    card = root / dataset / CARD_FILE
+    if card.is_file() and json.loads(card.read_text())["sha256"] != sha:
+        raise MicroError(f"{data} is not {dataset} (its SHA-256 differs from {card}'s)")
+    seed = int(hyper["seed"])
+    dest = root / dataset / PUBLISHED_ALGO / f"seed{seed}"
+    if dest.exists() and not force:
+        raise MicroError(f"{dest} exists; pass --force to replace the shipped files")
+    rows = convert_rows(raw, hyper)
+    unrecorded = ("task", "seed", "algo_name", "device")
+    config = {
+        "task": hyper["task"],
+        "algo": PUBLISHED_ALGO,
+        "seed": seed,
+        **{k: hyper[k] for k in hyper if k not in unrecorded},
+        "eval_freq": EVAL_EVERY,
+        "dataset_file": str(data),
+        "dataset_sha256": sha,
+        "dataset_return_mean": recorded_return(data),
+        "source": "the published MICRO code, run by bench/published_micro.py",
+    }
+    finished = (out / "finished.json").is_file()
+    with tempfile.TemporaryDirectory() as tmp:
+        staging = Path(tmp)
+        atomic_write_text(staging / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        with open(staging / PROGRESS_FILE, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        record = {
+            "dataset": dataset,
+            "task": hyper["task"],
+            "algo": PUBLISHED_ALGO,
+            "seed": seed,
+            "finished": finished,
+            "steps": rows[-1]["step"],
+            "steps_planned": int(hyper["epoch"]) * int(hyper["step_per_epoch"]),
+            **scores(out, [{k: str(v) for k, v in r.items()} for r in rows]),
+            "eval_episodes": hyper.get("eval_episodes"),
+            "seconds": {
+                "dynamics": sum(s.get("dynamics_seconds", 0.0) for s in sessions),
+                "training loop": sum(s.get("loop_seconds", 0.0) for s in sessions),
+            },
+            "seconds_from": "bench/published_micro.py's sessions.json",
+            "dataset_sha256": sha,
+            "source_run": str(out.resolve()),
+            "sessions": len(sessions),
+            "code": [
+                {"published_commit": c}
+                for c in dict.fromkeys(s.get("ref_commit") for s in sessions)
+            ],
+            "trained_on": list(dict.fromkeys(s.get("gpu") or s["cpu"] for s in sessions)),
+        }
+        files = {CONFIG_FILE: staging / CONFIG_FILE, PROGRESS_FILE: staging / PROGRESS_FILE}
+        return _install(dest, files, {**record, "machine": machine()})

@@ -10,7 +10,7 @@ from pathlib import Path
 from micro.cli import OneLineParser, guarded
 from micro.policy_file import export_checkpoint_policy
 from micro.results import __doc__ as RESULTS_DOC
-from micro.results import overview, remake, ship, table, write_card
+from micro.results import import_published, overview, remake, ship, table, write_card
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,6 +53,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--out", required=True, help="the HDF5 file to write")
     r.add_argument("--root", default="results")
     r.add_argument("--force", action="store_true", help="replace an existing --out file")
+    i = sub.add_parser(
+        "import-published", help="ship a run of the published trainer (bench/published_micro.py)"
+    )
+    i.add_argument("out", help="the run's --out folder")
+    i.add_argument(
+        "--dataset", required=True, help="the dataset's name, e.g. halfcheetah-medium-200k"
+    )
+    i.add_argument("--data", help="the dataset file (default: the one the run was given)")
+    i.add_argument("--root", default="results")
+    i.add_argument("--force", action="store_true", help="replace shipped files")
     parser.add_argument("--debug", action="store_true")
 
     def run(argv: list[str]) -> int:
@@ -69,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif a.command == "remake":
             card = remake(a.dataset, Path(a.root), Path(a.out), a.force)
             print(f"{a.out} is {a.dataset}, SHA-256 {card['sha256']} as its card says")
+        elif a.command == "import-published":
+            data = Path(a.data) if a.data else None
+            dest = import_published(Path(a.out), a.dataset, Path(a.root), data, a.force)
+            print(f"shipped {a.out} to {dest}")
         elif a.command == "overview":
             print(overview(Path(a.root)))
         else:
