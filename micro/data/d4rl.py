@@ -3,11 +3,13 @@ download into D4RL's cache."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,32 +36,36 @@ def base_url() -> str:
     return os.environ.get(BASE_URL_ENV, DEFAULT_BASE_URL).rstrip("/")
 
 
-def read_hdf5(path: str | Path) -> dict[str, Any]:
-    """Read a D4RL-format file into a dict of arrays (``infos/…`` and ``metadata/…`` flattened).
-
-    Raises MicroError with one line for a missing, non-HDF5 or truncated file.
-    """
-    path = Path(path)
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[h5py.File]:
+    """``path`` open for reading; a missing, non-HDF5, truncated or damaged file (also one that
+    lacks what the reader looks up) raises MicroError with one line."""
     check_hdf5_file(path)
-    out: dict[str, Any] = {}
     try:
         with h5py.File(path, "r") as f:
-
-            def visit(name: str, obj: Any) -> None:
-                if isinstance(obj, h5py.Dataset):
-                    out[name] = obj[()]
-
-            f.visititems(visit)
+            yield f
     except (OSError, KeyError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise MicroError(
             f"cannot read dataset {path}: a damaged or truncated HDF5 file ({first}); "
             "download or collect it again"
         ) from None
+
+
+def read_hdf5(path: str | Path) -> dict[str, Any]:
+    """Read a D4RL-format file into a dict of arrays (``infos/…`` and ``metadata/…`` flattened).
+
+    Raises MicroError with one line for a missing, non-HDF5 or truncated file.
+    """
+    out: dict[str, Any] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            out[name] = obj[()]
+
+    with _reading(Path(path)) as f:
+        f.visititems(visit)
     return out
-
-
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def check_hdf5_file(path: Path) -> None:
@@ -163,19 +169,10 @@ def qlearning_dataset(raw: dict[str, Any]) -> Transitions:
 def read_metadata(path: str | Path) -> tuple[dict[str, Any], int]:
     """A D4RL-format file's ``metadata/…`` scalars (strings decoded; none for D4RL's own files)
     and its number of rows, without reading the arrays."""
-    path = Path(path)
-    check_hdf5_file(path)
-    try:
-        with h5py.File(path, "r") as f:
-            rows = len(f["rewards"])
-            group = f.get("metadata", {})
-            meta = {k: group[k][()] for k in group}
-    except (OSError, KeyError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise MicroError(
-            f"cannot read dataset {path}: a damaged or truncated HDF5 file ({first}); "
-            "download or collect it again"
-        ) from None
+    with _reading(Path(path)) as f:
+        rows = len(f["rewards"])
+        group = f.get("metadata", {})
+        meta = {k: group[k][()] for k in group}
     return {
         k: v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v
         for k, v in meta.items()
