@@ -10,6 +10,7 @@ policy file alone, for ``eval.py``.
     python -m micro.results overview [--root results]
     python -m micro.results card FILE --dataset hopper-medium-200k --recipe="--env hopper …"
     python -m micro.results remake hopper-medium-200k --out FILE
+    python -m micro.results cards [--root results]
     python -m micro.results import-published OUT --dataset halfcheetah-medium-200k [--data FILE]
 
 ``run.json`` holds the task, algorithm, seed, whether it finished, steps done and planned, the
@@ -27,7 +28,7 @@ policy that made the data. ``card`` writes a dataset made here into
 ``results/<dataset>/dataset.json``: the ``micro.datagen.collect`` arguments that made it (its
 recipe), its SHA-256, rows, episodes, behavior policy and score; ``remake`` runs the recipe again
 and checks the new file is the same, byte for byte (so new runs on it compare with the shipped
-ones). ``import-published`` ships a run of the published trainer
+ones); ``cards`` lists them. ``import-published`` ships a run of the published trainer
 (``bench/published_micro.py --out OUT``) as ``results/<dataset>/published-micro/seed<N>/``:
 its log converted by ``micro.published`` (no policy: the published code's own format), with
 ``run.json`` like ours, so the table, the overview and ``report.py`` show it beside our runs.
@@ -321,6 +322,26 @@ def write_card(
     dest.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(dest, json.dumps(card, indent=1) + "\n")
     return dest
+
+
+def cards(root: Path) -> str:
+    """The Markdown table of the dataset cards under ``root``."""
+    found = [json.loads(p.read_text()) for p in sorted(root.glob(f"*/{CARD_FILE}"))]
+    if not found:
+        raise MicroError(f"no dataset card ({CARD_FILE}) under {root}")
+    lines = [
+        "| dataset | made by | behavior policy | rows | whole episodes | behavior return "
+        "| behavior score | SHA-256 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in found:
+        lines.append(
+            f"| {c['dataset']} | `{' '.join(c['recipe'])}` | {c.get('policy', '?')} "
+            f"| {c['rows']} | {c.get('episodes', '?')} "
+            f"| {c['return_mean']:.1f} ± {c['return_std']:.1f} "
+            f"| {c['normalized_score_mean']:.1f} | `{c['sha256']}` |"
+        )
+    return "\n".join(lines)
 
 
 def read_card(dataset: str, root: Path) -> dict:

@@ -22,7 +22,7 @@ from micro.cli.results import main
 from micro.logger import logged_seconds
 from micro.policy_file import export_checkpoint_policy as export_policy
 from micro.provenance import read_sessions
-from micro.results import overview, remake, ship, table, write_card
+from micro.results import cards, overview, remake, ship, table, write_card
 from micro.run_dir import TIMED_STAGES
 
 
@@ -413,6 +413,13 @@ def test_a_dataset_card_remakes_its_dataset_to_the_byte(tmp_path):
     assert card["sha256"] == hashlib.sha256(made.read_bytes()).hexdigest()
     assert (card["rows"], card["episodes"], card["env"]) == (300, episodes, "Hopper-v4")
     assert rows == 300 and card["normalized_score_mean"] == score and card["seed"] == 1
+
+    row = cards(root).splitlines()[2]
+    assert row.startswith(f"| hop-tiny | `python -m micro.datagen.collect {text}` | ")
+    mean, std = card["return_mean"], card["return_std"]
+    tail = f"| 300 | {episodes} | {mean:.1f} ± {std:.1f} | {score:.1f} | `{card['sha256']}` |"
+    assert row.endswith(tail)
+    assert main(["cards", "--root", str(root)]) == 0
 
     again = tmp_path / "again.hdf5"
     assert remake("hop-tiny", root, again)["sha256"] == card["sha256"]

@@ -10,7 +10,15 @@ from pathlib import Path
 from micro.cli import OneLineParser, guarded
 from micro.policy_file import export_checkpoint_policy
 from micro.results import __doc__ as RESULTS_DOC
-from micro.results import import_published, overview, remake, ship, table, write_card
+from micro.results import (
+    cards,
+    import_published,
+    overview,
+    remake,
+    ship,
+    table,
+    write_card,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--out", required=True, help="the HDF5 file to write")
     r.add_argument("--root", default="results")
     r.add_argument("--force", action="store_true", help="replace an existing --out file")
+    k = sub.add_parser("cards", help="print the table of the dataset cards")
+    k.add_argument("--root", default="results")
     i = sub.add_parser(
         "import-published", help="ship a run of the published trainer (bench/published_micro.py)"
     )
@@ -83,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             data = Path(a.data) if a.data else None
             dest = import_published(Path(a.out), a.dataset, Path(a.root), data, a.force)
             print(f"shipped {a.out} to {dest}")
+        elif a.command == "cards":
+            print(cards(Path(a.root)))
         elif a.command == "overview":
             print(overview(Path(a.root)))
         else:
