@@ -39,6 +39,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -359,13 +360,12 @@ def remake(dataset: str, root: Path, out: Path, force: bool = False) -> dict:
     """Run ``dataset``'s recipe into ``out`` and check the file is the card's to the byte. A
     file that differs (another MuJoCo build or CPU can round differently) stays, and the error
     says so: runs on it do not compare with the shipped ones."""
-    from micro.cli.collect import main as collect
-
     card = read_card(dataset, root)
     if out.exists() and not force:
         raise MicroError(f"{out} exists; choose another --out or pass --force to replace it")
-    args = [*card["recipe"][3:], "--out", str(out), "--no_progress"]
-    if collect(args + ["--force"] * force) != 0:
+    # the recipe is a command: run it as one (python -m micro.datagen.collect …)
+    args = [sys.executable, *card["recipe"][1:], "--out", str(out), "--no_progress"]
+    if subprocess.run(args + ["--force"] * force, check=False).returncode != 0:
         raise MicroError(f"remaking {dataset} failed (above)")
     sha = sha256_file(out)
     if sha != card["sha256"]:
