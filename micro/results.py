@@ -82,8 +82,9 @@ def read_progress(
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
+    """``rows`` as a CSV whose columns are every key of theirs, in first-seen order."""
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
 
@@ -233,12 +234,6 @@ def table(root: Path) -> str:
             f"{r['best_score']:.1f} ({r['best_step']}) | {hours} | {hardware} |"
         )
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # the command line is micro.cli.results's
-    from micro.cli.results import main
-
-    sys.exit(main())
 
 
 PUBLISHED_ALGO = "published-micro"  # the published trainer's runs, imported
@@ -419,12 +414,8 @@ def import_published(
     finished = (out / "finished.json").is_file()
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp)
-        atomic_write_text(staging / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-        with open(staging / PROGRESS_FILE, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
+        (staging / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+        _write_rows(staging / PROGRESS_FILE, rows)
         record = {
             "dataset": dataset,
             "task": hyper["task"],
@@ -433,7 +424,7 @@ def import_published(
             "finished": finished,
             "steps": rows[-1]["step"],
             "steps_planned": int(hyper["epoch"]) * int(hyper["step_per_epoch"]),
-            **scores(out, [{k: str(v) for k, v in r.items()} for r in rows]),
+            **scores(out, rows),
             "eval_episodes": hyper.get("eval_episodes"),
             "seconds": {
                 "dynamics": sum(s.get("dynamics_seconds", 0.0) for s in sessions),
@@ -451,3 +442,9 @@ def import_published(
         }
         files = {CONFIG_FILE: staging / CONFIG_FILE, PROGRESS_FILE: staging / PROGRESS_FILE}
         return _install(dest, files, {**record, "machine": machine()})
+
+
+if __name__ == "__main__":  # the command line is micro.cli.results's
+    from micro.cli.results import main
+
+    sys.exit(main())
