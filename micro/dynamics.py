@@ -26,9 +26,13 @@ from micro.utils import (
     bar_disable,
     safe_torch_load,
     sha256_file,
+    tensor_digest,
 )
 
 LOG_INTERVAL_S = 30.0  # without a progress bar (no terminal, --no_progress), a line this often
+FIT_CHECKPOINT = "fit_checkpoint.pt"  # an unfinished fit's state, in the folder model.pt goes to
+FIT_CHECKPOINT_EVERY_S = 60.0  # a fit given a checkpoint file saves its state this often
+FIT_FORMAT = "micro-dynamics-fit-v1"
 
 
 class EnsembleDynamics(nn.Module):
@@ -276,6 +280,7 @@ class FitResult:
     elites: list[int]
     train_losses: list[float]  # per epoch
     holdout_curve: list[float]  # mean holdout MSE of all members per epoch
+    seconds: float = 0.0  # wall time of the fit, summed over the processes that worked on it
 
 
 def gaussian_nll_loss(
@@ -328,13 +333,21 @@ def fit_dynamics(
     on_epoch: Callable[[int, float, float], None] | None = None,
     progress: bool = True,
     cuda_graph: bool = True,
+    checkpoint: str | Path | None = None,
 ) -> FitResult:
     """Fit the ensemble by Gaussian NLL with holdout early stopping; keep each member's best
     snapshot and choose the ``n_elites`` members with the lowest holdout MSE as elites.
 
+    With ``checkpoint`` (a file), the fit's whole state (weights, Adam's moments, the holdout
+    split, the bootstrap order, each member's best snapshot, the RNG) is saved there every
+    ``FIT_CHECKPOINT_EVERY_S`` seconds, and a fit that finds the file continues from it as the
+    uninterrupted fit would have (refused if it was begun with other data or settings). The
+    caller removes the file once the fitted model is saved.
+
     On CUDA (unless ``cuda_graph`` is false) each full batch's step is replayed as one recorded
     CUDA graph (``micro.graphs``), reading its rows through a fixed index buffer; it computes
     what the eager step computes. An epoch's last, shorter batch runs eagerly."""
+    began = time.monotonic()
     device = obs.device
     inputs = torch.cat([obs, act], dim=-1)
     targets = torch.cat([next_obs - obs, rewards], dim=-1)
@@ -342,20 +355,54 @@ def fit_dynamics(
     n_holdout = min(int(n * holdout_ratio), max_holdout)
     if n - n_holdout < 1 or n_holdout < 1:
         raise MicroError(f"too few transitions ({n}) to fit the dynamics model")
-    perm = torch.randperm(n, device=device, generator=generator)
+    # The generator every draw comes from (the device's default one when none is given): its
+    # state is what a checkpoint must carry for the continued fit to draw what this one would.
+    rng = generator if generator is not None else _default_generator(device)
+    settings = {
+        **model.meta(),
+        "lr": lr,
+        "batch_size": batch_size,
+        "holdout_ratio": holdout_ratio,
+        "max_holdout": max_holdout,
+        "max_epochs_since_update": max_epochs_since_update,
+        "max_epochs": max_epochs,
+        "improvement_threshold": improvement_threshold,
+    }
+    saved = None
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        settings["data"] = tensor_digest({"inputs": inputs, "targets": targets})
+        saved = _read_fit_checkpoint(checkpoint, settings) if checkpoint.exists() else None
+    if saved is None:
+        perm = torch.randperm(n, device=device, generator=rng)
+    else:
+        perm = saved["perm"].to(device)
     train_in, train_tg = inputs[perm[n_holdout:]], targets[perm[n_holdout:]]
     hold_in, hold_tg = inputs[perm[:n_holdout]], targets[perm[:n_holdout]]
     model.set_scaler(train_in)
 
     n_train, n_members = train_in.shape[0], model.n_ensemble
     optimizer = dynamics_optimizer(model, lr)
-    # Each member trains on its own bootstrap resample; the order is reshuffled every epoch.
-    boot = torch.randint(n_train, (n_members, n_train), device=device, generator=generator)
-    best = torch.full((n_members,), float("inf"))
-    best_state = {k: v.clone() for k, v in model.state_dict().items()}
-    epochs_since_update, epoch = 0, 0
-    train_curve, hold_curve = [], []
+    if saved is None:
+        # Each member trains on its own bootstrap resample; the order is reshuffled every epoch.
+        boot = torch.randint(n_train, (n_members, n_train), device=device, generator=rng)
+        best = torch.full((n_members,), float("inf"))
+        best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        epochs_since_update, epoch = 0, 0
+        train_curve, hold_curve = [], []
+        earlier_seconds = 0.0
+    else:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        boot, best = saved["boot"].to(device), saved["best"]
+        best_state = {k: v.to(device) for k, v in saved["best_state"].items()}
+        epochs_since_update, epoch = saved["epochs_since_update"], saved["epoch"]
+        train_curve, hold_curve = list(saved["train_curve"]), list(saved["holdout_curve"])
+        earlier_seconds = saved["seconds"]
+        rng.set_state(saved["rng"])
+        print(f"dynamics fit: continuing from epoch {epoch} ({checkpoint})", flush=True)
     total = torch.zeros((), device=device)
+    last_save = time.monotonic()
 
     def batch_step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         mean, logvar = model(train_in[idx])
@@ -375,9 +422,7 @@ def fit_dynamics(
     last_line = time.monotonic()
     while True:
         epoch += 1
-        order = torch.argsort(
-            torch.rand(n_members, n_train, device=device, generator=generator), dim=1
-        )
+        order = torch.argsort(torch.rand(n_members, n_train, device=device, generator=rng), dim=1)
         boot = torch.gather(boot, 1, order)
         total.zero_()
         batches = 0
@@ -423,6 +468,25 @@ def fit_dynamics(
             max_epochs is not None and epoch >= max_epochs
         ):
             break
+        if checkpoint is not None and time.monotonic() - last_save >= FIT_CHECKPOINT_EVERY_S:
+            blob = {
+                "format": FIT_FORMAT,
+                "settings": settings,
+                "epoch": epoch,
+                "epochs_since_update": epochs_since_update,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "perm": perm,
+                "boot": boot,
+                "best": best,
+                "best_state": best_state,
+                "train_curve": train_curve,
+                "holdout_curve": hold_curve,
+                "rng": rng.get_state(),
+                "seconds": earlier_seconds + time.monotonic() - began,
+            }
+            atomic_torch_save(blob, checkpoint)
+            last_save = time.monotonic()
     bar.close()
     # Restore each member's best weights; the shared log-variance bounds keep their last value.
     state = model.state_dict()
@@ -443,7 +507,36 @@ def fit_dynamics(
         elites=elites.tolist(),
         train_losses=train_curve,
         holdout_curve=hold_curve,
+        seconds=earlier_seconds + time.monotonic() - began,
     )
+
+
+def _default_generator(device: torch.device) -> torch.Generator:
+    """The generator torch draws from on ``device`` when a call is given none."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.default_generators[index]
+    return torch.default_generator
+
+
+def _read_fit_checkpoint(path: Path, settings: dict) -> dict:
+    """An unfinished fit's state from ``path``, refused (one line) unless it is one and was
+    begun with these ``settings`` (the data's digest among them)."""
+    try:
+        blob = safe_torch_load(path, "unfinished dynamics fit")
+    except MicroError as exc:
+        raise MicroError(f"{exc}; delete it to fit afresh") from None
+    if blob.get("format") != FIT_FORMAT:
+        raise MicroError(f"{path} is not an unfinished micro dynamics fit; delete it to fit afresh")
+    theirs = blob.get("settings", {})
+    differ = sorted(k for k in settings.keys() | theirs.keys() if settings.get(k) != theirs.get(k))
+    if differ:
+        what = "other data" if "data" in differ else f"other settings ({', '.join(differ)})"
+        raise MicroError(
+            f"{path} is an unfinished dynamics fit begun with {what}; continue it with the "
+            "data and settings it began with, or delete it to fit afresh"
+        )
+    return blob
 
 
 def _member_param(key: str, value: torch.Tensor, n_members: int) -> bool:

@@ -67,7 +67,10 @@ class RunLogger:
         if self._dynamics_writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._dynamics_writer = SummaryWriter(str(self.tb_dir / "dynamics"))
+            # a resumed run's fit starts at its first epoch not saved (1 when fitted afresh):
+            # events an interrupted process wrote from there on are dropped
+            purge = epoch if self.resume else None
+            self._dynamics_writer = SummaryWriter(str(self.tb_dir / "dynamics"), purge_step=purge)
         for key, value in values.items():
             self._dynamics_writer.add_scalar(f"dynamics/{key}", value, epoch)
 
@@ -127,6 +130,8 @@ class RunLogger:
         self._csv_file.flush()
 
     def close(self) -> None:
+        if self._dynamics_writer is not None:
+            self._dynamics_writer.close()
         if self.writer is not None:
             self.writer.close()
         if self._csv_file is not None:

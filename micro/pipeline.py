@@ -25,12 +25,18 @@ from micro.buffer import Batch, ReplayBuffer
 from micro.config import Config, config_files_note, config_from_dict, save_config
 from micro.data.sources import load_task_data, reload_task_data
 from micro.data.types import TaskData, Transitions
-from micro.dynamics import EnsembleDynamics, copy_saved, fit_dynamics, read_dynamics_info
+from micro.dynamics import (
+    FIT_CHECKPOINT,
+    EnsembleDynamics,
+    copy_saved,
+    fit_dynamics,
+    read_dynamics_info,
+)
 from micro.envs import SimSpec, parse_task
 from micro.logger import RunLogger
 from micro.population import build_population, check_population, population_record
 from micro.provenance import record_session
-from micro.run_dir import CONFIG_FILE, RunDir, RunState
+from micro.run_dir import CONFIG_FILE, LOCK_FILE, RunDir, RunState
 from micro.trainer import Member, Trainer, TrainResult, model_buffer_for
 from micro.utils import resolve_device, set_seed, sha256_file
 
@@ -73,11 +79,15 @@ def fit_or_load_dynamics(
     progress: bool = True,
     data_sha256: str | None = None,
     model_sha256: str | None = None,
-) -> EnsembleDynamics:
+) -> tuple[EnsembleDynamics, float]:
     """Load the model saved in ``source`` if given (refused unless its model.pt has the SHA-256
     ``model_sha256``, when given), else fit one on ``real`` and save it to ``folder``
     (``model.pt`` and ``dynamics.json``, which records the robot, the data's SHA-256 and
-    model.pt's). Returned frozen, on ``real``'s device."""
+    model.pt's). A fit keeps its state in ``folder`` as it goes (``FIT_CHECKPOINT``) and
+    continues from it when killed and started again. Returns the model, frozen, on ``real``'s
+    device, and the wall seconds of the stage (a fit's summed over every process that worked on
+    it)."""
+    start = time.time()
     if source is not None:
         check_dynamics_source(source, sim, data_sha256)
         model = EnsembleDynamics.load(source, sim.obs_dim, sim.act_dim, model_sha256)
@@ -85,7 +95,7 @@ def fit_or_load_dynamics(
         copied = read_dynamics_info(source).get("copied_from")
         origin = f", copied from {copied}" if copied else ""
         print(f"dynamics: loaded from {source} (elites {model.elites.tolist()}{origin})")
-        return model
+        return model, time.time() - start
     model = EnsembleDynamics(
         sim.obs_dim,
         sim.act_dim,
@@ -95,7 +105,7 @@ def fit_or_load_dynamics(
         cfg.dynamics_weight_decay,
     ).to(real.device)
     d = real.all()
-    start = time.time()
+    checkpoint = Path(folder) / FIT_CHECKPOINT
     result = fit_dynamics(
         model,
         d.observations,
@@ -111,26 +121,27 @@ def fit_or_load_dynamics(
         on_epoch=on_epoch,
         progress=progress,
         cuda_graph=cfg.cuda_graph,
+        checkpoint=checkpoint,
     )
     model.requires_grad_(False)
-    seconds = time.time() - start
     model.save(
         folder,
         extra={
             "epochs": result.epochs,
             "holdout_losses": result.holdout_losses,
-            "fit_seconds": round(seconds, 1),
+            "fit_seconds": round(result.seconds, 1),
             "task": cfg.task,
             "robot": sim.robot,
             "dataset_sha256": data_sha256,
         },
     )
+    checkpoint.unlink(missing_ok=True)  # after model.pt: a kill in between leaves both
     elite_mse = np.mean([result.holdout_losses[e] for e in result.elites])
     print(
-        f"dynamics: {result.epochs} epochs in {seconds:.0f}s, elites {result.elites}, "
+        f"dynamics: {result.epochs} epochs in {result.seconds:.0f}s, elites {result.elites}, "
         f"holdout MSE {elite_mse:.4f}"
     )
-    return model
+    return model, result.seconds
 
 
 def check_dynamics_source(source: str | Path, sim: SimSpec, data_sha256: str | None) -> None:
@@ -203,16 +214,14 @@ def _trainer(
             f"{source}, unverified",
             file=sys.stderr,
         )
-    start = time.time()
 
     def log_fit(epoch: int, train_loss: float, holdout_loss: float) -> None:
         logger.dynamics_scalars({"train_loss": train_loss, "holdout_loss": holdout_loss}, epoch)
 
     sha = data.record.get("dataset_sha256")
-    dynamics = fit_or_load_dynamics(
+    dynamics, seconds = fit_or_load_dynamics(
         cfg, sim, real, saved, source, log_fit, progress, sha, dynamics_sha256
     )
-    seconds = time.time() - start
     set_seed(cfg.seed)  # the learner's weights and draws follow from the seed alone
     agent = algorithm_class(cfg.algo)(cfg, sim.obs_dim, sim.act_dim, dynamics).to(device)
     trainer = Trainer(cfg, run_dir, real, dynamics, agent, logger, sim, progress)
@@ -338,16 +347,16 @@ def _population_trainer(
     loggers = [RunLogger(r.path, resume=resume) for r in runs]
     first = runs[0].dynamics_dir
     source = first if (first / "model.pt").exists() else None
-    start = time.time()
 
     def log_fit(epoch: int, train_loss: float, holdout_loss: float) -> None:
         for logger in loggers:
             logger.dynamics_scalars({"train_loss": train_loss, "holdout_loss": holdout_loss}, epoch)
 
     sha = data.record.get("dataset_sha256")
-    dynamics = fit_or_load_dynamics(
+    dynamics, seconds = fit_or_load_dynamics(
         cfg, sim, real, first, source, log_fit, progress, sha, dynamics_sha256
     )
+    start = time.time()
     model_sha = sha256_file(first / "model.pt")
     for run in runs[1:]:
         if not (run.dynamics_dir / "model.pt").exists():
@@ -357,7 +366,7 @@ def _population_trainer(
                 f"{run.path} learns from another dynamics model than {runs[0].path}; they are not "
                 "one population (resume them one by one)"
             )
-    seconds = time.time() - start
+    seconds += time.time() - start
     agent, generators = build_population(cfgs, sim, dynamics, device)
     members = [
         Member(c, r, logger, model_buffer_for(c, sim, device), generator=g)
@@ -474,18 +483,33 @@ def _report_population(results: Sequence[TrainResult]) -> None:
 
 def fit_dynamics_only(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     """Stage 2 alone: fit the dynamics on the task's data and save it to ``out`` (a new folder),
-    for ``--load_dynamics_path out`` in any number of runs."""
+    for ``--load_dynamics_path out`` in any number of runs. A killed fit continues when the
+    same command is given again (``out`` then holds its unfinished state)."""
     out = Path(out)
-    if out.exists():
-        raise MicroError(f"{out} exists; choose a new --out folder for the dynamics model")
+
+    def check_new() -> None:
+        if out.exists() and not _unfinished_fit(out):
+            raise MicroError(f"{out} exists; choose a new --out folder for the dynamics model")
+
+    check_new()
     device = resolve_device(cfg.device)
     data = load_task_data(parse_task(cfg.task), cfg.dataset)
-    set_seed(cfg.seed)
-    torch.set_float32_matmul_precision(cfg.matmul_precision)
-    real = transitions_to_buffer(data.transitions, device)
-    print(f"{describe(data)}\ndevice: {describe_device(device, cfg)}")
-    sha = data.record.get("dataset_sha256")
-    fit_or_load_dynamics(cfg, data.sim, real, out, progress=progress, data_sha256=sha)
-    save_config(cfg, out / CONFIG_FILE, data_record(data))  # a dynamics folder, not a run
+    out.mkdir(parents=True, exist_ok=True)
+    with RunDir(out).writer():  # one process fits into a folder
+        check_new()  # again, holding the folder: another process may have finished it
+        set_seed(cfg.seed)
+        torch.set_float32_matmul_precision(cfg.matmul_precision)
+        real = transitions_to_buffer(data.transitions, device)
+        print(f"{describe(data)}\ndevice: {describe_device(device, cfg)}")
+        sha = data.record.get("dataset_sha256")
+        fit_or_load_dynamics(cfg, data.sim, real, out, progress=progress, data_sha256=sha)
+        save_config(cfg, out / CONFIG_FILE, data_record(data))  # a dynamics folder, not a run
     print(f"dynamics model: {out}  (use it with --load_dynamics_path {out})")
     return out
+
+
+def _unfinished_fit(folder: Path) -> bool:
+    """Whether ``folder`` holds only what a begun, unfinished ``fit_dynamics_only`` leaves: its
+    lock file, its saved state, a temporary file of a write cut short."""
+    names = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+    return bool(names) and names <= {LOCK_FILE, FIT_CHECKPOINT}

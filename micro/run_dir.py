@@ -233,7 +233,7 @@ class RunDir:
             who = f"pid {h['pid']} on {h['host']} writes it (since {h['since']})"
         except (OSError, ValueError, KeyError, TypeError):
             who = "another process writes it"
-        return f"{who}; wait for it to end, or stop it, before writing this run"
+        return f"{who}; wait for it to end, or stop it, before writing to it"
 
     # --- state ---------------------------------------------------------------------------------
     def state(self) -> RunState:

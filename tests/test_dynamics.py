@@ -3,8 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from micro import MicroError, dynamics
 from micro.data.d4rl import load_transitions
 from micro.dynamics import (
+    FIT_CHECKPOINT,
     EnsembleDynamics,
     dynamics_optimizer,
     fit_dynamics,
@@ -293,3 +295,70 @@ def test_without_a_progress_bar_the_fit_prints_progress_lines(fitted, monkeypatc
     dynamics.fit_dynamics(model, obs, act, next_obs, rew, max_epochs=2, progress=False)
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("dynamics fit:")]
     assert [x.split(",")[0] for x in lines] == ["dynamics fit: epoch 1", "dynamics fit: epoch 2"]
+
+
+class Cut(Exception):
+    """Stands for the kill that ends a fit part-way."""
+
+
+def _small_fit(t, **kwargs):
+    model = EnsembleDynamics(11, 3, [16, 16], n_ensemble=3, n_elites=2, weight_decay=[0, 0, 0])
+    result = fit_dynamics(
+        model, *t, max_epochs=5, max_epochs_since_update=5, progress=False, **kwargs
+    )
+    return model, result
+
+
+def _cut_at(epoch):
+    def on_epoch(e, *_):
+        if e == epoch:
+            raise Cut
+
+    return on_epoch
+
+
+def test_a_fit_cut_short_continues_from_its_checkpoint_as_if_never_cut(
+    fitted, tmp_path, monkeypatch, capsys
+):
+    """A 2.6-hour fit (hopper at MICRO's settings, on a CPU) lost to a killed process started
+    over; now it continues from its last saved epoch, drawing what the uninterrupted fit drew
+    (the global RNG's state is in the file: the second process starts from another seed)."""
+    monkeypatch.setattr(dynamics, "FIT_CHECKPOINT_EVERY_S", 0.0)  # a save after every epoch
+    t = fitted[2]
+    torch.manual_seed(7)
+    whole, expected = _small_fit(t)
+    path = tmp_path / FIT_CHECKPOINT
+    torch.manual_seed(7)
+    with pytest.raises(Cut):
+        _small_fit(t, checkpoint=path, on_epoch=_cut_at(3))  # saved after epoch 2, then cut
+    assert torch.load(path, weights_only=True)["epoch"] == 2
+    torch.manual_seed(12345)
+    capsys.readouterr()
+    model, result = _small_fit(t, checkpoint=path)
+    assert f"dynamics fit: continuing from epoch 2 ({path})" in capsys.readouterr().out
+    assert (
+        (result.epochs, result.elites) == (expected.epochs, expected.elites) == (5, result.elites)
+    )
+    assert result.holdout_curve == expected.holdout_curve and len(result.train_losses) == 5
+    assert result.holdout_losses == expected.holdout_losses
+    for key, value in whole.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
+    assert result.seconds > 0
+
+
+def test_a_checkpoint_of_another_fit_is_refused(fitted, tmp_path, monkeypatch):
+    monkeypatch.setattr(dynamics, "FIT_CHECKPOINT_EVERY_S", 0.0)
+    obs, act, next_obs, rew = fitted[2]
+    path = tmp_path / FIT_CHECKPOINT
+    with pytest.raises(Cut):
+        _small_fit(fitted[2], checkpoint=path, on_epoch=_cut_at(2))
+    with pytest.raises(MicroError, match=r"begun with other settings \(lr\); continue it"):
+        _small_fit(fitted[2], checkpoint=path, lr=2e-3)
+    with pytest.raises(MicroError, match="unfinished dynamics fit begun with other data"):
+        _small_fit((obs, act, next_obs, rew + 1), checkpoint=path)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(MicroError, match=r"unfinished dynamics fit .*other code\); delete it"):
+        _small_fit(fitted[2], checkpoint=path)
+    torch.save({"format": "something else"}, path)
+    with pytest.raises(MicroError, match="not an unfinished micro dynamics fit; delete it"):
+        _small_fit(fitted[2], checkpoint=path)

@@ -126,6 +126,90 @@ def test_a_killed_rambo_run_resumes_exactly(hopper_file, tmp_path):
                 torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=0)
 
 
+def _interrupt_fit_at_epoch(monkeypatch, epoch):
+    """Ctrl-C in the dynamics fit's ``epoch``, after a checkpoint at every earlier epoch."""
+    from micro import dynamics
+
+    calls, real = [], dynamics.holdout_mse
+
+    def holdout_mse(*args):
+        calls.append(1)
+        if len(calls) == epoch:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(dynamics, "FIT_CHECKPOINT_EVERY_S", 0.0)
+    monkeypatch.setattr(dynamics, "holdout_mse", holdout_mse)
+    return lambda: monkeypatch.setattr(dynamics, "holdout_mse", real)
+
+
+def test_a_run_stopped_in_its_dynamics_fit_resumes_the_fit(
+    reference, hopper_file, tmp_path, monkeypatch, capsys
+):
+    """Resume used to fit a run's dynamics from scratch when the run was stopped before its
+    first training checkpoint; now the fit continues and the run ends as the reference does."""
+    from micro.cli.train import train_main
+
+    undo = _interrupt_fit_at_epoch(monkeypatch, 2)
+    args = [*SMALL, "--dataset", str(hopper_file), "--logdir", str(tmp_path), "--no_progress"]
+    assert train_main(args) == 130
+    run_dir = only_run_dir(tmp_path)
+    assert (run_dir / "dynamics" / "fit_checkpoint.pt").is_file()
+    assert not (run_dir / "dynamics" / "model.pt").exists()
+    undo()
+    capsys.readouterr()
+    assert train_main(["--resume", str(run_dir), "--no_progress"]) == 0
+    assert "dynamics fit: continuing from epoch 1" in capsys.readouterr().out
+    assert not (run_dir / "dynamics" / "fit_checkpoint.pt").exists()
+    assert (run_dir / "progress.csv").read_text() == (reference / "progress.csv").read_text()
+
+
+def test_a_resumed_fit_drops_the_fitting_curve_written_after_its_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from micro.logger import RunLogger
+
+    first = RunLogger(tmp_path)
+    for epoch in (1, 2, 3):  # the checkpoint had epoch 1 when this process was killed
+        first.dynamics_scalars({"holdout_loss": 10.0 * epoch}, epoch)
+    first.close()
+    again = RunLogger(tmp_path, resume=True)
+    for epoch in (2, 3, 4):
+        again.dynamics_scalars({"holdout_loss": float(epoch)}, epoch)
+    again.close()
+    acc = EventAccumulator(str(tmp_path / "tb" / "dynamics"))
+    acc.Reload()
+    points = [(e.step, e.value) for e in acc.Scalars("dynamics/holdout_loss")]
+    assert points == [(1, 10.0), (2, 2.0), (3, 3.0), (4, 4.0)]
+
+
+def test_fit_dynamics_cut_short_continues_with_the_same_command(
+    hopper_file, tiny_config, tmp_path, monkeypatch, capsys
+):
+    from micro.cli.train import fit_dynamics_main
+
+    common = ["--task", "hopper-medium-v2", "--dataset", str(hopper_file), "--no_progress"]
+    common += ["--config", str(tiny_config)]
+    assert fit_dynamics_main([*common, "--out", str(tmp_path / "whole")]) == 0
+    undo = _interrupt_fit_at_epoch(monkeypatch, 3)
+    cut = tmp_path / "cut"
+    assert fit_dynamics_main([*common, "--out", str(cut)]) == 130
+    assert {p.name for p in cut.iterdir()} == {"fit_checkpoint.pt", "writer.lock"}
+    undo()
+    capsys.readouterr()
+    assert fit_dynamics_main([*common, "--out", str(cut)]) == 0
+    assert "dynamics fit: continuing from epoch 2" in capsys.readouterr().out
+    assert not (cut / "fit_checkpoint.pt").exists()
+    a = safe_torch_load(cut / "model.pt")["state_dict"]
+    b = safe_torch_load(tmp_path / "whole" / "model.pt")["state_dict"]
+    for key, value in b.items():
+        torch.testing.assert_close(a[key], value, rtol=0, atol=0)
+    info = json.loads((cut / "dynamics.json").read_text())
+    assert info["epochs"] == 3 and info["fit_seconds"] >= 0
+    assert fit_dynamics_main([*common, "--out", str(cut)]) == 1  # finished: a new folder, please
+    assert "exists; choose a new --out" in capsys.readouterr().err
+
+
 def test_resume_refuses_a_finished_run_and_extra_flags(reference):
     proc = run_train(["--resume", str(reference)], dict(os.environ), check=False)
     assert proc.returncode == 1 and "already finished" in proc.stderr
