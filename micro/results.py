@@ -11,6 +11,7 @@ policy file alone, for ``eval.py``.
     python -m micro.results card FILE --dataset hopper-medium-200k --recipe="--env hopper …"
     python -m micro.results remake hopper-medium-200k --out FILE
     python -m micro.results cards [--root results]
+    python -m micro.results dynamics FOLDER --dataset hopper-medium-200k
     python -m micro.results import-published OUT --dataset halfcheetah-medium-200k [--data FILE]
 
 ``run.json`` holds the task, algorithm, seed, whether it finished, steps done and planned, the
@@ -28,10 +29,14 @@ policy that made the data. ``card`` writes a dataset made here into
 ``results/<dataset>/dataset.json``: the ``micro.datagen.collect`` arguments that made it (its
 recipe), its SHA-256, rows, episodes, behavior policy and score; ``remake`` runs the recipe again
 and checks the new file is the same, byte for byte (so new runs on it compare with the shipped
-ones); ``cards`` lists them. ``import-published`` ships a run of the published trainer
-(``bench/published_micro.py --out OUT``) as ``results/<dataset>/published-micro/seed<N>/``:
-its log converted by ``micro.published`` (no policy: the published code's own format), with
-``run.json`` like ours, so the table, the overview and ``report.py`` show it beside our runs.
+ones); ``cards`` lists them. ``dynamics`` ships the one dynamics model (``fit_dynamics.py
+--out FOLDER``) that every algorithm and seed on a carded dataset learns from, as
+``results/<dataset>/dynamics/``: hours of fitting on a CPU, and what a later run needs to compare
+with the shipped ones (``--load_dynamics_path results/<dataset>/dynamics``).
+``import-published`` ships a run of the published trainer (``bench/published_micro.py --out
+OUT``) as ``results/<dataset>/published-micro/seed<N>/``: its log converted by
+``micro.published`` (no policy: the published code's own format), with ``run.json`` like ours,
+so the table, the overview and ``report.py`` show it beside our runs.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ import yaml
 
 from micro import MicroError
 from micro.data.d4rl import read_metadata, recorded_return
+from micro.dynamics import read_dynamics_info
 from micro.logger import logged_seconds
 from micro.policy_file import export_checkpoint_policy
 from micro.provenance import machine, read_sessions
@@ -70,6 +76,8 @@ SHIPPED = (POLICY_FILE, PROGRESS_FILE, CONFIG_FILE)
 OPTIONAL = (TIMINGS_FILE, SESSIONS_FILE, EPISODES_FILE)
 RUN_FILE = "run.json"
 CARD_FILE = "dataset.json"  # results/<dataset>/dataset.json: how the data was made
+DYNAMICS_DIR = "dynamics"  # results/<dataset>/dynamics/: the model its shipped runs learned from
+DYNAMICS_FILES = ("model.pt", "dynamics.json", CONFIG_FILE)
 
 
 def read_progress(
@@ -370,6 +378,37 @@ def remake(dataset: str, root: Path, out: Path, force: bool = False) -> dict:
             "it do not compare with the shipped ones"
         )
     return card
+
+
+def ship_dynamics(folder: Path, dataset: str, root: Path, force: bool = False) -> Path:
+    """Copy a fitted dynamics model (``fit_dynamics.py --out FOLDER``: model.pt, dynamics.json,
+    config.yaml) to ``root/<dataset>/dynamics/``, refused unless it was fitted on the carded
+    dataset and its model.pt is the one its dynamics.json records. Runs given
+    ``--load_dynamics_path`` that folder learn from the model the shipped runs learned from."""
+    card = read_card(dataset, root)
+    info = read_dynamics_info(folder)
+    model = folder / "model.pt"
+    if not model.is_file() or not info:
+        raise MicroError(
+            f"{folder} holds no finished dynamics fit (model.pt and dynamics.json); "
+            "fit_dynamics.py --out FOLDER makes one"
+        )
+    if info.get("dataset_sha256") != card["sha256"]:
+        raise MicroError(
+            f"{folder} was fitted on other data than {dataset} (SHA-256 "
+            f"{str(info.get('dataset_sha256'))[:12]}…, the card's {card['sha256'][:12]}…)"
+        )
+    if sha256_file(model) != info.get("model_sha256"):
+        raise MicroError(f"{model} is not the model its dynamics.json records (damaged?)")
+    dest = root / dataset / DYNAMICS_DIR
+    if dest.exists() and not force:
+        raise MicroError(f"{dest} exists; pass --force to replace the shipped model")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in DYNAMICS_FILES:
+        if (folder / name).is_file():
+            with atomic_path(dest / name) as tmp:
+                shutil.copyfile(folder / name, tmp)
+    return dest
 
 
 def _dataset_of(sessions: list[dict], data: Path | None) -> Path:

@@ -22,7 +22,7 @@ from micro.cli.results import main
 from micro.logger import logged_seconds
 from micro.policy_file import export_checkpoint_policy as export_policy
 from micro.provenance import read_sessions
-from micro.results import cards, overview, remake, ship, table, write_card
+from micro.results import cards, overview, remake, ship, ship_dynamics, table, write_card
 from micro.run_dir import TIMED_STAGES
 
 
@@ -447,3 +447,37 @@ def test_a_dataset_card_remakes_its_dataset_to_the_byte(tmp_path):
     with pytest.raises(MicroError, match=r"not made by micro\.datagen\.collect"):
         write_card(foreign, "d4rl", root, recipe)
     assert not (root / "d4rl").exists() and not (root / "other").exists()
+
+
+def test_the_dynamics_every_run_on_a_dataset_learns_from_ships_beside_its_card(
+    smoke_run, hopper_file, tmp_path
+):
+    from micro.envs import d4rl_sim
+    from micro.pipeline import check_saved_dynamics
+
+    root, fitted = tmp_path / "results", smoke_run[0] / "dynamics"
+    with pytest.raises(MicroError, match="no dataset card"):
+        ship_dynamics(fitted, "hop", root)
+    write_card(hopper_file, "hop", root, ["--env", "hopper", "--steps", "800"])
+    assert main(["dynamics", str(fitted), "--dataset", "hop", "--root", str(root)]) == 0
+    dest = root / "hop" / "dynamics"
+    assert {p.name for p in dest.iterdir()} == {"model.pt", "dynamics.json"}  # a run's: no config
+    assert (dest / "model.pt").read_bytes() == (fitted / "model.pt").read_bytes()
+    assert (dest / "dynamics.json").read_text() == (fitted / "dynamics.json").read_text()
+    card = json.loads((root / "hop" / "dataset.json").read_text())
+    assert check_saved_dynamics(dest, d4rl_sim("hopper"), card["sha256"]) == card_sha(dest)
+    with pytest.raises(MicroError, match="exists; pass --force"):
+        ship_dynamics(fitted, "hop", root)
+    # another dataset's card: refused, nothing written
+    other = {**card, "dataset": "other", "sha256": "0" * 64}
+    (root / "other").mkdir()
+    (root / "other" / "dataset.json").write_text(json.dumps(other))
+    with pytest.raises(MicroError, match="fitted on other data than other"):
+        ship_dynamics(fitted, "other", root)
+    assert not (root / "other" / "dynamics").exists()
+    with pytest.raises(MicroError, match="holds no finished dynamics fit"):
+        ship_dynamics(tmp_path, "hop", root)
+
+
+def card_sha(folder):
+    return hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()

@@ -16,6 +16,7 @@ from micro.results import (
     overview,
     remake,
     ship,
+    ship_dynamics,
     table,
     write_card,
 )
@@ -63,6 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--force", action="store_true", help="replace an existing --out file")
     k = sub.add_parser("cards", help="print the table of the dataset cards")
     k.add_argument("--root", default="results")
+    d = sub.add_parser(
+        "dynamics", help="ship the dynamics model every run on a carded dataset learns from"
+    )
+    d.add_argument("folder", help="fit_dynamics.py's --out folder")
+    d.add_argument("--dataset", required=True, help="the carded dataset it was fitted on")
+    d.add_argument("--root", default="results")
+    d.add_argument("--force", action="store_true", help="replace the shipped model")
     i = sub.add_parser(
         "import-published", help="ship a run of the published trainer (bench/published_micro.py)"
     )
@@ -93,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             data = Path(a.data) if a.data else None
             dest = import_published(Path(a.out), a.dataset, Path(a.root), data, a.force)
             print(f"shipped {a.out} to {dest}")
+        elif a.command == "dynamics":
+            dest = ship_dynamics(Path(a.folder), a.dataset, Path(a.root), a.force)
+            print(f"shipped {a.folder} to {dest} (use it with --load_dynamics_path {dest})")
         elif a.command == "cards":
             print(cards(Path(a.root)))
         elif a.command == "overview":
