@@ -3,11 +3,11 @@
 # our step and the published code's step timed in one command, a profile, and real runs.
 #   bash bench/gpu.sh "tests speed profile train population"   (default: "tests speed"; $OUT: logs)
 # Wheels for packages the machine lacks are read from .whl/, the published code from .ref/micro
-# (git archive of github.com/xiaoyinliu0714/MICRO) and its timing script from .ref/bench, the
-# long runs' dynamics from .ref/dyn-<dataset>. Make them here first (both paths git-ignored via
-# .git/info/exclude), then carry .whl and .ref with the command:
+# (git archive of github.com/xiaoyinliu0714/MICRO) and its timing script from .ref/bench. Make
+# them here first (both paths git-ignored via .git/info/exclude), then carry .whl and .ref with
+# the command:
 #   REF_GIT=<clone of the published code> REF_BENCH=<dir of ref_micro_speed.py> \
-#   DYN="hopper-medium-200k=<its dynamics folder> ..." bash bench/gpu.sh prepare
+#   bash bench/gpu.sh prepare
 # The long runs:  LONG_DATASET=hopper-medium-200k LONG_ALGOS="micro mobile" \
 #   LONG_SEEDS="0 1 2" LONG_SECONDS=500 bash bench/gpu.sh longrun   (again to continue)
 set -uo pipefail
@@ -22,9 +22,6 @@ if [ "${1:-}" = prepare ]; then
     mkdir -p .ref/micro .ref/bench
     git -C "$REF_GIT" archive HEAD | tar x -C .ref/micro
     cp "$REF_BENCH"/ref_micro_speed.py .ref/bench/
-    for pair in ${DYN:-}; do  # dataset=folder
-        rm -rf ".ref/dyn-${pair%%=*}" && cp -r "${pair#*=}" ".ref/dyn-${pair%%=*}"
-    done
     du -sh .whl .ref
     exit 0
 fi
@@ -110,21 +107,32 @@ for what in "${@:-tests speed}"; do
             -name '*.csv' -o -name '*.yaml')) ;;
     longrun)
         # Issue 32's reference runs on the GPU: $LONG_DATASET (a dataset card under results/)
-        # remade by its recipe and trained on only if its SHA-256 is the card's, the dynamics the
-        # CPU runs share (.ref/dyn-$LONG_DATASET), the CPU runs' flags; the seeds of each of
+        # remade by its recipe and trained on only if its SHA-256 is the card's, from the
+        # dynamics every run on it shares (results/$LONG_DATASET/dynamics when shipped; else
+        # fitted here at MICRO's settings for the task, resumably: a fit cut by $LONG_SECONDS
+        # continues on the next call, and comes back as $OUT/dynamics-DATASET.tgz for
+        # `python -m micro.results dynamics`), with the CPU runs' flags; the seeds of each of
         # $LONG_ALGOS as one population (train.py --seeds), the algorithms side by side. Runs
         # live in .gpu-runs/ (kept while the machine stays warm): a part cut by $LONG_SECONDS
         # (default 500) resumes there on the next call. Each run comes back as
         # $OUT/long-ALGO-seedN.tgz: its small files, and its policy (the last checkpoint's while
         # unfinished); checkpoints and the dynamics copy stay.
-        ds=${LONG_DATASET:-hopper-medium-200k}; task=${ds%-*}-v2; dyn=.ref/dyn-$ds
+        ds=${LONG_DATASET:-hopper-medium-200k}; task=${ds%-*}-v2; dyn=results/$ds/dynamics
         grep -qx '/.gpu-runs/' .git/info/exclude 2>/dev/null || echo '/.gpu-runs/' >> .git/info/exclude
         mkdir -p .gpu-runs/data
         data=.gpu-runs/data/$ds.hdf5
         if [ ! -f "$data" ]; then
             python3 -m micro.results remake "$ds" --out "$data" || { rm -f "$data"; exit 3; }
         fi
-        [ -f "$dyn/model.pt" ] || { echo "no $dyn: carry .ref (bash bench/gpu.sh prepare)"; exit 3; }
+        if [ ! -f "$dyn/model.pt" ]; then
+            dyn=.gpu-runs/dyn-$ds
+            [ -f "$dyn/model.pt" ] || timeout "${LONG_SECONDS:-500}" python3 fit_dynamics.py \
+                --task "$task" --algo micro --seed 0 --dataset "$data" --out "$dyn" \
+                --no_progress >> ".gpu-runs/$ds-dynamics.log" 2>&1
+            tail -2 ".gpu-runs/$ds-dynamics.log"
+            [ -f "$dyn/model.pt" ] || { echo "the dynamics fit goes on at the next call"; exit 0; }
+            tar czf "$OUT/dynamics-$ds.tgz" --exclude writer.lock -C .gpu-runs "dyn-$ds"
+        fi
         for algo in ${LONG_ALGOS:-micro mobile}; do
             runs=$(ls -d .gpu-runs/runs/$task/$algo/seed*/checkpoints/last.pt 2>/dev/null \
                    | sed 's#/checkpoints/last.pt##')
