@@ -95,6 +95,8 @@ def fit_or_load_dynamics(
         copied = read_dynamics_info(source).get("copied_from")
         origin = f", copied from {copied}" if copied else ""
         print(f"dynamics: loaded from {source} (elites {model.elites.tolist()}{origin})")
+        # a fit's state left beside its saved model (stopped between the two writes) is stale
+        (Path(folder) / FIT_CHECKPOINT).unlink(missing_ok=True)
         return model, time.time() - start
     model = EnsembleDynamics(
         sim.obs_dim,
