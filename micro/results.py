@@ -273,7 +273,8 @@ def _cell(records: list[dict], key: str, runs: bool) -> str:
 def overview(root: Path) -> str:
     """The Markdown table of datasets by algorithms: each algorithm's final and last-5
     scores, mean ± std over its shipped seeds, beside the dataset's behavior score (the
-    policy that made it, on the dataset's own episodes, normalized as the runs are)."""
+    policy that made it, on the dataset's own episodes, normalized as the runs are). A carded
+    dataset without shipped runs has its row too, with its card's behavior score."""
     by_dataset: dict[str, dict[str, list[dict]]] = {}
     for p in sorted(root.glob(f"*/*/*/{RUN_FILE}")):
         r = json.loads(p.read_text())
@@ -281,13 +282,19 @@ def overview(root: Path) -> str:
     if not by_dataset:
         raise MicroError(f"no shipped run ({RUN_FILE}) under {root}")
     shipped = set().union(*by_dataset.values())
+    carded = {p.parent.name: json.loads(p.read_text()) for p in root.glob(f"*/{CARD_FILE}")}
+    for dataset in carded.keys() - by_dataset.keys():
+        by_dataset[dataset] = {}
     algos = [a for a in ALGO_ORDER if a in shipped] + sorted(shipped - set(ALGO_ORDER))
     header = ["dataset", "behavior"]
     for a in algos:
         header += [f"{a.upper()} final", f"{a.upper()} last {LAST_EVALS}"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for dataset, runs in sorted(by_dataset.items()):
-        behavior = behavior_score(find_runs([root / dataset]))
+        if runs:
+            behavior = behavior_score(find_runs([root / dataset]))
+        else:
+            behavior = carded[dataset]["normalized_score_mean"]
         row = [dataset, "–" if behavior is None else f"{behavior:.1f}"]
         for a in algos:
             records = sorted(runs.get(a, []), key=lambda r: r["seed"])

@@ -395,6 +395,12 @@ def test_overview_tabulates_datasets_by_algorithms_with_the_behavior_score(smoke
     with pytest.raises(MicroError, match="no shipped run"):
         overview(tmp_path / "empty")
     assert main(["overview", "--root", str(root)]) == 0
+    # a carded dataset without runs yet: its row, with the card's behavior score
+    (root / "walker-tiny").mkdir()
+    (root / "walker-tiny" / "dataset.json").write_text(json.dumps({"normalized_score_mean": 60.44}))
+    lines = overview(root).splitlines()
+    assert lines[2].startswith("| hopper-tiny |") and len(lines) == 4
+    assert lines[3] == "| walker-tiny | 60.4 | – | – | – | – |"
 
 
 def test_a_dataset_card_remakes_its_dataset_to_the_byte(tmp_path):
