@@ -26,8 +26,8 @@ hooks around its objects, installed as its modules load, do the work.
 - ``--stop_after_epoch N`` ends the session once epoch N's state is saved (a run cut into
   session-sized pieces).
 - ``OUT/sessions.json`` lists each session: epochs, wall seconds (the dynamics fit and the epoch
-  loop apart), CPU and threads; ``python -m micro.results import-published`` reads it with the
-  published log.
+  loop apart), CPU and threads, rewritten at every save, so a killed session keeps the epochs it
+  saved; ``python -m micro.results import-published`` reads it with the published log.
 
 Requires the trainer's rollouts to start on epoch boundaries (``step_per_epoch`` a multiple of
 ``rollout_freq``; the published configs use 1000 and 1000).
@@ -91,6 +91,7 @@ class Resumable:
             "loop_seconds": 0.0,
         }
         self.t_loop = None
+        self.session_index: int | None = None  # its place in sessions.json, once written
 
     # ---- log folder ----
     def make_log_dirs(self, original):
@@ -174,9 +175,7 @@ class Resumable:
                 result = original(trainer)
             finally:
                 del module.range
-                self.session["loop_seconds"] = time.perf_counter() - self.t_loop
-                self.session["to_epoch"] = start - 1 + calls["n"]
-                self.write_session()
+            self.record_progress(trainer._epoch)
             (self.out / FINISHED_FILE).write_text(
                 json.dumps({"epochs": trainer._epoch, "log_dir": self.log_dir}) + "\n"
             )
@@ -236,6 +235,15 @@ class Resumable:
         tmp = self.state_path.with_name(STATE_FILE + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.state_path)
+        self.record_progress(epoch)
+
+    def record_progress(self, epoch: int) -> None:
+        """This session's record, as of the state after ``epoch``: written at every save, so a
+        session that is killed keeps the epochs it saved (the epoch it was in is redone, and not
+        counted, by the next)."""
+        self.session["to_epoch"] = epoch
+        self.session["loop_seconds"] = time.perf_counter() - self.t_loop
+        self.write_session()
 
     def restore(self, trainer, s: dict) -> None:
         policy, buf = trainer.policy, trainer.fake_buffer
@@ -271,7 +279,11 @@ class Resumable:
     def write_session(self) -> None:
         path = self.out / SESSIONS_FILE
         sessions = json.loads(path.read_text()) if path.is_file() else []
-        sessions.append({**self.session, "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        if self.session_index is None:  # this session's first record
+            self.session_index = len(sessions)
+            sessions.append({})
+        record = {**self.session, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        sessions[self.session_index] = record
         tmp = path.with_name(SESSIONS_FILE + ".tmp")
         tmp.write_text(json.dumps(sessions, indent=1) + "\n")
         os.replace(tmp, path)

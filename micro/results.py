@@ -226,6 +226,9 @@ def table(root: Path) -> str:
         hours = f"{seconds / 3600:.1f} h" if seconds else "not recorded"
         if seconds and population:
             hours += f" ({population} runs together)"
+        if r.get("epochs_timed", 0) < r.get("epochs_done", 0):  # sessions lost unrecorded
+            fit = "" if "dynamics" in stages else ", not the dynamics fit"
+            hours += f" (timed: {r['epochs_timed']} of {r['epochs_done']} epochs{fit})"
         # where it trained, when its sessions say; else where it was shipped from
         hardware = ", ".join(r.get("trained_on") or [r["machine"]["gpu"] or r["machine"]["cpu"]])
         last_k = (
@@ -429,6 +432,25 @@ def _dataset_of(sessions: list[dict], data: Path | None) -> Path:
     return data
 
 
+def _published_seconds(sessions: list[dict], rows: list[dict], hyper: dict | None) -> dict:
+    """The wall seconds the recorded sessions spent (the dynamics fit only when the session that
+    fitted it is recorded) and, when they say their epochs, how many of the epochs done they
+    time: a session killed before bench/published_micro.py recorded one at every save left none.
+    ``hyper`` is the finished run's config (its last epoch)."""
+    seconds = {"training loop": sum(s.get("loop_seconds", 0.0) for s in sessions)}
+    if any(s.get("from_epoch", 1) == 1 for s in sessions):
+        seconds = {"dynamics": sum(s.get("dynamics_seconds", 0.0) for s in sessions), **seconds}
+    out = {"seconds": seconds, "seconds_from": "bench/published_micro.py's sessions.json"}
+    spans = [(s["from_epoch"], s["to_epoch"]) for s in sessions if "to_epoch" in s]
+    if spans:
+        done = max([b for _, b in spans] + [r["epoch"] for r in rows])
+        if hyper is not None:
+            done = max(done, int(hyper["epoch"]))
+        out["epochs_timed"] = sum(b - a + 1 for a, b in spans)
+        out["epochs_done"] = done
+    return out
+
+
 def import_published(
     out: Path, dataset: str, root: Path, data: Path | None = None, force: bool = False
 ) -> Path:
@@ -472,11 +494,7 @@ def import_published(
             "steps_planned": int(hyper["epoch"]) * int(hyper["step_per_epoch"]),
             **scores(out, rows),
             "eval_episodes": hyper.get("eval_episodes"),
-            "seconds": {
-                "dynamics": sum(s.get("dynamics_seconds", 0.0) for s in sessions),
-                "training loop": sum(s.get("loop_seconds", 0.0) for s in sessions),
-            },
-            "seconds_from": "bench/published_micro.py's sessions.json",
+            **_published_seconds(sessions, rows, hyper if finished else None),
             "dataset_sha256": sha,
             "source_run": str(out.resolve()),
             "sessions": len(sessions),

@@ -29,7 +29,7 @@ ROWS = [
 ]
 
 
-def published_run(out, dataset, finished=True):
+def published_run(out, dataset, finished=True, sessions=None):
     log = out / "log/hopper-medium-v2/micro&penalty_coef=1.0&rollout_length=5/seed_2&timestamp_x"
     (log / "record").mkdir(parents=True)
     lines = [json.dumps(HYPER), json.dumps(HYPER)]  # one object per session
@@ -50,11 +50,11 @@ def published_run(out, dataset, finished=True):
         for step, norm, std, penalty, critic in ROWS:
             published_std = (std - LOW) / (HIGH - LOW) * 100  # get_normalized_score(std) * 100
             w.writerow([norm, published_std, -1.5, critic, penalty, 0.25, step])  # fmt: skip
-    sessions = [
+    sessions = sessions or [
         {"argv": ["--dataset", str(dataset)], "cpu": "CPU A", "dynamics_seconds": 100.0,
-         "loop_seconds": 1000.0, "ref_commit": "abc"},
+         "loop_seconds": 1000.0, "ref_commit": "abc", "from_epoch": 1, "to_epoch": 20},
         {"argv": ["--dataset", str(dataset)], "cpu": "CPU A", "gpu": None, "dynamics_seconds": 0.0,
-         "loop_seconds": 500.0, "ref_commit": "abc"},
+         "loop_seconds": 500.0, "ref_commit": "abc", "from_epoch": 21, "to_epoch": 30},
     ]  # fmt: skip
     (out / "sessions.json").write_text(json.dumps(sessions))
     if finished:
@@ -92,9 +92,11 @@ def test_a_published_run_ships_in_our_format_and_reports_beside_ours(hopper_file
     )
     assert record["last_evals_score"] == pytest.approx((20.5 + 40.25 + 35.0) / 3)
     assert record["seconds"] == {"dynamics": 100.0, "training loop": 1500.0}
+    assert (record["epochs_timed"], record["epochs_done"]) == (30, 30)
     assert record["trained_on"] == ["CPU A"] and record["sessions"] == 2
     assert record["code"] == [{"published_commit": "abc"}]
     assert "| tiny | published-micro | 2 | 30000 | 35.0 ± " in table(root)
+    assert "| 0.4 h | CPU A |" in table(root)  # 1600 s, every epoch timed
     assert "PUBLISHED-MICRO final" in overview(root).splitlines()[0]
     report = write_report(find_runs([root / "tiny"]), tmp_path / "report")
     summary = report["md"].read_text()
@@ -124,3 +126,22 @@ def test_an_import_refuses_what_it_cannot_vouch_for(hopper_file, tmp_path):
     with pytest.raises(MicroError, match="is missing"):
         import_published(out, "other", root, tmp_path / "gone.hdf5")
     assert not (root / "other").exists()
+
+
+def test_sessions_killed_before_they_were_recorded_are_not_timed(hopper_file, tmp_path):
+    # the session that fitted the dynamics and ran epochs 1-11 was killed before
+    # bench/published_micro.py recorded a session at every save; so was the one after epoch 25
+    sessions = [
+        {"argv": ["--dataset", str(hopper_file)], "cpu": "CPU A", "dynamics_seconds": 0.0,
+         "loop_seconds": 900.0, "from_epoch": 12, "to_epoch": 20},
+        {"argv": ["--dataset", str(hopper_file)], "cpu": "CPU A", "dynamics_seconds": 0.0,
+         "loop_seconds": 540.0, "from_epoch": 21, "to_epoch": 25},
+    ]  # fmt: skip
+    out = published_run(tmp_path / "pub", hopper_file, finished=False, sessions=sessions)
+    root = tmp_path / "results"
+    record = json.loads((import_published(out, "tiny", root) / "run.json").read_text())
+    assert record["seconds"] == {"training loop": 1440.0}  # no dynamics fit: it was not timed
+    assert (record["epochs_timed"], record["epochs_done"]) == (14, 30)  # the log reached 30
+    row = next(line for line in table(root).splitlines() if "published-micro" in line)
+    assert "| 0.4 h (timed: 14 of 30 epochs, not the dynamics fit) | CPU A |" in row
+    assert "30000 of 30000 (in progress)" in row
