@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# The reference results' long CPU runs (issues 32 and 33) as two lanes of resumable jobs, one
+# torch thread each, niced — what bench/gpu.sh longrun does on a lent GPU, for a CPU machine kept
+# between working sessions. Every job continues where it stopped when started again; a lane runs
+# its jobs in order and skips the finished ones. Run from the repository root:
+#
+#   bash results/longruns.sh start     # start (or continue) both lanes; idempotent
+#   bash results/longruns.sh status    # where each job stands
+#   bash results/longruns.sh stop      # stop both lanes (each job keeps its last save)
+#   bash results/longruns.sh run JOB   # one job in the foreground (what a lane runs)
+#
+# Jobs (LANE_A, LANE_B override the lists):
+#   behavior:ENV:STEPS           online SAC for a behavior policy (python -m micro.datagen.behavior)
+#   population:ALGO:DATASET      seeds 0 1 2 of ALGO as one population (train.py --seeds) on a
+#                                carded dataset, from its shipped dynamics (results/DATASET/dynamics),
+#                                200 epochs, evaluated every 5 (10 episodes)
+#   published:DATASET:SEED       the published MICRO trainer (bench/published_micro.py), 200 epochs,
+#                                its dynamics fit capped at 30; needs the published code in $REF
+#                                (fetch github:xiaoyinliu0714/MICRO; git archive HEAD | tar x -C $REF)
+# State lives in $LONGRUNS (default runs/longruns): data/ (each dataset remade by its card and
+# checked to the byte), code-COMMIT/ (a job runs the commit it started with, to its end: its
+# jobs/JOB.code says which), logs/, behavior/, runs/, published/. Ship from there with
+# python -m micro.results ship / import-published, and datagen.behavior pick / export.
+set -uo pipefail
+REPO=$(pwd)
+[ -f "$REPO/train.py" ] && [ -d "$REPO/results" ] || { echo "error: run from the repository root" >&2; exit 2; }
+L=$(realpath -m "${LONGRUNS:-runs/longruns}")
+PY=${PY:-$REPO/.venv/bin/python}
+REF=${REF:-/tmp/ref-micro}  # the published code (git archive HEAD of its clone); REF_COMMIT= its commit
+REF_SCRIPT=${REF_SCRIPT:-$REPO/../shared/bench/ref_micro_train.py}
+LANE_A=${LANE_A:-behavior:walker2d:1000000 population:micro:hopper-medium-200k population:micro:walker2d-medium-200k}
+LANE_B=${LANE_B:-published:halfcheetah-medium-200k:0 population:mobile:hopper-medium-200k population:mobile:walker2d-medium-200k}
+export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+
+task_of() { echo "${1%-*}-v2"; }  # hopper-medium-200k -> hopper-medium-v2
+
+runs_of() {  # the population's run folders that reached a checkpoint
+    ls -d "$L/runs/$(task_of "$2")/$1"/seed*/checkpoints/last.pt 2>/dev/null | sed 's#/checkpoints/last.pt##'
+}
+
+finished() {  # finished JOB: exit 0 when the job has nothing left to do
+    IFS=: read -r kind a b <<< "$1"
+    case $kind in
+    behavior) [ -f "$L/behavior/$a/state.pt" ] && "$PY" -c "import sys, torch
+sys.exit(torch.load(sys.argv[1], weights_only=False)['step'] < int(sys.argv[2]))" "$L/behavior/$a/state.pt" "$b" ;;
+    population) runs=$(runs_of "$a" "$b"); [ -n "$runs" ] || return 1
+        for r in $runs; do [ -f "$r/policy.pt" ] || return 1; done ;;
+    published) [ -f "$L/published/$a-seed$b/finished.json" ] ;;
+    *) return 1 ;;
+    esac
+}
+
+code_of() {  # the frozen code a job runs: the commit it started with
+    local file="$L/jobs/${1//:/_}.code"
+    if [ ! -f "$file" ]; then
+        if [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no)" ]; then
+            echo "error: $REPO has uncommitted changes; a job runs a commit: commit them first" >&2
+            return 1
+        fi
+        local dir="$L/code-$(git -C "$REPO" rev-parse --short HEAD)"
+        if [ ! -d "$dir" ]; then  # both lanes may get here at once: the first to rename wins
+            local tmp
+            tmp=$(mktemp -d "$dir.XXXXXX") && git -C "$REPO" archive HEAD | tar x -C "$tmp" || return 1
+            mv -T "$tmp" "$dir" 2>/dev/null || rm -rf "$tmp"
+            [ -d "$dir" ] || return 1
+        fi
+        mkdir -p "$L/jobs" && echo "$dir" > "$file"
+    fi
+    cat "$file"
+}
+
+data_of() {  # data_of DATASET: the card's file, remade here once and checked to the byte
+    local f="$L/data/$1.hdf5"
+    if [ ! -f "$f" ]; then
+        mkdir -p "$L/data"
+        "$PY" -m micro.results remake "$1" --out "$f" >&2 || { rm -f "$f"; return 1; }
+    fi
+    echo "$f"
+}
+
+run_job() {
+    local job=$1 code data
+    IFS=: read -r kind a b <<< "$job"
+    if finished "$job"; then echo "$job: finished"; return 0; fi
+    code=$(code_of "$job") || return 1
+    cd "$code" || return 1
+    echo "$(date -u +%FT%TZ) $job: code $code"
+    case $kind in
+    behavior)
+        nice -n 19 "$PY" -m micro.datagen.behavior --env "$a" --steps "$b" --out "$L/behavior/$a" \
+            --threads 1 --no_progress ;;
+    population)
+        local runs dyn
+        runs=$(runs_of "$a" "$b")
+        if [ -n "$runs" ]; then
+            nice -n 19 "$PY" train.py --resume $runs --no_progress
+        else
+            rm -rf "$L/runs/$(task_of "$b")/$a"  # runs that never reached a checkpoint
+            dyn=$REPO/results/$b/dynamics
+            [ -f "$dyn/model.pt" ] || { echo "error: no shipped dynamics in $dyn (python -m micro.results dynamics)" >&2; return 1; }
+            data=$(data_of "$b") || return 1
+            nice -n 19 "$PY" train.py --task "$(task_of "$b")" --algo "$a" --seeds 0 1 2 \
+                --dataset "$data" --load_dynamics_path "$dyn" --epoch 200 --eval_freq 5 \
+                --eval_episodes 10 --logdir "$L/runs" --no_progress
+        fi ;;
+    published)
+        [ -f "$REF/train.py" ] && [ -d "$REF/utils" ] || { echo "error: no published code in $REF (fetch github:xiaoyinliu0714/MICRO, git archive HEAD | tar x -C $REF)" >&2; return 1; }
+        data=$(data_of "$a") || return 1
+        nice -n 19 "$PY" bench/published_micro.py --script "$REF_SCRIPT" \
+            --ref "$REF" --task "$(task_of "$a")" --dataset "$data" --seed "$b" --device cpu \
+            --out "$L/published/$a-seed$b" --set epoch=200 --set dynamics_max_epochs=30 ;;
+    *) echo "error: unknown job $job" >&2; return 2 ;;
+    esac
+}
+
+lane_running() { [ -f "$L/lane-$1.pid" ] && kill -0 "$(cat "$L/lane-$1.pid")" 2>/dev/null; }
+
+case ${1:-status} in
+start)
+    mkdir -p "$L/logs"
+    for lane in A B; do
+        if lane_running $lane; then echo "lane $lane: running (pid $(cat "$L/lane-$lane.pid"))"; continue; fi
+        jobs_var=LANE_$lane
+        cp "$REPO/results/longruns.sh" "$L/lane-$lane.sh"  # the lane reads its own copy: edit this freely
+        LONGRUNS=$L setsid bash "$L/lane-$lane.sh" lane ${!jobs_var} \
+            >> "$L/logs/lane-$lane.log" 2>&1 < /dev/null &
+        echo $! > "$L/lane-$lane.pid"
+        echo "lane $lane: started (pid $!): ${!jobs_var}; log $L/logs/lane-$lane.log"
+    done ;;
+lane)  # a lane's body: its jobs in order, stopping at the first that fails
+    shift
+    for job in "$@"; do run_job "$job" || { echo "$job failed: the lane stops here"; exit 1; }; done ;;
+run) run_job "$2" ;;
+stop)
+    for lane in A B; do
+        lane_running $lane && kill -- -"$(cat "$L/lane-$lane.pid")" && echo "lane $lane: stopped"
+        rm -f "$L/lane-$lane.pid"
+    done ;;
+status)
+    for lane in A B; do
+        jobs_var=LANE_$lane
+        lane_running $lane && echo "lane $lane: running" || echo "lane $lane: not running"
+        for job in ${!jobs_var}; do
+            IFS=: read -r kind a b <<< "$job"
+            if finished "$job"; then state=finished
+            else case $kind in
+                behavior) state=$(awk -F, 'NR > 1 {s = $1; n = $5} END {if (s) printf "step %d of '"$b"', last evaluation %.1f normalized", s, n}' \
+                    "$L/behavior/$a/evals.csv" 2>/dev/null) ;;
+                population) r=$(runs_of "$a" "$b" | head -n 1)
+                    state=${r:+epoch $(tail -n 1 "$r/progress.csv" | cut -d, -f1) of 200 saved}
+                    [ -z "$state" ] && [ -d "$L/runs/$(task_of "$b")/$a" ] && state="started, no epoch saved" ;;
+                published) state=$("$PY" -c "import json, sys
+s = json.load(open(sys.argv[1]))
+print(f'epoch {max(r.get(\"to_epoch\", 0) for r in s)} of 200 saved')" "$L/published/$a-seed$b/sessions.json" 2>/dev/null)
+                    [ -z "$state" ] && [ -f "$L/published/$a-seed$b/resume.pt" ] && state="started (no session recorded)" ;;
+                esac
+                state="${state:-not started}"
+            fi
+            echo "  $job: $state"
+        done
+    done ;;
+*) echo "usage: bash results/longruns.sh start|status|stop|run JOB" >&2; exit 2 ;;
+esac
