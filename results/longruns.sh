@@ -81,6 +81,7 @@ data_of() {  # data_of DATASET: the card's file, remade here once and checked to
 run_job() {
     local job=$1 code data
     IFS=: read -r kind a b <<< "$job"
+    case $kind in behavior|population|published) ;; *) echo "error: unknown job $job" >&2; return 2 ;; esac
     if finished "$job"; then echo "$job: finished"; return 0; fi
     code=$(code_of "$job") || return 1
     cd "$code" || return 1
@@ -109,7 +110,6 @@ run_job() {
         nice -n 19 "$PY" bench/published_micro.py --script "$REF_SCRIPT" \
             --ref "$REF" --task "$(task_of "$a")" --dataset "$data" --seed "$b" --device cpu \
             --out "$L/published/$a-seed$b" --set epoch=200 --set dynamics_max_epochs=30 ;;
-    *) echo "error: unknown job $job" >&2; return 2 ;;
     esac
 }
 

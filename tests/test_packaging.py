@@ -4,6 +4,7 @@ requires, and the modules import one another in one direction only."""
 from __future__ import annotations
 
 import ast
+import sys
 
 import pytest
 import yaml
@@ -180,3 +181,36 @@ def test_console_scripts_resolve():
     for name, target in scripts.items():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func)), name
+
+
+@pytest.mark.parametrize(
+    "script",
+    [*sorted(f"results/{p.name}" for p in (ROOT / "results").glob("*.sh")), "bench/gpu.sh"],
+)
+def test_shell_scripts_parse(script):
+    import subprocess
+
+    path = ROOT / script
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+
+
+def test_longruns_status_lists_every_job_of_both_lanes(tmp_path):
+    import subprocess
+
+    env = {"PATH": "/usr/bin:/bin", "LONGRUNS": str(tmp_path), "PY": sys.executable}
+    env["LANE_A"], env["LANE_B"] = "behavior:hopper:20000", "population:micro:hopper-medium-200k"
+    done = subprocess.run(
+        ["bash", "results/longruns.sh", "status"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "lane A: not running",
+        "  behavior:hopper:20000: not started",
+        "lane B: not running",
+        "  population:micro:hopper-medium-200k: not started",
+    ]
+    bad = subprocess.run(
+        ["bash", "results/longruns.sh", "run", "nonsense:x:y"], cwd=ROOT, env=env,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "unknown job nonsense:x:y" in bad.stderr
