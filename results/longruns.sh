@@ -113,7 +113,9 @@ run_job() {
     esac
 }
 
-lane_running() { [ -f "$L/lane-$1.pid" ] && kill -0 "$(cat "$L/lane-$1.pid")" 2>/dev/null; }
+lane_running() {  # its pid is alive and still the lane's (pids are reused after a lane ends)
+    [ -f "$L/lane-$1.pid" ] && grep -qs "lane-$1.sh" "/proc/$(cat "$L/lane-$1.pid")/cmdline"
+}
 
 case ${1:-status} in
 start)
