@@ -19,6 +19,7 @@ from micro.datagen.behavior import (
 )
 from micro.datagen.collect import actor_policy, build, collect, uniform_policy, write_dataset
 from micro.envs import make_env, parse_task
+from micro.run_dir import RunDir
 
 TINY_SAC = BehaviorSettings(
     env="hopper",
@@ -192,6 +193,10 @@ def test_behavior_run_resumes(behavior_run, tmp_path):
     other = BehaviorSettings(env="hopper", steps=900, seed=1, hidden_dims=(32, 32))
     with pytest.raises(MicroError, match="other settings"):
         train_behavior(other, copy, progress=False)
+    grown = dataclasses.replace(TINY_SAC, steps=1200)
+    with RunDir(copy).writer(), pytest.raises(MicroError, match=r"run is in use: pid \d+"):
+        train_behavior(grown, copy, progress=False)  # a second process on the same run
+    assert (copy / "evals.csv").read_text().splitlines()[-1].startswith("900,")  # untouched
 
 
 def test_collect_cli_refuses_to_overwrite(tmp_path):

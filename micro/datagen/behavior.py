@@ -40,6 +40,7 @@ from micro.datagen.collect import uniform_policy
 from micro.envs import OBS_ACT_DIMS, make_env
 from micro.evaluation import EvalResult, run_episodes
 from micro.nets import Actor
+from micro.run_dir import RunDir
 from micro.utils import (
     BEHAVIOR_EVAL_SEED_BASE,
     BEHAVIOR_EXPORT_SEED,
@@ -165,9 +166,16 @@ def _but_steps(settings: dict) -> dict:
 
 
 def train_behavior(s: BehaviorSettings, out: Path, progress: bool = True) -> Path:
-    """Online SAC for ``s.steps`` environment steps; resumes from ``out/state.pt`` if present."""
-    obs_dim, act_dim = OBS_ACT_DIMS[s.env]
+    """Online SAC for ``s.steps`` environment steps; resumes from ``out/state.pt`` if present.
+    One process at a time: a second on the same folder is refused (``writer.lock``, as a
+    training run's)."""
     out.mkdir(parents=True, exist_ok=True)
+    with RunDir(out).writer():
+        return _train_behavior(s, out, progress)
+
+
+def _train_behavior(s: BehaviorSettings, out: Path, progress: bool) -> Path:
+    obs_dim, act_dim = OBS_ACT_DIMS[s.env]
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in s.__dict__.items()}
     saved = read_settings(out)
     if saved is not None and _but_steps(saved) != _but_steps(settings):  # a run may grow
