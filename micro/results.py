@@ -432,22 +432,19 @@ def _dataset_of(sessions: list[dict], data: Path | None) -> Path:
     return data
 
 
-def _published_seconds(sessions: list[dict], rows: list[dict], hyper: dict | None) -> dict:
+def _published_seconds(sessions: list[dict], rows: list[dict]) -> dict:
     """The wall seconds the recorded sessions spent (the dynamics fit only when the session that
-    fitted it is recorded) and, when they say their epochs, how many of the epochs done they
-    time: a session killed before bench/published_micro.py recorded one at every save left none.
-    ``hyper`` is the finished run's config (its last epoch)."""
+    fitted it is recorded) and, when they say their epochs, how many of the epochs done (the
+    last saved, or the log's last row if later) they time: a session killed before
+    bench/published_micro.py recorded one at every save left none."""
     seconds = {"training loop": sum(s.get("loop_seconds", 0.0) for s in sessions)}
     if any(s.get("from_epoch", 1) == 1 for s in sessions):
         seconds = {"dynamics": sum(s.get("dynamics_seconds", 0.0) for s in sessions), **seconds}
     out = {"seconds": seconds, "seconds_from": "bench/published_micro.py's sessions.json"}
     spans = [(s["from_epoch"], s["to_epoch"]) for s in sessions if "to_epoch" in s]
     if spans:
-        done = max([b for _, b in spans] + [r["epoch"] for r in rows])
-        if hyper is not None:
-            done = max(done, int(hyper["epoch"]))
         out["epochs_timed"] = sum(b - a + 1 for a, b in spans)
-        out["epochs_done"] = done
+        out["epochs_done"] = max(rows[-1]["epoch"], *(b for _, b in spans))
     return out
 
 
@@ -494,7 +491,7 @@ def import_published(
             "steps_planned": int(hyper["epoch"]) * int(hyper["step_per_epoch"]),
             **scores(out, rows),
             "eval_episodes": hyper.get("eval_episodes"),
-            **_published_seconds(sessions, rows, hyper if finished else None),
+            **_published_seconds(sessions, rows),
             "dataset_sha256": sha,
             "source_run": str(out.resolve()),
             "sessions": len(sessions),
