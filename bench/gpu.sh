@@ -111,8 +111,8 @@ for what in "${@:-tests speed}"; do
         # dynamics every run on it shares (results/$LONG_DATASET/dynamics when shipped; else
         # fitted here at MICRO's settings for the task, resumably: a fit cut by $LONG_SECONDS
         # continues on the next call, and comes back as $OUT/dynamics-DATASET.tgz for
-        # `python -m micro.results dynamics`), with the CPU runs' flags; the seeds of each of
-        # $LONG_ALGOS as one population (train.py --seeds), the algorithms side by side. Runs
+        # `python -m micro.results dynamics`); each of $LONG_ALGOS by the reference recipe
+        # (python -m micro.results train: its seeds as one population), side by side. Runs
         # live in .gpu-runs/ (kept while the machine stays warm): a part cut by $LONG_SECONDS
         # (default 500) resumes there on the next call. Each run comes back as
         # $OUT/long-ALGO-seedN.tgz: its small files, and its policy (the last checkpoint's while
@@ -133,19 +133,10 @@ for what in "${@:-tests speed}"; do
             [ -f "$dyn/model.pt" ] || { echo "the dynamics fit goes on at the next call"; exit 0; }
             tar czf "$OUT/dynamics-$ds.tgz" --exclude writer.lock -C .gpu-runs "dyn-$ds"
         fi
-        for algo in ${LONG_ALGOS:-micro mobile}; do
-            runs=$(ls -d .gpu-runs/runs/$task/$algo/seed*/checkpoints/last.pt 2>/dev/null \
-                   | sed 's#/checkpoints/last.pt##')
-            if [ -n "$runs" ]; then
-                args=(--resume $runs)
-            else  # none reached its first checkpoint: start again
-                rm -rf ".gpu-runs/runs/$task/$algo"
-                args=(--task "$task" --algo "$algo" --seeds ${LONG_SEEDS:-0 1 2} --dataset "$data"
-                      --load_dynamics_path "$dyn" --epoch 200 --eval_freq 5 --eval_episodes 10
-                      --logdir .gpu-runs/runs)
-            fi
-            timeout "${LONG_SECONDS:-500}" python3 train.py "${args[@]}" --no_progress \
-                >> ".gpu-runs/$ds-$algo.log" 2>&1 &
+        for algo in ${LONG_ALGOS:-micro mobile}; do  # the reference recipe: start, or continue
+            timeout "${LONG_SECONDS:-500}" python3 -m micro.results train "$algo" "$ds" \
+                --data "$data" --dynamics "$dyn" --logdir .gpu-runs/runs \
+                --seeds ${LONG_SEEDS:-0 1 2} --no_progress >> ".gpu-runs/$ds-$algo.log" 2>&1 &
         done
         wait
         for algo in ${LONG_ALGOS:-micro mobile}; do

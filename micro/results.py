@@ -13,6 +13,7 @@ policy file alone, for ``eval.py``.
     python -m micro.results cards [--root results]
     python -m micro.results dynamics FOLDER --dataset hopper-medium-200k
     python -m micro.results import-published OUT --dataset halfcheetah-medium-200k [--data FILE]
+    python -m micro.results train micro hopper-medium-200k [--data FILE] [--logdir runs/reference]
 
 ``run.json`` holds the task, algorithm, seed, whether it finished, steps done and planned, the
 normalized score at the last evaluation, averaged over the last 5 and at the best one (the
@@ -36,7 +37,10 @@ with the shipped ones (``--load_dynamics_path results/<dataset>/dynamics``).
 ``import-published`` ships a run of the published trainer (``bench/published_micro.py --out
 OUT``) as ``results/<dataset>/published-micro/seed<N>/``: its log converted by
 ``micro.published`` (no policy: the published code's own format), with ``run.json`` like ours,
-so the table, the overview and ``report.py`` show it beside our runs.
+so the table, the overview and ``report.py`` show it beside our runs. ``train`` trains an
+algorithm's reference runs on a carded dataset as the shipped ones were trained (the recipe is
+``REFERENCE_SEEDS`` and ``REFERENCE_SETTINGS``, from the shipped dynamics, the dataset remade by
+its card when absent and refused when another file), or continues them where they stopped.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -388,6 +394,118 @@ def remake(dataset: str, root: Path, out: Path, force: bool = False) -> dict:
             "it do not compare with the shipped ones"
         )
     return card
+
+
+# The reference runs' recipe (issue 32): on a carded dataset, each algorithm's seeds train as
+# one population from the dataset's shipped dynamics, at the algorithm's published settings for
+# the task, 200 epochs of 1000 steps, evaluated every 5 epochs on 10 episodes. One home for it:
+# results/longruns.sh (CPU) and bench/gpu.sh longrun (GPU) both run ``reference_plan``'s command.
+REFERENCE_SEEDS = (0, 1, 2)
+REFERENCE_SETTINGS = {"epoch": 200, "eval_freq": 5, "eval_episodes": 10}
+
+
+@dataclass(frozen=True)
+class ReferencePlan:
+    """What ``python -m micro.results train`` does next: train.py's arguments (start the
+    population, or resume it), or nothing when every run has finished."""
+
+    task: str
+    argv: list[str]
+    runs: list[Path]  # the runs it continues (none: it starts new ones)
+    finished: bool
+
+
+def reference_task(card: dict) -> str:
+    """The D4RL task a carded dataset stands for, from its recipe: ``--env walker2d --kind
+    medium-expert`` -> walker2d-medium-expert-v2 (whose published settings its runs use)."""
+    recipe = card["recipe"]
+
+    def flag(name: str) -> str:
+        for i, a in enumerate(recipe):
+            if a == name and i + 1 < len(recipe):
+                return recipe[i + 1]
+            if a.startswith(name + "="):
+                return a.split("=", 1)[1]
+        raise MicroError(f"{card['dataset']}'s card has no {name} in its recipe")
+
+    return f"{flag('--env')}-{flag('--kind')}-v2"
+
+
+def reference_plan(
+    algo: str,
+    dataset: str,
+    root: Path,
+    data: Path,
+    logdir: Path,
+    dynamics: Path | None = None,
+    seeds: Sequence[int] = REFERENCE_SEEDS,
+) -> ReferencePlan:
+    """Start ``algo``'s reference runs on the carded ``dataset`` (file ``data``) under
+    ``logdir``, or continue the ones there. Runs under ``logdir/<task>/<algo>/`` that reached a
+    checkpoint must be this recipe's, one per seed (a population continues whole); runs that
+    never reached one are left as they are and new ones start."""
+    card = read_card(dataset, root)
+    task = reference_task(card)
+    dynamics = root / dataset / DYNAMICS_DIR if dynamics is None else dynamics
+    if not (dynamics / "model.pt").is_file():
+        raise MicroError(
+            f"no dynamics model in {dynamics}: ship the one fitted on {dataset} (python -m "
+            "micro.results dynamics) or give --dynamics FOLDER (fit_dynamics.py --out FOLDER)"
+        )
+    expected = {
+        "task": task,
+        "algo": algo,
+        "dataset": str(data.resolve()),
+        "load_dynamics_path": str(dynamics.resolve()),
+        **REFERENCE_SETTINGS,
+    }
+    found = []
+    for path in sorted((logdir / task / algo).glob("seed*")):
+        run = RunDir(path)
+        if not (run.checkpoint_file.is_file() or run.finished):
+            continue  # killed before its first checkpoint: nothing to continue
+        config = run.read_config()
+        for key, want in expected.items():
+            have = config.get(key)
+            if key in ("dataset", "load_dynamics_path") and have is not None:
+                have = str(Path(have).resolve())
+            if have != want:
+                raise MicroError(
+                    f"{path} is not a reference run of {algo} on {dataset} (its {key} is "
+                    f"{have}, the recipe's {want}); give another --logdir"
+                )
+        found.append((config["seed"], run))
+    if found:
+        have = sorted(seed for seed, _ in found)
+        if have != sorted(seeds):
+            raise MicroError(
+                f"{logdir / task / algo} holds runs of seeds {have}, the population's are "
+                f"{sorted(seeds)}: it continues only whole; move those runs away to start again"
+            )
+        runs = [run.path for _, run in sorted(found, key=lambda f: f[0])]
+        if all(run.finished for _, run in found):
+            return ReferencePlan(task, [], runs, True)
+        return ReferencePlan(task, ["--resume", *map(str, runs)], runs, False)
+    argv = ["--task", task, "--algo", algo, "--seeds", *map(str, seeds)]
+    argv += ["--dataset", str(data.resolve()), "--load_dynamics_path", str(dynamics.resolve())]
+    for key, value in REFERENCE_SETTINGS.items():
+        argv += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
+    return ReferencePlan(task, [*argv, "--logdir", str(logdir)], [], False)
+
+
+def reference_data(dataset: str, root: Path, data: Path) -> None:
+    """Make sure ``data`` is the carded ``dataset``: remade by its recipe when absent, refused
+    when it is another file."""
+    if not data.exists():
+        remake(dataset, root, data)
+        return
+    card = read_card(dataset, root)
+    sha = sha256_file(data)
+    if sha != card["sha256"]:
+        raise MicroError(
+            f"{data} is not {dataset} (SHA-256 {sha[:12]}…, the card's {card['sha256'][:12]}…): "
+            f"give another --data, where it is remade (python -m micro.results remake {dataset})"
+        )
 
 
 def ship_dynamics(folder: Path, dataset: str, root: Path, force: bool = False) -> Path:

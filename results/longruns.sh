@@ -11,9 +11,9 @@
 #
 # Jobs (LANE_A, LANE_B override the lists):
 #   behavior:ENV:STEPS           online SAC for a behavior policy (python -m micro.datagen.behavior)
-#   population:ALGO:DATASET      seeds 0 1 2 of ALGO as one population (train.py --seeds) on a
-#                                carded dataset, from its shipped dynamics (results/DATASET/dynamics),
-#                                200 epochs, evaluated every 5 (10 episodes)
+#   population:ALGO:DATASET      ALGO's reference runs on a carded dataset (python -m micro.results
+#                                train: seeds 0 1 2 as one population from its shipped dynamics,
+#                                200 epochs, evaluated every 5 on 10 episodes)
 #   published:DATASET:SEED       the published MICRO trainer (bench/published_micro.py), 200 epochs,
 #                                its dynamics fit capped at 30; needs the published code in $REF
 #                                (fetch github:xiaoyinliu0714/MICRO; git archive HEAD | tar x -C $REF)
@@ -90,20 +90,10 @@ run_job() {
     behavior)
         nice -n 19 "$PY" -m micro.datagen.behavior --env "$a" --steps "$b" --out "$L/behavior/$a" \
             --threads 1 --no_progress ;;
-    population)
-        local runs dyn
-        runs=$(runs_of "$a" "$b")
-        if [ -n "$runs" ]; then
-            nice -n 19 "$PY" train.py --resume $runs --no_progress
-        else
-            rm -rf "$L/runs/$(task_of "$b")/$a"  # runs that never reached a checkpoint
-            dyn=$REPO/results/$b/dynamics
-            [ -f "$dyn/model.pt" ] || { echo "error: no shipped dynamics in $dyn (python -m micro.results dynamics)" >&2; return 1; }
-            data=$(data_of "$b") || return 1
-            nice -n 19 "$PY" train.py --task "$(task_of "$b")" --algo "$a" --seeds 0 1 2 \
-                --dataset "$data" --load_dynamics_path "$dyn" --epoch 200 --eval_freq 5 \
-                --eval_episodes 10 --logdir "$L/runs" --no_progress
-        fi ;;
+    population)  # the reference recipe (micro/results.py): starts the runs, or continues them
+        data=$(data_of "$b") || return 1
+        nice -n 19 "$PY" -m micro.results train "$a" "$b" --data "$data" --logdir "$L/runs" \
+            --no_progress ;;
     published)
         [ -f "$REF/train.py" ] && [ -d "$REF/utils" ] || { echo "error: no published code in $REF (fetch github:xiaoyinliu0714/MICRO, git archive HEAD | tar x -C $REF)" >&2; return 1; }
         data=$(data_of "$a") || return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,17 @@ from micro.cli.results import main
 from micro.logger import logged_seconds
 from micro.policy_file import export_checkpoint_policy as export_policy
 from micro.provenance import read_sessions
-from micro.results import cards, overview, remake, ship, ship_dynamics, table, write_card
+from micro.results import (
+    ReferencePlan,
+    cards,
+    overview,
+    reference_plan,
+    remake,
+    ship,
+    ship_dynamics,
+    table,
+    write_card,
+)
 from micro.run_dir import TIMED_STAGES
 
 
@@ -487,3 +498,66 @@ def test_the_dynamics_every_run_on_a_dataset_learns_from_ships_beside_its_card(
 
 def card_sha(folder):
     return hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()
+
+
+def test_reference_runs_start_continue_and_finish_by_one_recipe(
+    smoke_run, hopper_file, tmp_path, monkeypatch, capsys
+):
+    import micro.results as results
+
+    root, logdir = tmp_path / "results", tmp_path / "runs"
+    write_card(hopper_file, "hop", root, ["--env", "hopper", "--kind", "medium", "--steps", "800"])
+    common = ["--root", str(root), "--data", str(hopper_file), "--logdir", str(logdir)]
+    with pytest.raises(MicroError, match="no dynamics model in"):
+        reference_plan("micro", "hop", root, hopper_file, logdir)
+    ship_dynamics(smoke_run[0] / "dynamics", "hop", root)
+    dyn = (root / "hop" / "dynamics").resolve()
+    plan = reference_plan("micro", "hop", root, hopper_file, logdir)
+    start = ["--task", "hopper-medium-v2", "--algo", "micro", "--seeds", "0", "1", "2",
+             "--dataset", str(hopper_file.resolve()), "--load_dynamics_path", str(dyn),
+             "--epoch", "200", "--eval_freq", "5", "--eval_episodes", "10",
+             "--logdir", str(logdir)]  # fmt: skip
+    assert plan == ReferencePlan("hopper-medium-v2", start, [], False)
+    assert main(["train", "mobile", "hop", *common, "--dry_run"]) == 0
+    expected = shlex.join(["python", "train.py", *start, "--no_progress"][:-1]).replace(
+        "--algo micro", "--algo mobile"
+    )
+    assert capsys.readouterr().out == f"would run: {expected}\n" and not logdir.exists()
+
+    # the same recipe at the tiny config's scale, trained for real: two seeds as one population
+    tiny = {"epoch": 1, "step_per_epoch": 20, "rollout_freq": 10, "rollout_batch_size": 64,
+            "eval_freq": 1, "eval_episodes": 1, "hidden_dims": [32, 32]}  # fmt: skip
+    monkeypatch.setattr(results, "REFERENCE_SETTINGS", tiny)
+    args = ["train", "micro", "hop", *common, "--seeds", "0", "1", "--no_progress"]
+    assert main(args) == 0
+    runs = sorted((logdir / "hopper-medium-v2" / "micro").iterdir())
+    assert [yaml.safe_load((r / "config.yaml").read_text())["seed"] for r in runs] == [0, 1]
+    assert all((r / "policy.pt").is_file() for r in runs)
+    capsys.readouterr()
+    assert main(args) == 0  # finished: nothing runs, nothing new
+    assert "every run has finished" in capsys.readouterr().out
+    assert sorted((logdir / "hopper-medium-v2" / "micro").iterdir()) == runs
+
+    # a run that has not finished is continued with its population
+    (runs[1] / "policy.pt").rename(tmp_path / "policy.pt")
+    plan = reference_plan("micro", "hop", root, hopper_file, logdir, seeds=(1, 0))
+    assert plan.argv == ["--resume", str(runs[0]), str(runs[1])] and not plan.finished
+    whole = r"holds runs of seeds \[0, 1\], the population's are \[0, 1, 2\]"
+    with pytest.raises(MicroError, match=whole):
+        reference_plan("micro", "hop", root, hopper_file, logdir)
+    # runs trained otherwise are not taken for the recipe's
+    config = yaml.safe_load((runs[0] / "config.yaml").read_text())
+    (runs[0] / "config.yaml").write_text(yaml.safe_dump({**config, "eval_freq": 2}))
+    foreign = r"seed0.* is not a reference run of micro on hop \(its eval_freq is 2, "
+    foreign += "the recipe's 1\\)"
+    with pytest.raises(MicroError, match=foreign):
+        reference_plan("micro", "hop", root, hopper_file, logdir, seeds=(0, 1))
+    # the data must be the card's
+    other = tmp_path / "other.hdf5"
+    other.write_bytes(b"not the data")
+    capsys.readouterr()
+    assert main(["train", "micro", "hop", *common[:2], "--data", str(other),
+                 "--logdir", str(tmp_path / "new")]) == 1  # fmt: skip
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: {other} is not hop (SHA-256 ")
+    assert not (tmp_path / "new").exists()

@@ -9,17 +9,20 @@ from pathlib import Path
 
 from micro.cli import OneLineParser, guarded
 from micro.policy_file import export_checkpoint_policy
-from micro.results import __doc__ as RESULTS_DOC
 from micro.results import (
+    REFERENCE_SEEDS,
     cards,
     import_published,
     overview,
+    reference_data,
+    reference_plan,
     remake,
     ship,
     ship_dynamics,
     table,
     write_card,
 )
+from micro.results import __doc__ as RESULTS_DOC
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,6 +84,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     i.add_argument("--data", help="the dataset file (default: the one the run was given)")
     i.add_argument("--root", default="results")
     i.add_argument("--force", action="store_true", help="replace shipped files")
+    g = sub.add_parser(
+        "train",
+        help="train (or continue) the reference runs of an algorithm on a carded dataset",
+    )
+    g.add_argument("algo", help="micro, mobile, mopo or rambo")
+    g.add_argument("dataset", help="a carded dataset, e.g. hopper-medium-200k")
+    g.add_argument(
+        "--data", help="its file, remade by its card when absent (default data/DATASET.hdf5)"
+    )
+    g.add_argument("--logdir", default="runs/reference", help="where the runs live")
+    g.add_argument(
+        "--dynamics", help="the dynamics folder (default: the shipped results/DATASET/dynamics)"
+    )
+    g.add_argument("--seeds", type=int, nargs="+", default=list(REFERENCE_SEEDS))
+    g.add_argument("--root", default="results")
+    g.add_argument(
+        "--dry_run", action="store_true", help="print what it would run, and run nothing"
+    )
+    g.add_argument("--no_progress", action="store_true")
     parser.add_argument("--debug", action="store_true")
 
     def run(argv: list[str]) -> int:
@@ -104,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif a.command == "dynamics":
             dest = ship_dynamics(Path(a.folder), a.dataset, Path(a.root), a.force)
             print(f"shipped {a.folder} to {dest} (use it with --load_dynamics_path {dest})")
+        elif a.command == "train":
+            return _train_reference(a)
         elif a.command == "cards":
             print(cards(Path(a.root)))
         elif a.command == "overview":
@@ -113,3 +137,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     return guarded(run, list(sys.argv[1:] if argv is None else argv))
+
+
+def _train_reference(a) -> int:
+    root, data = Path(a.root), Path(a.data or f"data/{a.dataset}.hdf5")
+    dynamics = Path(a.dynamics) if a.dynamics else None
+    plan = reference_plan(a.algo, a.dataset, root, data, Path(a.logdir), dynamics, a.seeds)
+    if plan.finished:
+        print(f"{a.algo} on {a.dataset}: every run has finished ({', '.join(map(str, plan.runs))})")
+        return 0
+    argv = plan.argv + ["--no_progress"] * a.no_progress
+    if a.dry_run:
+        print("would run: " + shlex.join(["python", "train.py", *argv]))
+        return 0
+    if not plan.runs:
+        reference_data(a.dataset, root, data)
+    print(shlex.join(["python", "train.py", *argv]))
+    from micro.cli.train import train_main
+
+    return train_main(argv)
