@@ -144,6 +144,12 @@ status)
                     "$L/behavior/$a/evals.csv" 2>/dev/null) ;;
                 population) r=$(runs_of "$a" "$b" | head -n 1)
                     state=${r:+epoch $(tail -n 1 "$r/progress.csv" | cut -d, -f1) of 200 saved}
+                    [ -n "$r" ] && state+=$("$PY" -c "import csv, sys
+last = []
+for run in sys.argv[1:]:
+    evals = [r for r in csv.DictReader(open(run + '/progress.csv')) if r['eval_normalized_score']]
+    last += [f\"{float(evals[-1]['eval_normalized_score']):.1f}\"] if evals else []
+print(f', last evaluation {\" / \".join(last)} normalized' if last else '')" $(runs_of "$a" "$b"))
                     [ -z "$state" ] && [ -d "$L/runs/$(task_of "$b")/$a" ] && state="started, no epoch saved" ;;
                 published) state=$("$PY" -c "import json, sys
 s = json.load(open(sys.argv[1]))

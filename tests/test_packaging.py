@@ -209,6 +209,21 @@ def test_longruns_status_lists_every_job_of_both_lanes(tmp_path):
         "lane B: not running",
         "  population:micro:hopper-medium-200k: not started",
     ]
+    # a population under way: its epoch, and each run's last evaluation
+    header = "epoch,step,critic_loss,eval_normalized_score,eval_normalized_score_std"
+    for seed, rows in ((0, ["1,1000,0.5,,", "2,2000,0.4,41.25,3", "3,3000,0.3,,"]),
+                       (1, ["1,1000,0.5,,", "2,2000,0.4,38.04,2", "3,3000,0.3,,"])):  # fmt: skip
+        run = tmp_path / "runs" / "hopper-medium-v2" / "micro" / f"seed{seed}-20261207-000000"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "last.pt").write_bytes(b"")
+        (run / "progress.csv").write_text("\n".join([header, *rows]) + "\n")
+    done = subprocess.run(
+        ["bash", "results/longruns.sh", "status"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.stdout.splitlines()[3] == (
+        "  population:micro:hopper-medium-200k: epoch 3 of 200 saved, last evaluation 41.2 / 38.0 "
+        "normalized"
+    )
     bad = subprocess.run(
         ["bash", "results/longruns.sh", "run", "nonsense:x:y"], cwd=ROOT, env=env,
         capture_output=True, text=True,
