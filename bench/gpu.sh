@@ -109,7 +109,7 @@ for what in "${@:-tests speed}"; do
         # Issue 32's reference runs on the GPU: $LONG_DATASET (a dataset card under results/)
         # remade by its recipe and trained on only if its SHA-256 is the card's, from the
         # dynamics every run on it shares (results/$LONG_DATASET/dynamics when shipped; else
-        # fitted here at MICRO's settings for the task, resumably: a fit cut by $LONG_SECONDS
+        # fitted here by the recipe (python -m micro.results fit), resumably: a fit cut by $LONG_SECONDS
         # continues on the next call, and comes back as $OUT/dynamics-DATASET.tgz for
         # `python -m micro.results dynamics`); each of $LONG_ALGOS by the reference recipe
         # (python -m micro.results train: its seeds as one population), side by side. Runs
@@ -126,9 +126,8 @@ for what in "${@:-tests speed}"; do
         fi
         if [ ! -f "$dyn/model.pt" ]; then
             dyn=.gpu-runs/dyn-$ds
-            [ -f "$dyn/model.pt" ] || timeout "${LONG_SECONDS:-500}" python3 fit_dynamics.py \
-                --task "$task" --algo micro --seed 0 --dataset "$data" --out "$dyn" \
-                --no_progress >> ".gpu-runs/$ds-dynamics.log" 2>&1
+            [ -f "$dyn/model.pt" ] || timeout "${LONG_SECONDS:-500}" python3 -m micro.results \
+                fit "$ds" --data "$data" --out "$dyn" --no_progress >> ".gpu-runs/$ds-dynamics.log" 2>&1
             tail -2 ".gpu-runs/$ds-dynamics.log"
             [ -f "$dyn/model.pt" ] || { echo "the dynamics fit goes on at the next call"; exit 0; }
             tar czf "$OUT/dynamics-$ds.tgz" --exclude writer.lock -C .gpu-runs "dyn-$ds"

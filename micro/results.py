@@ -13,6 +13,7 @@ policy file alone, for ``eval.py``.
     python -m micro.results cards [--root results]
     python -m micro.results dynamics FOLDER --dataset hopper-medium-200k
     python -m micro.results import-published OUT --dataset halfcheetah-medium-200k [--data FILE]
+    python -m micro.results fit hopper-medium-200k [--data FILE] [--out DIR]
     python -m micro.results train micro hopper-medium-200k [--data FILE] [--logdir runs/reference]
 
 ``run.json`` holds the task, algorithm, seed, whether it finished, steps done and planned, the
@@ -40,7 +41,8 @@ OUT``) as ``results/<dataset>/published-micro/seed<N>/``: its log converted by
 so the table, the overview and ``report.py`` show it beside our runs. ``train`` trains an
 algorithm's reference runs on a carded dataset as the shipped ones were trained (the recipe is
 ``REFERENCE_SEEDS`` and ``REFERENCE_SETTINGS``, from the shipped dynamics, the dataset remade by
-its card when absent and refused when another file), or continues them where they stopped.
+its card when absent and refused when another file), or continues them where they stopped;
+``fit`` fits the dynamics model they share (``REFERENCE_DYNAMICS``), for ``dynamics`` to ship.
 """
 
 from __future__ import annotations
@@ -402,6 +404,8 @@ def remake(dataset: str, root: Path, out: Path, force: bool = False) -> dict:
 # results/longruns.sh (CPU) and bench/gpu.sh longrun (GPU) both run ``reference_plan``'s command.
 REFERENCE_SEEDS = (0, 1, 2)
 REFERENCE_SETTINGS = {"epoch": 200, "eval_freq": 5, "eval_episodes": 10}
+# and the dynamics they share: fitted once (fit_dynamics.py) at MICRO's settings for the task
+REFERENCE_DYNAMICS = {"algo": "micro", "seed": 0}
 
 
 @dataclass(frozen=True)
@@ -491,6 +495,16 @@ def reference_plan(
     for key, value in REFERENCE_SETTINGS.items():
         argv += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
     return ReferencePlan(task, [*argv, "--logdir", str(logdir)], [], False)
+
+
+def reference_fit_argv(dataset: str, root: Path, data: Path, out: Path) -> list[str]:
+    """fit_dynamics.py's arguments that fit the dynamics every reference run on the carded
+    ``dataset`` (file ``data``) learns from, into ``out`` (the same ``out`` again continues a
+    fit that was stopped); ship it with ``ship_dynamics``."""
+    argv = ["--task", reference_task(read_card(dataset, root))]
+    for key, value in REFERENCE_DYNAMICS.items():
+        argv += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
+    return [*argv, "--dataset", str(data.resolve()), "--out", str(out)]
 
 
 def reference_data(dataset: str, root: Path, data: Path) -> None:

@@ -14,6 +14,10 @@
 #   population:ALGO:DATASET      ALGO's reference runs on a carded dataset (python -m micro.results
 #                                train: seeds 0 1 2 as one population from its shipped dynamics,
 #                                200 epochs, evaluated every 5 on 10 episodes)
+#   dynamics:DATASET             the dynamics model a carded dataset's runs share (python -m
+#                                micro.results fit), into $LONGRUNS/dynamics-DATASET; ship it
+#                                (python -m micro.results dynamics) and commit it before a
+#                                population on that dataset starts: populations load the shipped one
 #   published:DATASET:SEED       the published MICRO trainer (bench/published_micro.py), 200 epochs,
 #                                its dynamics fit capped at 30; needs the published code in $REF
 #                                (fetch github:xiaoyinliu0714/MICRO; git archive HEAD | tar x -C $REF)
@@ -46,6 +50,7 @@ sys.exit(torch.load(sys.argv[1], weights_only=False)['step'] < int(sys.argv[2]))
     population) runs=$(runs_of "$a" "$b"); [ -n "$runs" ] || return 1
         for r in $runs; do [ -f "$r/policy.pt" ] || return 1; done ;;
     published) [ -f "$L/published/$a-seed$b/finished.json" ] ;;
+    dynamics) [ -f "$L/dynamics-$a/model.pt" ] ;;
     *) return 1 ;;
     esac
 }
@@ -81,7 +86,7 @@ data_of() {  # data_of DATASET: the card's file, remade here once and checked to
 run_job() {
     local job=$1 code data
     IFS=: read -r kind a b <<< "$job"
-    case $kind in behavior|population|published) ;; *) echo "error: unknown job $job" >&2; return 2 ;; esac
+    case $kind in behavior|population|published|dynamics) ;; *) echo "error: unknown job $job" >&2; return 2 ;; esac
     if finished "$job"; then echo "$job: finished"; return 0; fi
     code=$(code_of "$job") || return 1
     cd "$code" || return 1
@@ -90,6 +95,10 @@ run_job() {
     behavior)
         nice -n 19 "$PY" -m micro.datagen.behavior --env "$a" --steps "$b" --out "$L/behavior/$a" \
             --threads 1 --no_progress ;;
+    dynamics)  # the same command again continues a fit from its last saved state
+        data=$(data_of "$a") || return 1
+        nice -n 19 "$PY" -m micro.results fit "$a" --data "$data" --out "$L/dynamics-$a" \
+            --no_progress ;;
     population)  # the reference recipe (micro/results.py): starts the runs, or continues them
         data=$(data_of "$b") || return 1
         nice -n 19 "$PY" -m micro.results train "$a" "$b" --data "$data" --logdir "$L/runs" \
@@ -138,6 +147,7 @@ status)
         lane_running $lane && echo "lane $lane: running" || echo "lane $lane: not running"
         for job in ${!jobs_var}; do
             IFS=: read -r kind a b <<< "$job"
+            state=
             if finished "$job"; then state=finished
             else case $kind in
                 behavior) state=$(awk -F, 'NR > 1 {s = $1; n = $5} END {if (s) printf "step %d of '"$b"', last evaluation %.1f normalized", s, n}' \
@@ -151,6 +161,8 @@ for run in sys.argv[1:]:
     last += [f\"{float(evals[-1]['eval_normalized_score']):.1f}\"] if evals else []
 print(f', last evaluation {\" / \".join(last)} normalized' if last else '')" $(runs_of "$a" "$b"))
                     [ -z "$state" ] && [ -d "$L/runs/$(task_of "$b")/$a" ] && state="started, no epoch saved" ;;
+                dynamics) [ -f "$L/dynamics-$a/fit_checkpoint.pt" ] && \
+                    state="fitting, state saved at $(date -u -r "$L/dynamics-$a/fit_checkpoint.pt" +%H:%MZ)" ;;
                 published) state=$("$PY" -c "import json, sys
 s = json.load(open(sys.argv[1]))
 print(f'epoch {max(r.get(\"to_epoch\", 0) for r in s)} of 200 saved')" "$L/published/$a-seed$b/sessions.json" 2>/dev/null)

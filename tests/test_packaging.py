@@ -198,7 +198,8 @@ def test_longruns_status_lists_every_job_of_both_lanes(tmp_path):
     import subprocess
 
     env = {"PATH": "/usr/bin:/bin", "LONGRUNS": str(tmp_path), "PY": sys.executable}
-    env["LANE_A"], env["LANE_B"] = "behavior:hopper:20000", "population:micro:hopper-medium-200k"
+    env["LANE_A"] = "behavior:hopper:20000 dynamics:hopper-medium-200k"
+    env["LANE_B"] = "population:micro:hopper-medium-200k"
     done = subprocess.run(
         ["bash", "results/longruns.sh", "status"], cwd=ROOT, env=env, capture_output=True, text=True
     )
@@ -206,10 +207,13 @@ def test_longruns_status_lists_every_job_of_both_lanes(tmp_path):
     assert done.stdout.splitlines() == [
         "lane A: not running",
         "  behavior:hopper:20000: not started",
+        "  dynamics:hopper-medium-200k: not started",
         "lane B: not running",
         "  population:micro:hopper-medium-200k: not started",
     ]
-    # a population under way: its epoch, and each run's last evaluation
+    # a fit done, and a population under way: its epoch, and each run's last evaluation
+    (tmp_path / "dynamics-hopper-medium-200k").mkdir()
+    (tmp_path / "dynamics-hopper-medium-200k" / "model.pt").write_bytes(b"")
     header = "epoch,step,critic_loss,eval_normalized_score,eval_normalized_score_std"
     for seed, rows in ((0, ["1,1000,0.5,,", "2,2000,0.4,41.25,3", "3,3000,0.3,,"]),
                        (1, ["1,1000,0.5,,", "2,2000,0.4,38.04,2", "3,3000,0.3,,"])):  # fmt: skip
@@ -220,7 +224,8 @@ def test_longruns_status_lists_every_job_of_both_lanes(tmp_path):
     done = subprocess.run(
         ["bash", "results/longruns.sh", "status"], cwd=ROOT, env=env, capture_output=True, text=True
     )
-    assert done.stdout.splitlines()[3] == (
+    assert done.stdout.splitlines()[2] == "  dynamics:hopper-medium-200k: finished"
+    assert done.stdout.splitlines()[4] == (
         "  population:micro:hopper-medium-200k: epoch 3 of 200 saved, last evaluation 41.2 / 38.0 "
         "normalized"
     )

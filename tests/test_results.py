@@ -501,7 +501,7 @@ def card_sha(folder):
 
 
 def test_reference_runs_start_continue_and_finish_by_one_recipe(
-    smoke_run, hopper_file, tmp_path, monkeypatch, capsys
+    hopper_file, tmp_path, monkeypatch, capsys
 ):
     import micro.results as results
 
@@ -510,7 +510,28 @@ def test_reference_runs_start_continue_and_finish_by_one_recipe(
     common = ["--root", str(root), "--data", str(hopper_file), "--logdir", str(logdir)]
     with pytest.raises(MicroError, match="no dynamics model in"):
         reference_plan("micro", "hop", root, hopper_file, logdir)
-    ship_dynamics(smoke_run[0] / "dynamics", "hop", root)
+
+    # the dynamics they share: fitted by the recipe (at the tiny config's scale), then shipped
+    fitted = tmp_path / "fitted"
+    fit = ["fit", "hop", "--root", str(root), "--data", str(hopper_file), "--out", str(fitted)]
+    assert main([*fit, "--dry_run"]) == 0
+    fit_argv = ["python", "fit_dynamics.py", "--task", "hopper-medium-v2", "--algo", "micro",
+                "--seed", "0", "--dataset", str(hopper_file.resolve()),
+                "--out", str(fitted)]  # fmt: skip
+    assert capsys.readouterr().out == f"would run: {shlex.join(fit_argv)}\n"
+    assert not fitted.exists()
+    tiny_fit = {"algo": "micro", "seed": 0, "dynamics_max_epochs": 2,
+                "dynamics_hidden_dims": [32, 32, 32, 32]}  # fmt: skip
+    monkeypatch.setattr(results, "REFERENCE_DYNAMICS", tiny_fit)
+    assert main([*fit, "--no_progress"]) == 0
+    assert f"ship it: python -m micro.results dynamics {fitted} --dataset hop" in (
+        capsys.readouterr().out
+    )
+    info = json.loads((fitted / "dynamics.json").read_text())
+    assert info["epochs"] == 2 and info["task"] == "hopper-medium-v2"
+    assert main([*fit, "--no_progress"]) == 1  # a finished fit is not overwritten
+    assert "exists" in capsys.readouterr().err
+    ship_dynamics(fitted, "hop", root)
     dyn = (root / "hop" / "dynamics").resolve()
     plan = reference_plan("micro", "hop", root, hopper_file, logdir)
     start = ["--task", "hopper-medium-v2", "--algo", "micro", "--seeds", "0", "1", "2",

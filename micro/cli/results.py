@@ -15,6 +15,7 @@ from micro.results import (
     import_published,
     overview,
     reference_data,
+    reference_fit_argv,
     reference_plan,
     remake,
     ship,
@@ -103,6 +104,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--dry_run", action="store_true", help="print what it would run, and run nothing"
     )
     g.add_argument("--no_progress", action="store_true")
+    f = sub.add_parser("fit", help="fit the dynamics model a carded dataset's reference runs share")
+    f.add_argument("dataset", help="a carded dataset, e.g. hopper-medium-200k")
+    f.add_argument(
+        "--data", help="its file, remade by its card when absent (default data/DATASET.hdf5)"
+    )
+    f.add_argument("--out", help="the model's folder (default runs/reference/dynamics-DATASET)")
+    f.add_argument("--root", default="results")
+    f.add_argument(
+        "--dry_run", action="store_true", help="print what it would run, and run nothing"
+    )
+    f.add_argument("--no_progress", action="store_true")
     parser.add_argument("--debug", action="store_true")
 
     def run(argv: list[str]) -> int:
@@ -128,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"shipped {a.folder} to {dest} (use it with --load_dynamics_path {dest})")
         elif a.command == "train":
             return _train_reference(a)
+        elif a.command == "fit":
+            return _fit_reference(a)
         elif a.command == "cards":
             print(cards(Path(a.root)))
         elif a.command == "overview":
@@ -156,3 +170,20 @@ def _train_reference(a) -> int:
     from micro.cli.train import train_main
 
     return train_main(argv)
+
+
+def _fit_reference(a) -> int:
+    root, data = Path(a.root), Path(a.data or f"data/{a.dataset}.hdf5")
+    out = Path(a.out or f"runs/reference/dynamics-{a.dataset}")
+    argv = reference_fit_argv(a.dataset, root, data, out) + ["--no_progress"] * a.no_progress
+    if a.dry_run:
+        print("would run: " + shlex.join(["python", "fit_dynamics.py", *argv]))
+        return 0
+    reference_data(a.dataset, root, data)
+    print(shlex.join(["python", "fit_dynamics.py", *argv]))
+    from micro.cli.train import fit_dynamics_main
+
+    code = fit_dynamics_main(argv)
+    if code == 0:
+        print(f"ship it: python -m micro.results dynamics {out} --dataset {a.dataset}")
+    return code
