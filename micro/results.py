@@ -492,19 +492,26 @@ def reference_plan(
         return ReferencePlan(task, ["--resume", *map(str, runs)], runs, False)
     argv = ["--task", task, "--algo", algo, "--seeds", *map(str, seeds)]
     argv += ["--dataset", str(data.resolve()), "--load_dynamics_path", str(dynamics.resolve())]
-    for key, value in REFERENCE_SETTINGS.items():
-        argv += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
-    return ReferencePlan(task, [*argv, "--logdir", str(logdir)], [], False)
+    return ReferencePlan(
+        task, [*argv, *_flags(REFERENCE_SETTINGS), "--logdir", str(logdir)], [], False
+    )
 
 
 def reference_fit_argv(dataset: str, root: Path, data: Path, out: Path) -> list[str]:
     """fit_dynamics.py's arguments that fit the dynamics every reference run on the carded
     ``dataset`` (file ``data``) learns from, into ``out`` (the same ``out`` again continues a
     fit that was stopped); ship it with ``ship_dynamics``."""
-    argv = ["--task", reference_task(read_card(dataset, root))]
-    for key, value in REFERENCE_DYNAMICS.items():
-        argv += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
-    return [*argv, "--dataset", str(data.resolve()), "--out", str(out)]
+    task = reference_task(read_card(dataset, root))
+    dataset_flags = ["--dataset", str(data.resolve()), "--out", str(out)]
+    return ["--task", task, *_flags(REFERENCE_DYNAMICS), *dataset_flags]
+
+
+def _flags(settings: dict) -> list[str]:
+    """{"epoch": 200, "hidden_dims": [32, 32]} -> --epoch 200 --hidden_dims 32 32"""
+    out = []
+    for key, value in settings.items():
+        out += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
+    return out
 
 
 def reference_data(dataset: str, root: Path, data: Path) -> None:
