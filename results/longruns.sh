@@ -8,9 +8,13 @@
 #   bash results/longruns.sh status    # where each job stands
 #   bash results/longruns.sh stop      # stop both lanes (each job keeps its last save)
 #   bash results/longruns.sh run JOB   # one job in the foreground (what a lane runs)
+#   bash results/longruns.sh carry     # each behavior job's state, without its replay log, into
+#                                      # data/behavior/carried/ENV.pt: commit it, and a fresh
+#                                      # machine goes on from there instead of from step 0
 #
 # Jobs (LANE_A, LANE_B override the lists):
-#   behavior:ENV:STEPS           online SAC for a behavior policy (python -m micro.datagen.behavior)
+#   behavior:ENV:STEPS           online SAC for a behavior policy (python -m micro.datagen.behavior);
+#                                a new run goes on from data/behavior/carried/ENV.pt if there is one
 #   population:ALGO:DATASET      ALGO's reference runs on a carded dataset (python -m micro.results
 #                                train: seeds 0 1 2 as one population from its shipped dynamics,
 #                                200 epochs, evaluated every 5 on 10 episodes)
@@ -32,6 +36,7 @@ L=$(realpath -m "${LONGRUNS:-runs/longruns}")
 PY=${PY:-$REPO/.venv/bin/python}
 REF=${REF:-/tmp/ref-micro}  # the published code (git archive HEAD of its clone); REF_COMMIT= its commit
 REF_SCRIPT=${REF_SCRIPT:-$REPO/../shared/bench/ref_micro_train.py}
+CARRIED=${CARRIED:-$REPO/data/behavior/carried}  # behavior runs' carried states (carry)
 LANE_A=${LANE_A:-behavior:walker2d:1000000 population:micro:hopper-medium-200k population:micro:walker2d-medium-200k}
 LANE_B=${LANE_B:-published:halfcheetah-medium-200k:0 population:mobile:hopper-medium-200k population:mobile:walker2d-medium-200k}
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
@@ -94,8 +99,12 @@ run_job() {
     echo "$(date -u +%FT%TZ) $job: code $code"
     case $kind in
     behavior)
+        local carried=()
+        if [ ! -f "$L/behavior/$a/state.pt" ] && [ -f "$CARRIED/$a.pt" ]; then
+            carried=(--carried "$CARRIED/$a.pt")
+        fi
         nice -n 19 "$PY" -m micro.datagen.behavior --env "$a" --steps "$b" --out "$L/behavior/$a" \
-            --threads 1 --no_progress ;;
+            --threads 1 --no_progress "${carried[@]}" ;;
     dynamics)  # the same command again continues a fit from its last saved state
         data=$(data_of "$a") || return 1
         nice -n 19 "$PY" -m micro.results fit "$a" --data "$data" --out "$L/dynamics-$a" \
@@ -137,6 +146,13 @@ lane)  # a lane's body: its jobs in order, stopping at the first that fails
     echo 19 > /proc/self/autogroup 2>/dev/null || true
     for job in "$@"; do run_job "$job" || { echo "$job failed: the lane stops here"; exit 1; }; done ;;
 run) run_job "$2" ;;
+carry)
+    for job in $LANE_A $LANE_B; do
+        IFS=: read -r kind a b <<< "$job"
+        [ "$kind" = behavior ] && [ -f "$L/behavior/$a/state.pt" ] || continue
+        mkdir -p "$CARRIED"
+        "$PY" -m micro.datagen.behavior carry "$L/behavior/$a" --to "$CARRIED/$a.pt" --force || exit 1
+    done ;;
 stop)
     for lane in A B; do
         lane_running $lane && kill -- -"$(cat "$L/lane-$lane.pid")" && echo "lane $lane: stopped"
@@ -174,5 +190,5 @@ print(f'epoch {max(r.get(\"to_epoch\", 0) for r in s)} of 200 saved')" "$L/publi
             echo "  $job: $state"
         done
     done ;;
-*) echo "usage: bash results/longruns.sh start|status|stop|run JOB" >&2; exit 2 ;;
+*) echo "usage: bash results/longruns.sh start|status|stop|carry|run JOB" >&2; exit 2 ;;
 esac

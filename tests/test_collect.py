@@ -199,6 +199,61 @@ def test_behavior_run_resumes(behavior_run, tmp_path):
     assert (copy / "evals.csv").read_text().splitlines()[-1].startswith("900,")  # untouched
 
 
+def test_a_carried_run_goes_on_from_its_state_with_an_empty_buffer(behavior_run, tmp_path, capsys):
+    from micro.cli.behavior import main as behavior_main
+    from micro.datagen.behavior import carry_behavior
+    from micro.utils import sha256_file
+
+    carried = tmp_path / "carried.pt"
+    assert behavior_main(["carry", str(behavior_run), "--to", str(carried)]) == 0
+    assert f"wrote {carried}: step 600" in capsys.readouterr().out
+    assert behavior_main(["carry", str(behavior_run), "--to", str(carried)]) != 0  # no overwrite
+    assert "exists; pass --force" in capsys.readouterr().err
+    saved = torch.load(behavior_run / "state.pt", weights_only=True)
+    blob = torch.load(carried, weights_only=True)
+    assert blob["state"]["step"] == 600 and "replay" not in str(blob.keys())
+    torch.testing.assert_close(blob["state"]["agent"], saved["agent"], rtol=0, atol=0)
+
+    # start_steps - 1 steps on: the buffer is not yet refilled, so nothing was updated
+    refill = tmp_path / "refill"
+    train_behavior(dataclasses.replace(TINY_SAC, steps=799), refill, False, carried)
+    after = torch.load(refill / "state.pt", weights_only=True)
+    torch.testing.assert_close(after["agent"], saved["agent"], rtol=0, atol=0)
+    assert after["replay_from"] == 600 and after["step"] == 799
+    assert after["carried_at"] == [{"step": 600, "sha256": sha256_file(carried)}]
+    # ... by the carried policy's own actions, not uniform ones
+    log_probs = np.load(refill / "replay" / "000000600-000000799.npz")["action_log_probs"]
+    assert len(log_probs) == 199 and not np.any(log_probs == np.float32(-3 * np.log(2.0)))
+
+    grown = dataclasses.replace(TINY_SAC, steps=900)
+    went_on = tmp_path / "went_on"
+    train_behavior(grown, went_on, False, carried)
+    assert sorted(p.name for p in (went_on / "snapshots").iterdir()) == ["step_0000900.pt"]
+    steps = [int(r.split(",")[0]) for r in (went_on / "evals.csv").read_text().splitlines()[1:]]
+    assert steps == [300, 600, 900]  # the carried evaluations, then its own
+    state = torch.load(went_on / "state.pt", weights_only=True)
+    assert not torch.equal(
+        state["agent"]["actor.backbone.0.weight"], saved["agent"]["actor.backbone.0.weight"]
+    )
+    assert load_snapshot(went_on / "snapshots" / "step_0000900.pt")[1]["carried_at"] == [600]
+    # on a machine that kept the new folder, the same command resumes it exactly
+    train_behavior(dataclasses.replace(TINY_SAC, steps=1200), went_on, False, carried)
+    chunks = sorted(p.name for p in (went_on / "replay").iterdir())
+    assert chunks == ["000000600-000000900.npz", "000000900-000001200.npz"]
+    with pytest.raises(MicroError, match="starts at step 600"):  # medium-replay needs step 0 on
+        build("medium-replay", "hopper", 300, 0, 1, None, None, str(went_on), 900)
+
+    with pytest.raises(MicroError, match="holds a behavior run already"):
+        train_behavior(grown, behavior_run, False, carried)
+    other = dataclasses.replace(grown, seed=1)
+    with pytest.raises(MicroError, match="carried from a run with other settings"):
+        train_behavior(other, tmp_path / "other", False, carried)
+    snapshot = behavior_run / "snapshots" / "step_0000600.pt"
+    with pytest.raises(MicroError, match="not a carried behavior state"):
+        train_behavior(grown, tmp_path / "other", False, snapshot)
+    assert carry_behavior(behavior_run, carried, force=True)["step"] == 600
+
+
 def test_collect_cli_refuses_to_overwrite(tmp_path):
     out = tmp_path / "d.hdf5"
     out.write_bytes(b"precious")

@@ -234,3 +234,39 @@ def test_longruns_status_lists_every_job_of_both_lanes(tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode == 2 and "unknown job nonsense:x:y" in bad.stderr
+
+
+def test_longruns_carries_a_behavior_run_to_a_fresh_machine(tmp_path):
+    """carry saves each behavior job's state; on a machine without the run, the job goes on
+    from it (the lane runs the committed code: HEAD)."""
+    import subprocess
+
+    import torch
+
+    lanes, carried = tmp_path / "longruns", tmp_path / "carried"
+    env = {"PATH": "/usr/bin:/bin", "LONGRUNS": str(lanes), "PY": sys.executable}
+    env.update(LANE_A="behavior:hopper:5100", LANE_B="", CARRIED=str(carried), OMP_NUM_THREADS="1")
+    run = lanes / "behavior" / "hopper"
+    first = [sys.executable, "-m", "micro.datagen.behavior", "--env", "hopper", "--steps", "5000"]
+    made = subprocess.run(
+        [*first, "--out", str(run), "--no_progress"], cwd=ROOT, env=env, capture_output=True
+    )  # 5000 uniform-random steps: no update yet
+    assert made.returncode == 0, made.stderr
+
+    def longruns(*args):
+        return subprocess.run(
+            ["bash", "results/longruns.sh", *args], cwd=ROOT, env=env, capture_output=True,
+            text=True,
+        )  # fmt: skip
+
+    done = longruns("carry")
+    assert done.returncode == 0 and "step 5000" in done.stdout, done.stderr
+    assert (carried / "hopper.pt").is_file()
+    (run.parent / "kept").mkdir()
+    run.rename(run.parent / "kept" / "hopper")  # the machine is fresh: no run folder
+    done = longruns("run", "behavior:hopper:5100")
+    assert done.returncode == 0, done.stderr
+    state = torch.load(run / "state.pt", weights_only=True)
+    assert (state["step"], state["replay_from"], len(state["carried_at"])) == (5100, 5000, 1)
+    assert longruns("carry").returncode == 0  # carried again: replaced
+    assert torch.load(carried / "hopper.pt", weights_only=True)["state"]["step"] == 5100

@@ -12,6 +12,7 @@ from micro import MicroError
 from micro.cli import OneLineParser, guarded
 from micro.datagen.behavior import (
     BehaviorSettings,
+    carry_behavior,
     export_policy,
     pick_snapshots,
     train_behavior,
@@ -75,8 +76,35 @@ def export_main(argv: list[str]) -> int:
     return guarded(run, argv)
 
 
+def carry_main(argv: list[str]) -> int:
+    parser = OneLineParser(
+        prog="python -m micro.datagen.behavior carry",
+        description="Save a run's state without its replay log (a few MB), to go on with it on "
+        "another machine: --carried FILE there.",
+    )
+    parser.add_argument("run", help="a behavior run folder")
+    parser.add_argument("--to", required=True, help="file to write")
+    parser.add_argument("--force", action="store_true", help="replace an existing file")
+    parser.add_argument("--debug", action="store_true")
+
+    def run(argv: list[str]) -> int:
+        a = parser.parse_args(argv)
+        info = carry_behavior(Path(a.run), Path(a.to), a.force)
+        rows = info["evals"].splitlines()[1:]
+        last = f", last evaluation {float(rows[-1].split(',')[4]):.1f} normalized" if rows else ""
+        print(
+            f"wrote {a.to}: step {info['step']}, {info['wall_time_s'] / 3600:.2f} h of training"
+            f"{last}; go on with the run's command and --out NEW --carried {a.to}"
+        )
+        return 0
+
+    return guarded(run, argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["carry"]:
+        return carry_main(argv[1:])
     if argv[:1] == ["export"]:
         return export_main(argv[1:])
     if argv[:1] == ["pick"]:
@@ -91,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         "--out", required=True, help="run folder (created, or resumed if it exists)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--carried",
+        help="a new --out goes on from this carried state (python -m micro.datagen.behavior "
+        "carry), its buffer refilled by its policy for --start_steps steps before updates resume",
+    )
     parser.add_argument("--start_steps", type=int, default=5000)
     parser.add_argument("--snapshot_every", type=int, default=10_000)
     parser.add_argument("--save_every", type=int, default=20_000)
@@ -117,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             save_every=a.save_every,
             eval_episodes=a.eval_episodes,
         )
-        train_behavior(s, Path(a.out), progress=not a.no_progress)
+        carried = Path(a.carried) if a.carried else None
+        train_behavior(s, Path(a.out), progress=not a.no_progress, carried=carried)
         return 0
 
     return guarded(run, argv)

@@ -3,13 +3,17 @@
     python -m micro.datagen.behavior --env hopper --steps 1000000 --out runs/behavior/hopper
     python -m micro.datagen.behavior pick RUN --target 44   # snapshots nearest a normalized score
     python -m micro.datagen.behavior export RUN/snapshots/step_N.pt --to data/behavior/NAME.pt
+    python -m micro.datagen.behavior carry RUN --to FILE   # go on elsewhere: ... --carried FILE
 
 SAC here is the project's own learner (``micro.algos.sac.SAC``) with the conservative parts switched
 off: no model rows (real_ratio 1), no penalty, no target clamp, constant learning rates. The run
 folder holds ``state.pt`` (everything needed to resume: run the same command again),
 ``snapshots/step_<N>.pt`` (actor + evaluated return, every ``--snapshot_every`` steps),
 ``replay/`` (every transition in order, the source of medium-replay datasets), ``evals.csv``
-and ``tb/``.
+and ``tb/``. A run's folder is big (its replay log); ``carry`` saves what going on needs without
+it, a few MB, and ``--carried`` starts a new folder from that with an empty buffer, refilled by
+the policy for ``start_steps`` steps before updates resume: not the run the lost folder would
+have made, but the same learner going on (its snapshots say where, ``carried_at``).
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ from micro.buffer import Batch
 from micro.config import Config
 from micro.datagen.behavior_files import (
     load_snapshot,
+    read_carry,
     read_replay,
     read_settings,
     save_snapshot,
+    write_carry,
     write_replay_chunk,
     write_settings,
 )
@@ -46,9 +52,11 @@ from micro.utils import (
     BEHAVIOR_EXPORT_SEED,
     EPISODE_SEED_STRIDE,
     atomic_torch_save,
+    atomic_write_text,
     bar_disable,
     safe_torch_load,
     set_seed,
+    sha256_file,
 )
 
 
@@ -83,10 +91,13 @@ def sac_config(s: BehaviorSettings) -> Config:
 
 
 class ReplayLog:
-    """Every transition in order, in numpy (torch views for sampling); saved as append-only
-    chunks."""
+    """Every transition in order from step ``first`` (0, or where a carried run went on), in numpy
+    (torch views for sampling); saved as append-only chunks named by step."""
 
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int, nq: int, nv: int) -> None:
+    def __init__(
+        self, capacity: int, obs_dim: int, act_dim: int, nq: int, nv: int, first: int = 0
+    ) -> None:
+        self.first = first
         self.arrays = {
             "qpos": np.zeros((capacity, nq), np.float64),
             "qvel": np.zeros((capacity, nv), np.float64),
@@ -120,13 +131,15 @@ class ReplayLog:
         )
 
     def save_chunk(self, folder: Path, start: int) -> None:
-        write_replay_chunk(folder, start, self.size, self.arrays)
+        """Steps ``start`` to the last one added."""
+        write_replay_chunk(folder, start, self.first + self.size, self.arrays, self.first)
 
     def load_chunks(self, folder: Path, upto: int) -> None:
-        if upto > 0:
-            for key, values in read_replay(folder, upto).items():
-                self.arrays[key][:upto] = values
-        self.size = upto
+        """Steps ``first:upto`` from the saved chunks."""
+        if upto > self.first:
+            for key, values in read_replay(folder, upto, self.first).items():
+                self.arrays[key][: upto - self.first] = values
+        self.size = upto - self.first
 
 
 def snapshot_name(step: int) -> str:
@@ -165,16 +178,60 @@ def _but_steps(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k != "steps"}
 
 
-def train_behavior(s: BehaviorSettings, out: Path, progress: bool = True) -> Path:
+def train_behavior(
+    s: BehaviorSettings, out: Path, progress: bool = True, carried: Path | None = None
+) -> Path:
     """Online SAC for ``s.steps`` environment steps; resumes from ``out/state.pt`` if present.
-    One process at a time: a second on the same folder is refused (``writer.lock``, as a
-    training run's)."""
+    ``carried``: a new ``out`` goes on from a run's carried state (``carry_behavior``) with an
+    empty buffer. One process at a time: a second on the same folder is refused
+    (``writer.lock``, as a training run's)."""
     out.mkdir(parents=True, exist_ok=True)
     with RunDir(out).writer():
-        return _train_behavior(s, out, progress)
+        return _train_behavior(s, out, progress, carried)
 
 
-def _train_behavior(s: BehaviorSettings, out: Path, progress: bool) -> Path:
+def carry_behavior(run: Path, to: Path, force: bool = False) -> dict:
+    """A behavior run's state without its replay log (a few MB), for going on with it on a
+    machine that does not have the run folder: ``train_behavior(..., carried=to)``. Returns the
+    state's counters."""
+    if to.exists() and not force:
+        raise MicroError(f"{to} exists; pass --force to replace it")
+    settings = read_settings(run)
+    if settings is None or not (run / "state.pt").is_file():
+        raise MicroError(f"{run} is not a behavior run with a saved state (no state.pt)")
+    state = safe_torch_load(run / "state.pt", "behavior checkpoint")
+    evals = _evals_upto(run / "evals.csv", state["step"])
+    write_carry(to, settings, state, evals)
+    return {"step": state["step"], "wall_time_s": state["wall_time_s"], "evals": evals}
+
+
+def _evals_upto(path: Path, step: int) -> str:
+    """``evals.csv`` without the rows logged after ``step`` (a resumed run logs them again)."""
+    if not path.is_file():
+        return ""
+    lines = path.read_text().splitlines(keepends=True)
+    return "".join(lines[:1] + [r for r in lines[1:] if int(r.split(",")[0]) <= step])
+
+
+def _go_on_from(carried: Path, settings: dict) -> dict:
+    """The state a new run folder starts from: the carried run's, its buffer left behind."""
+    blob = read_carry(carried)
+    if _but_steps(blob["settings"]) != _but_steps(settings):
+        raise MicroError(
+            f"{carried} was carried from a run with other settings ({blob['settings']}); "
+            "pass the same --env, --seed and schedule"
+        )
+    state = blob["state"]
+    went_on = {"step": state["step"], "sha256": sha256_file(carried)}
+    return {
+        **state,
+        "replay_from": state["step"],
+        "carried_at": [*state.get("carried_at", []), went_on],
+        "evals": blob["evals"],
+    }
+
+
+def _train_behavior(s: BehaviorSettings, out: Path, progress: bool, carried: Path | None) -> Path:
     obs_dim, act_dim = OBS_ACT_DIMS[s.env]
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in s.__dict__.items()}
     saved = read_settings(out)
@@ -182,29 +239,48 @@ def _train_behavior(s: BehaviorSettings, out: Path, progress: bool) -> Path:
         raise MicroError(
             f"{out} holds a behavior run with other settings ({saved}); use another --out"
         )
+    state_file = out / "state.pt"
+    log_path = out / "evals.csv"
+    state, went_on = None, False
+    if state_file.exists():
+        state = safe_torch_load(state_file, "behavior checkpoint")
+        if carried is not None and sha256_file(carried) not in {
+            c["sha256"] for c in state.get("carried_at", [])
+        }:
+            raise MicroError(
+                f"{out} holds a behavior run already; going on from {carried} starts a new "
+                "one: pass another --out"
+            )
+    elif carried is not None:
+        state, went_on = _go_on_from(carried, settings), True
+        atomic_write_text(log_path, state.pop("evals"))
     write_settings(out, settings)
 
     set_seed(s.seed)
     agent = SAC(sac_config(s), obs_dim, act_dim)
     env = make_env(s.env)
     model = env.unwrapped.model
-    replay = ReplayLog(s.steps, obs_dim, act_dim, model.nq, model.nv)
-    step, episode, wall = 0, 0, 0.0
-    state_file = out / "state.pt"
-    if state_file.exists():
-        state = safe_torch_load(state_file, "behavior checkpoint")
+    step, episode, wall, replay_from, carried_at = 0, 0, 0.0, 0, []
+    if state is not None:
         agent.load_state_dict(state["agent"])
         agent.actor_optim.load_state_dict(state["actor_optim"])
         agent.critic_optim.load_state_dict(state["critic_optim"])
         agent.alpha_optim.load_state_dict(state["alpha_optim"])
         torch.set_rng_state(state["torch_rng"])
         step, episode, wall = state["step"], state["episode"], state["wall_time_s"]
+        replay_from, carried_at = state.get("replay_from", 0), state.get("carried_at", [])
+    replay = ReplayLog(
+        max(s.steps - replay_from, 0), obs_dim, act_dim, model.nq, model.nv, replay_from
+    )
+    if state is not None:
         replay.load_chunks(out / "replay", step)
-        if step > 0 and not (
-            replay.arrays["terminals"][step - 1] or replay.arrays["timeouts"][step - 1]
-        ):
-            replay.arrays["timeouts"][step - 1] = 1.0  # the interrupted episode ends here
-        print(f"resuming {out} at step {step}")
+        last = replay.size - 1
+        if last >= 0 and not (replay.arrays["terminals"][last] or replay.arrays["timeouts"][last]):
+            replay.arrays["timeouts"][last] = 1.0  # the interrupted episode ends here
+        if log_path.exists():  # rows logged after the last save are logged again
+            atomic_write_text(log_path, _evals_upto(log_path, step))
+        how = f" from {carried}, with an empty buffer" if went_on else ""
+        print(f"resuming {out} at step {step}{how}")
     if step >= s.steps:
         print(f"{out}: already trained for {step} steps")
         return out
@@ -213,7 +289,6 @@ def _train_behavior(s: BehaviorSettings, out: Path, progress: bool) -> Path:
     episode += 1
     obs, _ = env.reset(seed=s.seed * EPISODE_SEED_STRIDE + episode)
     last_saved = step
-    log_path = out / "evals.csv"
     new_log = not log_path.exists()
     from torch.utils.tensorboard import SummaryWriter
 
@@ -228,6 +303,7 @@ def _train_behavior(s: BehaviorSettings, out: Path, progress: bool) -> Path:
             log.writerow(
                 ["step", "episodes", "return_mean", "return_std", "normalized_score", "wall_time_s"]
             )
+        metrics = None
         while step < s.steps:
             if step < s.start_steps:
                 actions, log_probs = random_policy(obs[None])
@@ -251,7 +327,7 @@ def _train_behavior(s: BehaviorSettings, out: Path, progress: bool) -> Path:
                 action_log_probs=log_prob,
             )
             step += 1
-            if step >= s.start_steps:
+            if replay.size >= s.start_steps:  # a carried run refills its buffer first
                 metrics = agent.update(replay.sample(s.batch_size), s.batch_size)
             if terminated or truncated:
                 episode += 1
@@ -277,6 +353,7 @@ def _train_behavior(s: BehaviorSettings, out: Path, progress: bool) -> Path:
                     step,
                     res.returns,
                     wall,
+                    carried_at=[c["step"] for c in carried_at],
                 )
                 log.writerow(
                     [step, episode, res.mean, res.std, res.normalized_mean, round(wall, 1)]
@@ -284,7 +361,7 @@ def _train_behavior(s: BehaviorSettings, out: Path, progress: bool) -> Path:
                 log_file.flush()
                 writer.add_scalar("eval/return", res.mean, step)
                 writer.add_scalar("eval/normalized_score", res.normalized_mean, step)
-                if step >= s.start_steps:
+                if metrics is not None:
                     for key in ("critic_loss", "actor_loss", "alpha", "q_mean"):
                         writer.add_scalar(f"train/{key}", float(metrics[key]), step)
                 bar.write(
@@ -304,6 +381,8 @@ def _train_behavior(s: BehaviorSettings, out: Path, progress: bool) -> Path:
                         "step": step,
                         "episode": episode,
                         "wall_time_s": time.time() - t0,
+                        "replay_from": replay.first,
+                        "carried_at": carried_at,
                     },
                     state_file,
                 )

@@ -4,7 +4,10 @@
   the actor and its evaluated return, format ``micro-behavior-v1``;
 - the replay log (``replay/<start>-<end>.npz`` chunks): every transition in order, with the
   simulator state, the source of medium-replay datasets;
-- the run's settings (``settings.json``: robot, seed, schedule), which a resumed run must match.
+- the run's settings (``settings.json``: robot, seed, schedule), which a resumed run must match;
+- the carried state (``carry``: the learner, its optimizers and counters, and the evaluations so
+  far, without the replay log; a few MB, format ``micro-behavior-carry-v1``): what a run needs to go
+  on on a machine that lost its folder, from an empty buffer.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from micro.nets import Actor
 from micro.utils import atomic_path, atomic_torch_save, atomic_write_text, safe_torch_load
 
 SNAPSHOT_FORMAT = "micro-behavior-v1"
+CARRY_FORMAT = "micro-behavior-carry-v1"
 SETTINGS_FILE = "settings.json"
 REPLAY_KEYS = (
     "observations",
@@ -43,8 +47,11 @@ def save_snapshot(
     step: int,
     ret: np.ndarray,
     wall: float,
+    carried_at: list[int] | None = None,
 ) -> None:
-    """A behavior policy: the actor of a SAC run at ``step`` with its evaluated returns."""
+    """A behavior policy: the actor of a SAC run at ``step`` with its evaluated returns;
+    ``carried_at``: the steps where its run went on from a carried state with an empty buffer."""
+    went_on = {"carried_at": carried_at} if carried_at else {}
     atomic_torch_save(
         {
             "format": SNAPSHOT_FORMAT,
@@ -60,6 +67,7 @@ def save_snapshot(
             "normalized_score": normalized_score(env, float(ret.mean())),
             "eval_episodes": len(ret),
             "wall_time_s": round(wall, 1),
+            **went_on,
         },
         path,
     )
@@ -76,26 +84,39 @@ def load_snapshot(path: str | Path) -> tuple[Actor, dict]:
     return actor, {k: v for k, v in blob.items() if k != "actor"}
 
 
-def write_replay_chunk(folder: Path, start: int, end: int, arrays: dict[str, np.ndarray]) -> None:
-    """Rows ``start:end`` of the replay log's arrays as one chunk."""
+def write_replay_chunk(
+    folder: Path, start: int, end: int, arrays: dict[str, np.ndarray], first: int = 0
+) -> None:
+    """Steps ``start:end`` of the replay log as one chunk; row 0 of ``arrays`` is step ``first``."""
     path = folder / f"{start:09d}-{end:09d}.npz"
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **{k: v[start:end] for k, v in arrays.items()})
+        np.savez(fh, **{k: v[start - first : end - first] for k, v in arrays.items()})
 
 
-def read_replay(folder: Path, upto: int) -> dict[str, np.ndarray]:
-    """The first ``upto`` transitions of a behavior run, in order."""
+def read_replay(folder: Path, upto: int, first: int = 0) -> dict[str, np.ndarray]:
+    """Transitions ``first:upto`` of a behavior run, in order. Rows are numbered by the run's
+    step: a run carried to another machine (``carry``) logs from the step it went on at."""
+    spans = sorted(
+        (tuple(int(x) for x in chunk.stem.split("-")), chunk)
+        for chunk in Path(folder).glob("*.npz")
+    )
+    if spans and spans[0][0][0] > first:
+        raise MicroError(
+            f"the replay log in {folder} starts at step {spans[0][0][0]}, not {first}: the run "
+            "went on there from a carried state, and its earlier transitions are not in it"
+        )
     parts: dict[str, list[np.ndarray]] = {k: [] for k in REPLAY_KEYS}
-    covered = 0
-    for chunk in sorted(Path(folder).glob("*.npz")):
-        start, end = (int(x) for x in chunk.stem.split("-"))
+    covered = first
+    for (start, end), chunk in spans:
+        if end <= first:
+            continue
         if start >= upto:
             break
-        if start != covered:
+        if start > covered:
             raise MicroError(f"replay chunks in {folder} have a gap at row {covered}")
         with np.load(chunk) as z:
             for key in REPLAY_KEYS:
-                parts[key].append(z[key][: min(end, upto) - start])
+                parts[key].append(z[key][covered - start : min(end, upto) - start])
         covered = min(end, upto)
     if covered < upto:
         raise MicroError(f"{folder} holds {covered} transitions, {upto} were asked for")
@@ -115,3 +136,20 @@ def read_settings(run: Path) -> dict | None:
         return json.loads(path.read_text())
     except ValueError:
         raise MicroError(f"{path} is not readable JSON; is {run} a behavior run?") from None
+
+
+def write_carry(path: Path, settings: dict, state: dict, evals: str) -> None:
+    """A behavior run's carried state: its settings, its ``state.pt`` dict, and ``evals.csv``."""
+    atomic_torch_save(
+        {"format": CARRY_FORMAT, "settings": settings, "state": state, "evals": evals}, path
+    )
+
+
+def read_carry(path: Path) -> dict:
+    blob = safe_torch_load(path, "carried behavior state")
+    if blob.get("format") != CARRY_FORMAT:
+        raise MicroError(
+            f"{path} is not a carried behavior state (format {blob.get('format')!r}); make one "
+            "with python -m micro.datagen.behavior carry RUN --to FILE"
+        )
+    return blob
