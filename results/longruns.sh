@@ -38,7 +38,7 @@ REF=${REF:-/tmp/ref-micro}  # the published code (git archive HEAD of its clone)
 REF_SCRIPT=${REF_SCRIPT:-$REPO/../shared/bench/ref_micro_train.py}
 CARRIED=${CARRIED:-$REPO/data/behavior/carried}  # behavior runs' carried states (carry)
 LANE_A=${LANE_A:-behavior:walker2d:1000000 population:micro:hopper-medium-200k population:micro:walker2d-medium-200k}
-LANE_B=${LANE_B:-published:halfcheetah-medium-200k:0 population:mobile:hopper-medium-200k population:mobile:walker2d-medium-200k}
+LANE_B=${LANE_B:-behavior:halfcheetah:1000000 published:halfcheetah-medium-200k:0 population:mobile:hopper-medium-200k population:mobile:walker2d-medium-200k}
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 
 task_of() { echo "${1%-*}-v2"; }  # hopper-medium-200k -> hopper-medium-v2
