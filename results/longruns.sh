@@ -37,7 +37,7 @@ PY=${PY:-$REPO/.venv/bin/python}
 REF=${REF:-/tmp/ref-micro}  # the published code (git archive HEAD of its clone); REF_COMMIT= its commit
 REF_SCRIPT=${REF_SCRIPT:-$REPO/../shared/bench/ref_micro_train.py}
 CARRIED=${CARRIED:-$REPO/data/behavior/carried}  # behavior runs' carried states (carry)
-LANE_A=${LANE_A:-behavior:walker2d:1000000 population:micro:hopper-medium-200k population:micro:walker2d-medium-200k}
+LANE_A=${LANE_A:-behavior:walker2d:1000000 behavior:hopper:1000000 population:micro:hopper-medium-200k population:micro:walker2d-medium-200k}
 LANE_B=${LANE_B:-behavior:halfcheetah:1000000 published:halfcheetah-medium-200k:0 population:mobile:hopper-medium-200k population:mobile:walker2d-medium-200k}
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 
