@@ -83,6 +83,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     storage refusing the write (full disk, read-only) becomes one line (``write_error``).
     """
     path = Path(path)
+    if path.is_dir():
+        raise MicroError(f"cannot write {path}: it is a folder; name a file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

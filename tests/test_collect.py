@@ -251,6 +251,7 @@ def test_a_carried_run_goes_on_from_its_state_with_an_empty_buffer(behavior_run,
     snapshot = behavior_run / "snapshots" / "step_0000600.pt"
     with pytest.raises(MicroError, match="not a carried behavior state"):
         train_behavior(grown, tmp_path / "other", False, snapshot)
+    assert not (tmp_path / "other").exists()  # refused before anything was written
     assert carry_behavior(behavior_run, carried, force=True)["step"] == 600
 
 

@@ -300,6 +300,13 @@ def test_a_failed_background_write_is_raised_in_the_training_thread(tmp_path):
     writer.wait()  # reported once
 
 
+def test_a_file_cannot_be_written_over_a_folder(tmp_path):
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(MicroError, match=r"cannot write .*folder: it is a folder; name a file"):
+        atomic_torch_save({"x": 1}, tmp_path / "folder")
+    assert list(tmp_path.iterdir()) == [tmp_path / "folder"]  # and nothing left beside it
+
+
 def test_non_finite_loss_stops_at_its_step_keeping_the_checkpoint(
     hopper_file, tmp_path, monkeypatch
 ):

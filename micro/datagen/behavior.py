@@ -185,9 +185,15 @@ def train_behavior(
     ``carried``: a new ``out`` goes on from a run's carried state (``carry_behavior``) with an
     empty buffer. One process at a time: a second on the same folder is refused
     (``writer.lock``, as a training run's)."""
+    if carried is not None and not (out / "state.pt").exists():
+        _go_on_from(carried, _settings(s))  # a file it cannot go on from leaves no folder behind
     out.mkdir(parents=True, exist_ok=True)
     with RunDir(out).writer():
         return _train_behavior(s, out, progress, carried)
+
+
+def _settings(s: BehaviorSettings) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in s.__dict__.items()}
 
 
 def carry_behavior(run: Path, to: Path, force: bool = False) -> dict:
@@ -233,7 +239,7 @@ def _go_on_from(carried: Path, settings: dict) -> dict:
 
 def _train_behavior(s: BehaviorSettings, out: Path, progress: bool, carried: Path | None) -> Path:
     obs_dim, act_dim = OBS_ACT_DIMS[s.env]
-    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in s.__dict__.items()}
+    settings = _settings(s)
     saved = read_settings(out)
     if saved is not None and _but_steps(saved) != _but_steps(settings):  # a run may grow
         raise MicroError(
