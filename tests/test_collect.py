@@ -236,6 +236,9 @@ def test_a_carried_run_goes_on_from_its_state_with_an_empty_buffer(behavior_run,
         state["agent"]["actor.backbone.0.weight"], saved["agent"]["actor.backbone.0.weight"]
     )
     assert load_snapshot(went_on / "snapshots" / "step_0000900.pt")[1]["carried_at"] == [600]
+    _, name = build("expert", "hopper", 30, 0, 1, str(went_on / "snapshots" / "step_0000900.pt"),
+                    None, None, None, progress=False)  # fmt: skip
+    assert name.endswith("(step 900, seed 0, carried at 600)")  # the dataset's metadata says so
     # on a machine that kept the new folder, the same command resumes it exactly
     train_behavior(dataclasses.replace(TINY_SAC, steps=1200), went_on, False, carried)
     chunks = sorted(p.name for p in (went_on / "replay").iterdir())

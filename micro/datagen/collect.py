@@ -216,7 +216,8 @@ def _policy_rollouts(
     sim: SimSpec, loaded: tuple[Path, Actor, dict], steps: int, seed: int, n_envs: int, progress
 ) -> tuple[dict, str]:
     path, actor, meta = loaded
-    name = f"SAC snapshot {path.name} (step {meta['step']}, seed {meta['seed']})"
+    went_on = "".join(f", carried at {step}" for step in meta.get("carried_at", []))
+    name = f"SAC snapshot {path.name} (step {meta['step']}, seed {meta['seed']}{went_on})"
     return collect(sim, actor_policy(actor, seed), steps, seed, n_envs, progress), name
 
 
