@@ -183,6 +183,8 @@ def test_behavior_run_resumes(behavior_run, tmp_path):
 
     copy = tmp_path / "run"
     shutil.copytree(behavior_run, copy)
+    with open(copy / "evals.csv", "a") as log:  # logged after the last save, then a crash
+        log.write("700,9,1.0,0.0,0.1,9.9\n71")
     train_behavior(dataclasses.replace(TINY_SAC, steps=900), copy, progress=False)
     assert sorted(p.name for p in (copy / "snapshots").iterdir())[-1] == "step_0000900.pt"
     assert [int(r.split(",")[0]) for r in (copy / "evals.csv").read_text().splitlines()[1:]] == [

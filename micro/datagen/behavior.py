@@ -212,11 +212,20 @@ def carry_behavior(run: Path, to: Path, force: bool = False) -> dict:
 
 
 def _evals_upto(path: Path, step: int) -> str:
-    """``evals.csv`` without the rows logged after ``step`` (a resumed run logs them again)."""
+    """``evals.csv`` without the rows logged after ``step`` (a resumed run logs them again) and
+    without a row cut short by a crash; "" when there is none."""
     if not path.is_file():
         return ""
-    lines = path.read_text().splitlines(keepends=True)
-    return "".join(lines[:1] + [r for r in lines[1:] if int(r.split(",")[0]) <= step])
+    header, *rows = path.read_text().splitlines(keepends=True) or [""]
+    if not header.startswith("step,") or not header.endswith("\n"):
+        return ""
+
+    def kept(row: str) -> bool:
+        first = row.split(",", 1)[0]
+        whole = row.endswith("\n") and row.count(",") == header.count(",")
+        return whole and first.isdigit() and int(first) <= step
+
+    return header + "".join(r for r in rows if kept(r))
 
 
 def _go_on_from(carried: Path, settings: dict) -> dict:
@@ -259,7 +268,7 @@ def _train_behavior(s: BehaviorSettings, out: Path, progress: bool, carried: Pat
             )
     elif carried is not None:
         state, went_on = _go_on_from(carried, settings), True
-        atomic_write_text(log_path, state.pop("evals"))
+        atomic_write_text(log_path, state.pop("evals"))  # the carried run's evaluations
     write_settings(out, settings)
 
     set_seed(s.seed)
@@ -283,10 +292,13 @@ def _train_behavior(s: BehaviorSettings, out: Path, progress: bool, carried: Pat
         last = replay.size - 1
         if last >= 0 and not (replay.arrays["terminals"][last] or replay.arrays["timeouts"][last]):
             replay.arrays["timeouts"][last] = 1.0  # the interrupted episode ends here
-        if log_path.exists():  # rows logged after the last save are logged again
-            atomic_write_text(log_path, _evals_upto(log_path, step))
         how = f" from {carried}, with an empty buffer" if went_on else ""
         print(f"resuming {out} at step {step}{how}")
+    evals = _evals_upto(log_path, step)  # rows logged after the last save are logged again
+    if evals:
+        atomic_write_text(log_path, evals)
+    else:
+        log_path.unlink(missing_ok=True)
     if step >= s.steps:
         print(f"{out}: already trained for {step} steps")
         return out
