@@ -37,8 +37,8 @@ PY=${PY:-$REPO/.venv/bin/python}
 REF=${REF:-/tmp/ref-micro}  # the published code (git archive HEAD of its clone); REF_COMMIT= its commit
 REF_SCRIPT=${REF_SCRIPT:-$REPO/../shared/bench/ref_micro_train.py}
 CARRIED=${CARRIED:-$REPO/data/behavior/carried}  # behavior runs' carried states (carry)
-LANE_A=${LANE_A:-behavior:walker2d:1000000 behavior:hopper:1000000 population:micro:hopper-medium-200k population:micro:walker2d-medium-200k}
-LANE_B=${LANE_B:-behavior:halfcheetah:1000000 published:halfcheetah-medium-200k:0 population:mobile:hopper-medium-200k population:mobile:walker2d-medium-200k}
+LANE_A=${LANE_A-behavior:walker2d:1000000 behavior:hopper:1000000 population:micro:hopper-medium-200k population:micro:walker2d-medium-200k}
+LANE_B=${LANE_B-behavior:halfcheetah:1000000 published:halfcheetah-medium-200k:0 population:mobile:hopper-medium-200k population:mobile:walker2d-medium-200k}
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 
 task_of() { echo "${1%-*}-v2"; }  # hopper-medium-200k -> hopper-medium-v2
@@ -168,7 +168,9 @@ status)
             if finished "$job"; then state=finished
             else case $kind in
                 behavior) state=$(awk -F, 'NR > 1 {s = $1; n = $5} END {if (s) printf "step %d of '"$b"', last evaluation %.1f normalized", s, n}' \
-                    "$L/behavior/$a/evals.csv" 2>/dev/null) ;;
+                    "$L/behavior/$a/evals.csv" 2>/dev/null)
+                    [ -z "$state" ] && [ ! -f "$L/behavior/$a/state.pt" ] && [ -f "$CARRIED/$a.pt" ] && \
+                        state="not started here; goes on from $CARRIED/$a.pt" ;;
                 population) r=$(runs_of "$a" "$b" | head -n 1)
                     state=${r:+epoch $(tail -n 1 "$r/progress.csv" | cut -d, -f1) of 200 saved}
                     [ -n "$r" ] && state+=$("$PY" -c "import csv, sys

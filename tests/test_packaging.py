@@ -264,6 +264,11 @@ def test_longruns_carries_a_behavior_run_to_a_fresh_machine(tmp_path):
     assert (carried / "hopper.pt").is_file()
     (run.parent / "kept").mkdir()
     run.rename(run.parent / "kept" / "hopper")  # the machine is fresh: no run folder
+    assert longruns("status").stdout.splitlines() == [
+        "lane A: not running",
+        f"  behavior:hopper:5100: not started here; goes on from {carried}/hopper.pt",
+        "lane B: not running",
+    ]
     done = longruns("run", "behavior:hopper:5100")
     assert done.returncode == 0, done.stderr
     state = torch.load(run / "state.pt", weights_only=True)
