@@ -90,8 +90,7 @@ def carry_main(argv: list[str]) -> int:
     def run(argv: list[str]) -> int:
         a = parser.parse_args(argv)
         info = carry_behavior(Path(a.run), Path(a.to), a.force)
-        rows = info["evals"].splitlines()[1:]
-        last = f", last evaluation {float(rows[-1].split(',')[4]):.1f} normalized" if rows else ""
+        last = "".join(f", last evaluation {x:.1f} normalized" for x in info["last_normalized"])
         print(
             f"wrote {a.to}: step {info['step']}, {info['wall_time_s'] / 3600:.2f} h of training"
             f"{last}; go on with the run's command and --out NEW --carried {a.to}"

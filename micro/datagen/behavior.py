@@ -185,11 +185,12 @@ def train_behavior(
     ``carried``: a new ``out`` goes on from a run's carried state (``carry_behavior``) with an
     empty buffer. One process at a time: a second on the same folder is refused
     (``writer.lock``, as a training run's)."""
+    start = None
     if carried is not None and not (out / "state.pt").exists():
-        _go_on_from(carried, _settings(s))  # a file it cannot go on from leaves no folder behind
+        start = _go_on_from(carried, _settings(s))  # read before a folder is made for it
     out.mkdir(parents=True, exist_ok=True)
     with RunDir(out).writer():
-        return _train_behavior(s, out, progress, carried)
+        return _train_behavior(s, out, progress, carried, start)
 
 
 def _settings(s: BehaviorSettings) -> dict:
@@ -206,17 +207,20 @@ def carry_behavior(run: Path, to: Path, force: bool = False) -> dict:
     if settings is None or not (run / "state.pt").is_file():
         raise MicroError(f"{run} is not a behavior run with a saved state (no state.pt)")
     state = safe_torch_load(run / "state.pt", "behavior checkpoint")
-    evals = _evals_upto(run / "evals.csv", state["step"])
+    evals = _evals_upto(_text(run / "evals.csv"), state["step"])
     write_carry(to, settings, state, evals)
-    return {"step": state["step"], "wall_time_s": state["wall_time_s"], "evals": evals}
+    last = [float(r["normalized_score"]) for r in csv.DictReader(evals.splitlines())][-1:]
+    return {"step": state["step"], "wall_time_s": state["wall_time_s"], "last_normalized": last}
 
 
-def _evals_upto(path: Path, step: int) -> str:
-    """``evals.csv`` without the rows logged after ``step`` (a resumed run logs them again) and
-    without a row cut short by a crash; "" when there is none."""
-    if not path.is_file():
-        return ""
-    header, *rows = path.read_text().splitlines(keepends=True) or [""]
+def _text(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
+
+
+def _evals_upto(evals: str, step: int) -> str:
+    """The text of ``evals.csv`` without the rows logged after ``step`` (a resumed run logs them
+    again) and without a row cut short by a crash; "" when there is none."""
+    header, *rows = evals.splitlines(keepends=True) or [""]
     if not header.startswith("step,") or not header.endswith("\n"):
         return ""
 
@@ -246,7 +250,10 @@ def _go_on_from(carried: Path, settings: dict) -> dict:
     }
 
 
-def _train_behavior(s: BehaviorSettings, out: Path, progress: bool, carried: Path | None) -> Path:
+def _train_behavior(
+    s: BehaviorSettings, out: Path, progress: bool, carried: Path | None, start: dict | None
+) -> Path:
+    """``start``: the carried state ``train_behavior`` read, for a folder without ``state.pt``."""
     obs_dim, act_dim = OBS_ACT_DIMS[s.env]
     settings = _settings(s)
     saved = read_settings(out)
@@ -256,7 +263,7 @@ def _train_behavior(s: BehaviorSettings, out: Path, progress: bool, carried: Pat
         )
     state_file = out / "state.pt"
     log_path = out / "evals.csv"
-    state, went_on = None, False
+    state, went_on, evals = None, False, _text(log_path)
     if state_file.exists():
         state = safe_torch_load(state_file, "behavior checkpoint")
         if carried is not None and sha256_file(carried) not in {
@@ -267,8 +274,8 @@ def _train_behavior(s: BehaviorSettings, out: Path, progress: bool, carried: Pat
                 "one: pass another --out"
             )
     elif carried is not None:
-        state, went_on = _go_on_from(carried, settings), True
-        atomic_write_text(log_path, state.pop("evals"))  # the carried run's evaluations
+        state = start if start is not None else _go_on_from(carried, settings)
+        went_on, evals = True, state.pop("evals")  # the carried run's evaluations
     write_settings(out, settings)
 
     set_seed(s.seed)
@@ -294,7 +301,7 @@ def _train_behavior(s: BehaviorSettings, out: Path, progress: bool, carried: Pat
             replay.arrays["timeouts"][last] = 1.0  # the interrupted episode ends here
         how = f" from {carried}, with an empty buffer" if went_on else ""
         print(f"resuming {out} at step {step}{how}")
-    evals = _evals_upto(log_path, step)  # rows logged after the last save are logged again
+    evals = _evals_upto(evals, step)  # rows logged after the last save are logged again
     if evals:
         atomic_write_text(log_path, evals)
     else:
